@@ -1,0 +1,48 @@
+# nkframe developer entry points.  Every target that needs the environment depends on setup,
+# which is idempotent: it installs only what is missing.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config \
+                iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static
+KERNEL ?= 6.12
+K ?=
+
+.PHONY: setup demo test test-unit test-host test-vm bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.apt-ok:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.installed: $(VENV)/.apt-ok pyproject.toml setup.py $(wildcard nkframe/_bpf/*.py nkframe/_bpf/decl/*.h bpf/*.c bpf/include/*.h)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/nkframe demo
+
+test: setup
+	@tests/run-tiers
+
+test-unit: setup
+	$(VENV)/bin/pytest tests -m 'not root' $(K)
+
+test-host: setup
+	$(VENV)/bin/pytest tests -m root $(K)
+
+test-vm: setup
+	$(PY) -m nkframe.vm test --kernel $(KERNEL) -- $(K)
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build *.egg-info nkframe/_objs nkframe/_bpf/_lib*.so nkframe/_bpf/_lib.c

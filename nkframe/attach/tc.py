@@ -1,0 +1,197 @@
+"""Legacy TC attachment: a clsact qdisc and cls_bpf filters in direct-action mode.
+
+For kernels without TCX (before 6.6).  cls_bpf has no link object, so a filter outlives the
+process that made it by itself; we pin the program (path name carries the priority) so bpffs
+still says what is ours.  Our filters use one handle, :data:`HANDLE`, and priorities in
+:data:`PRIO_BASE`..:data:`PRIO_MAX`; a slot holding anything else is never touched.
+
+In direct-action mode a program returning TC_ACT_UNSPEC (-1) hands the packet to the filter with
+the next priority, the same "continue" as TCX_NEXT and NETKIT_NEXT, so chains compose.
+Lower priority numbers run first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from nkframe import bpf
+from nkframe.attach.base import Position
+from nkframe.errors import InvalidSpec, KernelError
+from nkframe.types import AttachedProgram, Mechanism
+
+HANDLE = 0x4E4B  # "NK"
+PRIO_BASE = 0xC000
+PRIO_MAX = 0xC3FF
+PRIO_STEP = 16  # room to insert before/after without renumbering
+
+_POINTS = {"ingress": bpf.TC_INGRESS, "egress": bpf.TC_EGRESS}
+
+
+def _point(direction: str) -> int:
+    try:
+        return _POINTS[direction]
+    except KeyError:
+        raise InvalidSpec(f"tc has no direction {direction!r} (use ingress or egress)") from None
+
+
+def is_ours(handle: int, priority: int) -> bool:
+    return handle == HANDLE and PRIO_BASE <= priority <= PRIO_MAX
+
+
+class TcBackend:
+    mechanism = Mechanism.TC
+    directions = ("ingress", "egress")
+
+    def _ours(self, ifindex: int, direction: str) -> list[tuple[int, int, int, str]]:
+        return sorted(
+            (f for f in bpf.tc_list(ifindex, _point(direction)) if is_ours(f[0], f[1])),
+            key=lambda f: f[1],
+        )
+
+    def priority_for(self, ifindex: int, direction: str, position: Position) -> int:
+        ours = self._ours(ifindex, direction)
+        prios = [f[1] for f in ours]
+        if position.where == "tail":
+            prio = (max(prios) + PRIO_STEP) if prios else PRIO_BASE + PRIO_STEP * 8
+        elif position.where == "head":
+            prio = (min(prios) - PRIO_STEP) if prios else PRIO_BASE + PRIO_STEP * 8
+        else:
+            if position.link_id:
+                raise InvalidSpec("tc filters have no links: anchor on a program id")
+            idx = next((i for i, f in enumerate(ours) if f[2] == position.prog_id), None)
+            if idx is None:
+                raise InvalidSpec(f"program {position.prog_id} is not one of our tc filters here")
+            here = ours[idx][1]
+            if position.where == "before":
+                prev = ours[idx - 1][1] if idx > 0 else here - 2 * PRIO_STEP
+                prio = (prev + here) // 2
+            else:
+                nxt = ours[idx + 1][1] if idx + 1 < len(ours) else here + 2 * PRIO_STEP
+                prio = (here + nxt) // 2
+            if prio in prios:
+                raise InvalidSpec("no free tc priority between neighbours; re-attach the chain")
+        if not PRIO_BASE <= prio <= PRIO_MAX:
+            raise InvalidSpec(f"tc priority {prio:#x} outside nkframe's range; too many programs")
+        return prio
+
+    def attach(
+        self,
+        ifindex: int,
+        direction: str,
+        prog,
+        *,
+        position: Position = Position.tail(),
+        pin: str | None = None,
+        name: str = "",
+        priority: int | None = None,
+    ) -> AttachedProgram:
+        point = _point(direction)
+        try:
+            bpf.tc_hook_create(ifindex, point)
+        except KernelError as e:
+            raise KernelError(e.errno, f"create clsact qdisc on ifindex {ifindex}") from e
+        prio = priority if priority is not None else self.priority_for(ifindex, direction, position)
+        if bpf.tc_query(ifindex, point, handle=HANDLE, priority=prio) is not None:
+            raise KernelError(errno.EEXIST, f"tc {direction} filter {HANDLE:#x}/{prio:#x} on ifindex {ifindex} is taken")
+        prog_id = bpf.tc_attach(ifindex, point, prog.fd, handle=HANDLE, priority=prio)
+        if pin:
+            try:
+                os.makedirs(os.path.dirname(pin), exist_ok=True)
+                prog.pin(pin)
+            except BaseException:
+                bpf.tc_detach(ifindex, point, handle=HANDLE, priority=prio)
+                raise
+        return AttachedProgram(
+            name=name or prog.name,
+            hook=direction,
+            mechanism=Mechanism.TC,
+            prog_id=prog_id,
+            pin=pin or "",
+            tc_priority=prio,
+            tc_handle=HANDLE,
+            ifindex=ifindex,
+        )
+
+    def update(self, attached: AttachedProgram, new_prog, *, expected_prog_id: int | None = None) -> AttachedProgram:
+        point = _point(attached.hook)
+        current = bpf.tc_query(attached.ifindex, point, handle=attached.tc_handle, priority=attached.tc_priority)
+        if current is None:
+            raise KernelError(errno.ENOENT, f"update {attached.name}: its tc filter is gone")
+        if expected_prog_id is not None and current != expected_prog_id:
+            raise KernelError(
+                errno.EPERM,
+                f"update {attached.name}: the filter runs program {current}, not {expected_prog_id}",
+            )
+        # cls_bpf swaps the program of an existing filter under RCU: packets see old or new.
+        prog_id = bpf.tc_attach(
+            attached.ifindex, point, new_prog.fd, handle=attached.tc_handle, priority=attached.tc_priority, replace=True
+        )
+        if attached.pin:
+            tmp = attached.pin + ".new"
+            new_prog.pin(tmp)
+            os.replace(tmp, attached.pin)
+        return AttachedProgram(
+            name=attached.name,
+            hook=attached.hook,
+            mechanism=Mechanism.TC,
+            prog_id=prog_id,
+            pin=attached.pin,
+            tc_priority=attached.tc_priority,
+            tc_handle=attached.tc_handle,
+            ifindex=attached.ifindex,
+        )
+
+    def detach(self, attached: AttachedProgram) -> None:
+        if not is_ours(attached.tc_handle, attached.tc_priority):
+            raise InvalidSpec(f"refusing to delete tc filter {attached.tc_handle:#x}/{attached.tc_priority:#x}: not nkframe's")
+        point = _point(attached.hook)
+        try:
+            bpf.tc_detach(attached.ifindex, point, handle=attached.tc_handle, priority=attached.tc_priority)
+        except KernelError as e:
+            if e.errno not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                raise
+        if attached.pin:
+            try:
+                os.unlink(attached.pin)
+            except FileNotFoundError:
+                pass
+
+    def query(self, ifindex: int, direction: str) -> list[AttachedProgram]:
+        out = []
+        for handle, prio, prog_id, name in sorted(bpf.tc_list(ifindex, _point(direction)), key=lambda f: f[1]):
+            out.append(
+                AttachedProgram(
+                    name=name,
+                    hook=direction,
+                    mechanism=Mechanism.TC,
+                    prog_id=prog_id,
+                    tc_priority=prio,
+                    tc_handle=handle,
+                    ifindex=ifindex,
+                )
+            )
+        return out
+
+    def open_pinned(self, path: str, *, hook: str, ifindex: int, name: str = "") -> AttachedProgram:
+        from nkframe.pins import parse_pin_name
+
+        _pos, pname, prio = parse_pin_name(__import__("pathlib").Path(path))
+        prog = bpf.Program.from_pin(path)
+        try:
+            prog_id = prog.id
+        finally:
+            prog.close()
+        return AttachedProgram(
+            name=name or pname,
+            hook=hook,
+            mechanism=Mechanism.TC,
+            prog_id=prog_id,
+            pin=path,
+            tc_priority=prio,
+            tc_handle=HANDLE,
+            ifindex=ifindex,
+        )
+
+
+backend = TcBackend()

@@ -1,0 +1,164 @@
+"""The hook contract for plugin authors.
+
+A plugin is a module (or object) with functions decorated by :data:`nkframe.hookimpl` whose names
+match the specs below.  Hooks are always called with keyword arguments, so an implementation may
+accept only the arguments it needs.  Plugins are found through the ``nkframe.plugins`` entry-point
+group; first-party plugins load the same way.
+
+Flavours:
+
+* *choice* hooks (``firstresult``) return a value to decide, or ``None`` for "not mine, ask the
+  next plugin".  nkframe's built-in plugin answers last (``trylast``), so any plugin can override.
+* *contribution* hooks return a value (or list) that is collected from every plugin.
+* *event* hooks return nothing.
+
+Order of one ``Engine.add_endpoint``::
+
+    nkframe_endpoint_validate      (all)     reject a spec before anything changes
+    nkframe_device_create          (choice)  make the device pair, return DeviceInfo
+    nkframe_attach_select          (choice)  mechanism per hook point, with a reason
+    nkframe_programs_collect       (all)     ProgramSpecs per hook point
+    nkframe_pin_path               (choice)  where a map or link is pinned
+      ... the engine loads and attaches programs, pins links ...
+    nkframe_endpoint_configure     (all)     addresses, routes, map contents
+    nkframe_endpoint_added         (all)     observers
+
+Removal calls ``nkframe_endpoint_unconfigure`` then ``nkframe_endpoint_removed``.  Every change a
+hook makes to the kernel must be registered on ``ctx.undo`` so a later failure rolls it back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nkframe.context import DeviceInfo, EndpointContext, UplinkContext
+    from nkframe.types import Endpoint, EndpointSpec, Mechanism, ProgramSpec
+
+PROJECT = "nkframe"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def nkframe_endpoint_validate(spec: "EndpointSpec") -> None:
+    """Check a spec before anything is changed in the kernel.
+
+    :param spec: the endpoint the user asked for.  Plugins validate the keys they own in
+        ``spec.options`` and raise :class:`nkframe.errors.InvalidSpec` with a message that says
+        what is wrong and how to fix it.  Return value is ignored.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and attach mechanisms (choices)
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def nkframe_device_create(ctx: "EndpointContext") -> "DeviceInfo | None":
+    """Create the device that connects the pod to the node.
+
+    :param ctx: the endpoint being built: ``ctx.spec``, ``ctx.node_netns``, ``ctx.features``
+        (probe results), ``ctx.undo`` (register the deletion of what you create).
+    :returns: a :class:`nkframe.context.DeviceInfo` describing the device (kind, node-side
+        ifindex, why this kind was chosen), or ``None`` to let the next plugin decide.  The
+        built-in plugin creates a netkit pair where the kernel has netkit and the spec allows
+        it, else a veth pair.  The pod side must not pass traffic until programs are attached
+        (netkit peer policy drop, or the veth left down); the engine opens it at the end.
+    """
+
+
+@hookspec(firstresult=True)
+def nkframe_attach_select(
+    ctx: "EndpointContext", hook: str, candidates: "list[Mechanism]"
+) -> "tuple[Mechanism, str] | None":
+    """Choose the attach mechanism for one hook point of an endpoint.
+
+    :param ctx: the endpoint being built (``ctx.device`` is set by now).
+    :param hook: the hook point, a :class:`nkframe.types.Hook` value.
+    :param candidates: mechanisms this kernel supports for this device, best first.
+    :returns: ``(mechanism, reason)`` or ``None`` for "no opinion".  A choice not in
+        ``candidates`` is an error.  Configuration that forces a mechanism
+        (``spec.attach``/``Engine(attach=...)``) is applied before this hook and never
+        falls back silently.
+    """
+
+
+@hookspec(firstresult=True)
+def nkframe_pin_path(root: str, scope: str, owner: str, kind: str, name: str) -> "str | None":
+    """Decide where a BPF object is pinned in bpffs.
+
+    :param root: the engine's bpffs root, e.g. ``/sys/fs/bpf/nkframe``.
+    :param scope: ``"endpoint"``, ``"device"`` or ``"global"``.
+    :param owner: the endpoint id or device name (``""`` for global).
+    :param kind: ``"map"`` or ``"link"``.
+    :param name: the map or program name.
+    :returns: an absolute path under ``root``, or ``None`` for the default layout
+        (see :mod:`nkframe.pins`).  Paths outside ``root`` are refused.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Contributions
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def nkframe_programs_collect(ctx: "EndpointContext") -> "list[ProgramSpec] | None":
+    """Contribute programs to an endpoint's hook points.
+
+    :param ctx: the endpoint being built; ``ctx.mechanisms`` tells the chosen mechanism per hook
+        and ``ctx.device`` the device kind and mode, so a program can be picked to match.
+    :returns: a list of :class:`nkframe.types.ProgramSpec` (or ``None``).  The engine orders
+        every contribution per hook by ``before``/``after`` then ``order``.
+    """
+
+
+@hookspec
+def nkframe_uplink_programs(ctx: "UplinkContext") -> "list[ProgramSpec] | None":
+    """Contribute programs to the node's uplink device (e.g. TCX ingress redirecting to pods).
+
+    :param ctx: the uplink: ``ctx.ifname``, ``ctx.ifindex``, ``ctx.node_netns``.
+    :returns: a list of :class:`nkframe.types.ProgramSpec` with ``DeviceHook`` hook points.
+    """
+
+
+@hookspec
+def nkframe_endpoint_configure(ctx: "EndpointContext") -> None:
+    """Configure an endpoint after its programs are attached.
+
+    Set addresses and routes, fill maps (``ctx.maps[name]`` holds every map of the endpoint's
+    loaded programs).  Register the undo of every change on ``ctx.undo``.
+    """
+
+
+@hookspec
+def nkframe_endpoint_unconfigure(ctx: "EndpointContext") -> None:
+    """Remove what ``nkframe_endpoint_configure`` put outside the endpoint's own pins.
+
+    Called on removal and garbage collection, also when the device or netns is already gone:
+    tolerate missing objects.  Entries in shared (global) maps are the usual case.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def nkframe_endpoint_added(endpoint: "Endpoint") -> None:
+    """An endpoint is complete and passing traffic.  Observers only."""
+
+
+@hookspec
+def nkframe_endpoint_removed(endpoint_id: str) -> None:
+    """An endpoint and everything built for it is gone.  Observers only."""

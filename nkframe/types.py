@@ -1,0 +1,278 @@
+"""Public value types.
+
+Everything here is a frozen attrs class: long-lived values, validated on construction, changed
+with :func:`attrs.evolve`.  Serialisation lives elsewhere (``to_dict``/``from_dict`` helpers are
+plain functions at the bottom so the classes stay data).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import re
+from typing import Any, Mapping
+
+import attrs
+
+from nkframe.errors import InvalidSpec
+
+IFNAMSIZ = 16  # the kernel's buffer, NUL included: names hold at most 15 bytes
+
+
+class DeviceKind(enum.StrEnum):
+    """What sits between the node and a pod."""
+
+    NETKIT = "netkit"  # a netkit pair: primary in the node, peer in the pod
+    VETH = "veth"  # the fallback where the kernel has no netkit
+    NETKIT_SINGLE = "netkit-single"  # one netkit device, no peer (VM / AF_XDP use, Linux 7.1)
+
+
+class Mechanism(enum.StrEnum):
+    """How a program is attached to a device."""
+
+    NETKIT = "netkit"  # BPF_NETKIT_PRIMARY / BPF_NETKIT_PEER links
+    TCX = "tcx"  # BPF_TCX_INGRESS / BPF_TCX_EGRESS links (6.6+)
+    TC = "tc"  # clsact qdisc + cls_bpf direct-action filters (any kernel)
+
+
+class AttachMode(enum.StrEnum):
+    """What the configuration asks for: a mechanism, or ``auto`` to let nkframe pick."""
+
+    AUTO = "auto"
+    NETKIT = "netkit"
+    TCX = "tcx"
+    TC = "tc"
+
+
+class DeviceMode(enum.StrEnum):
+    L3 = "l3"
+    L2 = "l2"
+
+
+class Hook(enum.StrEnum):
+    """Where on an endpoint a program runs, named from the pod's point of view.
+
+    All programs are attached on the node side (netkit primary or host veth end), so a pod can
+    never detach them.  ``FROM_POD`` runs on packets the pod transmits; ``TO_POD`` on packets
+    going to the pod.
+    """
+
+    FROM_POD = "from-pod"
+    TO_POD = "to-pod"
+
+
+class DeviceHook(enum.StrEnum):
+    """Where on a node device (the uplink) a program runs."""
+
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def validate_ifname(name: str, what: str = "interface name") -> str:
+    """Check a Linux interface name: 1..15 bytes, no '/', ':' or whitespace."""
+    if not isinstance(name, str) or not name:
+        raise InvalidSpec(f"{what} must be a non-empty string")
+    raw = name.encode()
+    if len(raw) >= IFNAMSIZ:
+        raise InvalidSpec(
+            f"{what} {name!r} is {len(raw)} bytes; Linux allows at most {IFNAMSIZ - 1}"
+        )
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+        raise InvalidSpec(f"{what} {name!r} may not be '.', '..' or contain '/', ':' or spaces")
+    return name
+
+
+def validate_endpoint_id(value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidSpec(
+            f"endpoint id {value!r} must be 1-63 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def parse_interface(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """'10.0.1.5/32' -> IPv4Interface; a bare address gets a host prefix (/32 or /128)."""
+    if isinstance(value, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return value
+    try:
+        return ipaddress.ip_interface(str(value).strip())
+    except ValueError:
+        raise InvalidSpec(f"{value!r} is not an IP address or CIDR (e.g. 10.0.1.5/32)") from None
+
+
+def parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return value
+    try:
+        return ipaddress.ip_network(str(value).strip(), strict=True)
+    except ValueError as e:
+        raise InvalidSpec(f"{value!r} is not a valid CIDR ({e})") from None
+
+
+def _addresses(values: Any) -> tuple:
+    if isinstance(values, (str, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        values = [values]
+    out = tuple(parse_interface(v) for v in values)
+    seen = set()
+    for a in out:
+        if a.ip in seen:
+            raise InvalidSpec(f"address {a.ip} is listed twice")
+        seen.add(a.ip)
+    return out
+
+
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+def _mac(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = str(value).lower()
+    if not _MAC_RE.match(v):
+        raise InvalidSpec(f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    if int(v[:2], 16) & 1:
+        raise InvalidSpec(f"{value!r} is a multicast MAC address; a device needs a unicast one")
+    return v
+
+
+def _enum(cls):
+    def convert(value):
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise InvalidSpec(f"{value!r} is not a valid {cls.__name__} (choose one of: {choices})") from None
+
+    return convert
+
+
+def default_host_ifname(endpoint_id: str) -> str:
+    """A stable node-side name: 'nk' + 10 hex digits of a hash of the id (12 bytes, < 15)."""
+    return "nk" + hashlib.sha256(endpoint_id.encode()).hexdigest()[:10]
+
+
+@attrs.frozen
+class EndpointSpec:
+    """What a user asks for: one pod (or VM) attached to the node.
+
+    ``netns`` names an existing network namespace (``/run/netns/<name>``) or is an absolute
+    path to a namespace file (what CNI passes); nkframe never creates it.
+    """
+
+    id: str = attrs.field(validator=lambda _i, _a, v: validate_endpoint_id(v))
+    netns: str = attrs.field()
+    addresses: tuple = attrs.field(factory=tuple, converter=_addresses)
+    ifname: str = attrs.field(default="eth0", validator=lambda _i, _a, v: validate_ifname(v, "pod interface name"))
+    host_ifname: str | None = attrs.field(default=None)
+    mode: DeviceMode = attrs.field(default=DeviceMode.L3, converter=_enum(DeviceMode))
+    device: str = attrs.field(default="auto")
+    attach: AttachMode = attrs.field(default=AttachMode.AUTO, converter=_enum(AttachMode))
+    mtu: int | None = attrs.field(default=None)
+    mac: str | None = attrs.field(default=None, converter=_mac)
+    host_mac: str | None = attrs.field(default=None, converter=_mac)
+    # Free-form per-plugin settings, e.g. {"policy": {...}}; plugins validate their own keys.
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    @netns.validator
+    def _check_netns(self, _a, value):
+        if not isinstance(value, str) or not value:
+            raise InvalidSpec("netns must name a network namespace or be a path to one")
+        if not value.startswith("/") and ("/" in value or value in (".", "..")):
+            raise InvalidSpec(f"netns name {value!r} may not contain '/'; pass an absolute path instead")
+
+    @host_ifname.validator
+    def _check_host_ifname(self, _a, value):
+        if value is not None:
+            validate_ifname(value, "node-side interface name")
+
+    @device.validator
+    def _check_device(self, _a, value):
+        allowed = {"auto"} | {k.value for k in DeviceKind}
+        if value not in allowed:
+            raise InvalidSpec(f"device {value!r} is not one of: {', '.join(sorted(allowed))}")
+
+    @mtu.validator
+    def _check_mtu(self, _a, value):
+        if value is not None and not (68 <= int(value) <= 65535):
+            raise InvalidSpec(f"mtu {value} is outside 68..65535")
+
+    @mac.validator
+    def _check_mac_mode(self, _a, value):
+        if value is not None and self.mode is DeviceMode.L3:
+            raise InvalidSpec("MAC addresses only apply in L2 mode (netkit L3 devices have none)")
+
+    @property
+    def node_ifname(self) -> str:
+        return self.host_ifname or default_host_ifname(self.id)
+
+
+@attrs.frozen
+class ProgramSpec:
+    """One BPF program a plugin contributes to a hook point.
+
+    ``order`` places it in the chain (lower runs first; first-party: policy 100, forwarding
+    500); ``before``/``after`` name other programs and win over ``order``.  The program returns
+    -1 ("continue") to hand the packet on, so chains compose on every mechanism.
+    """
+
+    name: str
+    object: str  # path to a BPF ELF object
+    program: str  # the function name inside the object
+    hook: Hook | DeviceHook
+    order: int = 500
+    before: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    after: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    # .rodata globals set before load, name -> bytes (e.g. endpoint id as <I).
+    globals: Mapping[str, bytes] = attrs.field(factory=dict, converter=dict)
+    # map name -> pin scope: "global" (shared by every endpoint) or "endpoint".
+    maps: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    plugin: str = ""
+
+    @name.validator
+    def _check_name(self, _a, value):
+        if not re.match(r"^[a-z][a-z0-9_]{0,30}$", value or ""):
+            raise InvalidSpec(f"program name {value!r}: use 1-31 of a-z, 0-9, '_' starting with a letter")
+
+    @maps.validator
+    def _check_maps(self, _a, value):
+        for k, scope in value.items():
+            if scope not in ("global", "endpoint"):
+                raise InvalidSpec(f"map {k!r}: pin scope {scope!r} is not 'global' or 'endpoint'")
+
+
+@attrs.frozen
+class AttachedProgram:
+    """A program attached to a device, as read back from the kernel and bpffs."""
+
+    name: str
+    hook: str
+    mechanism: Mechanism
+    prog_id: int
+    link_id: int = 0  # 0 for TC (no link object)
+    pin: str = ""
+    tc_priority: int = 0
+    tc_handle: int = 0
+    ifindex: int = 0
+
+
+@attrs.frozen
+class Endpoint:
+    """An endpoint as nkframe holds it: the spec plus what was built for it."""
+
+    spec: EndpointSpec
+    device_kind: DeviceKind
+    node_ifindex: int
+    mechanism: Mapping[str, Mechanism] = attrs.field(converter=dict)  # hook -> mechanism
+    reasons: Mapping[str, str] = attrs.field(factory=dict, converter=dict)  # why those choices
+    programs: tuple[AttachedProgram, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id

@@ -1,0 +1,56 @@
+"""Build steps pyproject.toml cannot express: the cffi extension and the BPF objects.
+
+The cffi module is built out-of-line against the system's libbpf/libxdp headers.  BPF C under
+``bpf/`` is compiled with clang into ``nkframe/_objs/`` (next to the sources for an editable
+install, into the wheel otherwise); objects are never committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+BPF_SRC = ROOT / "bpf"
+MULTIARCH = "/usr/include/x86_64-linux-gnu"
+
+
+def compile_bpf(out_dir: Path) -> None:
+    clang = os.environ.get("CLANG", "clang")
+    strip = shutil.which("llvm-strip") or shutil.which("llvm-strip-14")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(BPF_SRC.glob("*.c")):
+        obj = out_dir / (src.stem + ".o")
+        deps = [src, *BPF_SRC.glob("include/*.h")]
+        if obj.exists() and all(obj.stat().st_mtime >= d.stat().st_mtime for d in deps):
+            continue
+        cmd = [
+            clang, "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+            "-D__TARGET_ARCH_x86", f"-I{BPF_SRC / 'include'}", f"-I{MULTIARCH}",
+            "-c", str(src), "-o", str(obj),
+        ]
+        subprocess.run(cmd, check=True)
+        if strip:
+            # -g keeps BTF (needed for maps and CO-RE) but the DWARF is 60x the code.
+            subprocess.run([strip, "-g", str(obj)], check=True)
+
+
+class BuildExtWithBpf(build_ext):
+    def run(self) -> None:
+        if self.inplace:
+            out = ROOT / "nkframe" / "_objs"
+        else:
+            out = Path(self.build_lib) / "nkframe" / "_objs"
+        compile_bpf(out)
+        super().run()
+
+
+setup(
+    cffi_modules=["nkframe/_bpf/_build.py:ffibuilder"],
+    cmdclass={"build_ext": BuildExtWithBpf},
+)
