@@ -1,0 +1,136 @@
+"""nkframe's own hook implementations: the defaults, registered first and answering last.
+
+* device: a netkit pair where the kernel has netkit, else a veth pair; the pod side passes no
+  traffic until the engine opens it (netkit policy drop on both ends, veth left down).
+* attach: the first candidate the kernel supports (netkit native on a netkit device, TCX, TC).
+* configure: the pod side's addresses and loopback.
+"""
+
+from __future__ import annotations
+
+from nkframe import netns
+from nkframe.context import DeviceInfo, EndpointContext
+from nkframe.errors import InvalidSpec, NotSupported
+from nkframe.hookspecs import hookimpl
+from nkframe.types import DeviceKind, DeviceMode, Mechanism
+
+
+def choose_device(ctx: EndpointContext) -> tuple[DeviceKind, str]:
+    spec, feats = ctx.spec, ctx.features
+    if spec.device == DeviceKind.NETKIT_SINGLE.value:
+        feats.require("netkit_single")
+        return DeviceKind.NETKIT_SINGLE, "netkit single device requested"
+    if spec.device == DeviceKind.NETKIT.value:
+        feats.require("netkit")
+        return DeviceKind.NETKIT, "netkit requested"
+    if spec.device == DeviceKind.VETH.value:
+        return DeviceKind.VETH, "veth requested"
+    if feats.supported("netkit"):
+        return DeviceKind.NETKIT, "netkit supported by the kernel"
+    return DeviceKind.VETH, f"netkit unsupported: {feats['netkit'].reason}"
+
+
+@hookimpl(trylast=True)
+def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
+    from nkframe.netlink import links, netkit
+
+    spec = ctx.spec
+    kind, reason = choose_device(ctx)
+    node_if, pod_if = spec.node_ifname, spec.ifname
+    if kind is DeviceKind.NETKIT_SINGLE:
+        raise NotSupported("netkit_single", "single-mode devices are built by the nkframe_vm plugin")
+    if kind is DeviceKind.NETKIT:
+        nk = netkit.NetkitSpec(
+            name=node_if,
+            peer_name=pod_if,
+            peer_netns=spec.netns,
+            mode=netkit.NetkitMode.L2 if spec.mode is DeviceMode.L2 else netkit.NetkitMode.L3,
+            # Closed until the programs are in place: no packet passes an unpoliced device.
+            policy=netkit.NetkitPolicy.DROP,
+            peer_policy=netkit.NetkitPolicy.DROP,
+            mtu=spec.mtu,
+            peer_mtu=spec.mtu,
+            address=spec.host_mac if spec.mode is DeviceMode.L2 else None,
+            peer_address=spec.mac if spec.mode is DeviceMode.L2 else None,
+        )
+        pair = netkit.create_netkit(nk, netns=ctx.node_netns)
+    else:
+        pair = links.create_veth(
+            links.VethSpec(
+                name=node_if,
+                peer_name=pod_if,
+                peer_netns=spec.netns,
+                mtu=spec.mtu,
+                address=spec.host_mac,
+                peer_address=spec.mac,
+            ),
+            netns=ctx.node_netns,
+        )
+    ctx.undo.push(f"delete {kind} {node_if}", lambda: links.delete_link(node_if, netns=ctx.node_netns, missing_ok=True))
+    return DeviceInfo(
+        kind=kind,
+        mode=spec.mode,
+        node_ifname=node_if,
+        node_ifindex=pair.ifindex,
+        pod_ifname=pod_if,
+        pod_ifindex=pair.peer_ifindex,
+        reason=reason,
+    )
+
+
+@hookimpl(trylast=True)
+def nkframe_attach_select(ctx: EndpointContext, hook: str, candidates: list[Mechanism]):
+    if not candidates:
+        return None
+    first = candidates[0]
+    if first is Mechanism.NETKIT:
+        why = "netkit device: native netkit links"
+    elif first is Mechanism.TCX:
+        why = "TCX links (kernel 6.6+)"
+    else:
+        why = f"tc clsact/cls_bpf: {ctx.features['tcx'].reason}"
+    if ctx.device and ctx.device.kind is DeviceKind.VETH and first is not Mechanism.NETKIT:
+        why = f"{ctx.device.kind} + {why}"
+    return first, why
+
+
+@hookimpl(tryfirst=True)
+def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
+    """Pod side: loopback up, addresses on the pod interface (the device is opened later)."""
+    from nkframe.netlink import links
+
+    spec = ctx.spec
+    if ctx.device is None or ctx.device.pod_ifname is None:
+        return
+    links.set_up("lo", netns=spec.netns)
+    for addr in spec.addresses:
+        links.add_address(ctx.device.pod_ifname, str(addr), netns=spec.netns)
+
+
+def open_device(ctx: EndpointContext) -> None:
+    """Let traffic through once programs and configuration are in place."""
+    from nkframe.netlink import links, netkit
+
+    dev = ctx.device
+    assert dev is not None
+    if dev.kind is DeviceKind.NETKIT:
+        policy = netkit.NetkitPolicy(ctx.spec.options.get("netkit_policy", "pass") == "drop" and 2 or 0)
+        netkit.set_policy(dev.node_ifname, policy=policy, peer_policy=policy, netns=ctx.node_netns)
+    links.set_up(dev.node_ifname, netns=ctx.node_netns)
+    if dev.pod_ifname:
+        links.set_up(dev.pod_ifname, netns=ctx.spec.netns)
+
+
+def check_netns(name: str | None, what: str) -> None:
+    if name is None:
+        return
+    if name.startswith("/"):
+        import os
+
+        if not os.path.exists(name):
+            raise InvalidSpec(f"{what} {name} does not exist")
+        return
+    if not netns.exists(name):
+        from nkframe.errors import NetnsNotFound
+
+        raise NetnsNotFound(name)

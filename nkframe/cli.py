@@ -1,0 +1,254 @@
+"""The ``nkframe`` command.
+
+Exit codes: 0 success; 1 a check failed (demo mismatch, probe feature missing with
+``--require``); 2 bad input (usage, invalid spec, unknown plugin); 3 not supported by this kernel;
+4 a kernel or system call failed; 5 not found (endpoint, netns).
+
+Tables go to a terminal; ``--json`` prints one JSON document for scripts, stable across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from nkframe import errors
+
+EXIT_FAILED, EXIT_INPUT, EXIT_UNSUPPORTED, EXIT_KERNEL, EXIT_NOTFOUND = 1, 2, 3, 4, 5
+
+
+def _exit_code(e: BaseException) -> int:
+    if isinstance(e, (errors.EndpointNotFound, errors.NetnsNotFound)):
+        return EXIT_NOTFOUND
+    if isinstance(e, (errors.InvalidSpec, errors.PluginError, errors.EndpointExists, errors.NotBpffs)):
+        return EXIT_INPUT
+    if isinstance(e, errors.NotSupported):
+        return EXIT_UNSUPPORTED
+    return EXIT_KERNEL
+
+
+class _Group(click.Group):
+    """Turns nkframe errors into one clear line and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.NkframeError as e:
+            click.echo(f"nkframe: error: {e}", err=True)
+            ctx.exit(_exit_code(e))
+        except PermissionError as e:
+            click.echo(f"nkframe: error: {e} (nkframe needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)", err=True)
+            ctx.exit(EXIT_KERNEL)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--netns", "node_netns", envvar="NKFRAME_NODE_NETNS", default=None, help="Node network namespace (default: the current one).")
+@click.option("--bpffs-root", envvar="NKFRAME_BPFFS_ROOT", default="/sys/fs/bpf/nkframe", show_default=True, help="Where nkframe pins maps and links.")
+@click.option("--attach", "attach_mode", envvar="NKFRAME_ATTACH", default="auto", type=click.Choice(["auto", "netkit", "tcx", "tc"]), show_default=True, help="Force an attach mechanism.")
+@click.version_option(package_name="nkframe")
+@click.pass_context
+def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode: str) -> None:
+    """nkframe: BPF dataplanes on the Linux netkit device."""
+    ctx.obj = {"node_netns": node_netns, "bpffs_root": bpffs_root, "attach": attach_mode}
+
+
+def _engine(ctx: click.Context):
+    from nkframe.engine import Engine
+
+    o = ctx.obj
+    return Engine(o["node_netns"], o["bpffs_root"], attach=o["attach"])
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--require", multiple=True, help="Exit 1 unless this feature is supported (repeatable).")
+def probe(as_json: bool, require: tuple[str, ...]) -> None:
+    """Show what this kernel supports, found by trying each feature."""
+    from nkframe import probe as probe_mod
+
+    feats = probe_mod.features()
+    unknown = [r for r in require if r not in feats.items]
+    if unknown:
+        raise errors.InvalidSpec(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(probe_mod.FEATURES)}")
+    if as_json:
+        _print_json(feats.to_dict())
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"kernel {feats.kernel} · libbpf {feats.libbpf} · libxdp {feats.libxdp or 'missing'}")
+        t.add_column("feature")
+        t.add_column("supported")
+        t.add_column("reason", overflow="fold")
+        for name in feats:
+            f = feats[name]
+            t.add_row(name, "[green]yes[/]" if f.supported else "[red]no[/]", f.reason)
+        _console().print(t)
+    missing = [r for r in require if not feats.supported(r)]
+    if missing:
+        raise SystemExit(EXIT_FAILED)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def endpoint() -> None:
+    """Add, remove and list endpoints."""
+
+
+@endpoint.command("add")
+@click.argument("endpoint_id")
+@click.option("--pod-netns", required=True, help="The pod's network namespace (name or path).")
+@click.option("--address", "addresses", multiple=True, help="Pod address, e.g. 10.0.1.5/32 (repeatable).")
+@click.option("--ifname", default="eth0", show_default=True, help="Interface name inside the pod.")
+@click.option("--host-ifname", default=None, help="Node-side interface name (default: derived from the id).")
+@click.option("--mode", type=click.Choice(["l3", "l2"]), default="l3", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "netkit", "veth"]), default="auto", show_default=True)
+@click.option("--mac", default=None, help="Pod MAC address (L2 only).")
+@click.option("--mtu", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mode, device, mac, mtu, as_json) -> None:
+    """Create endpoint ENDPOINT_ID in an existing pod namespace."""
+    from nkframe.types import EndpointSpec
+
+    spec = EndpointSpec(
+        id=endpoint_id, netns=pod_netns, addresses=addresses, ifname=ifname, host_ifname=host_ifname,
+        mode=mode, device=device, mac=mac, mtu=mtu,
+    )
+    ep = _engine(ctx).add_endpoint(spec)
+    if as_json:
+        _print_json(endpoint_doc(ep))
+    else:
+        click.echo(f"endpoint {ep.id}: {ep.device_kind} {ep.spec.node_ifname} (ifindex {ep.node_ifindex}), "
+                   + ", ".join(f"{h}: {m}" for h, m in ep.mechanism.items()))
+
+
+@endpoint.command("del")
+@click.argument("endpoint_id")
+@click.pass_context
+def endpoint_del(ctx, endpoint_id) -> None:
+    """Remove endpoint ENDPOINT_ID and everything built for it."""
+    _engine(ctx).remove_endpoint(endpoint_id)
+    click.echo(f"endpoint {endpoint_id} removed")
+
+
+@endpoint.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def endpoint_ls(ctx, as_json) -> None:
+    """List endpoints (read from bpffs and the kernel)."""
+    eps = _engine(ctx).endpoints()
+    if as_json:
+        _print_json([endpoint_doc(e) for e in eps])
+        return
+    from rich.table import Table
+
+    t = Table()
+    for col in ("id", "netns", "device", "mode", "addresses", "attach", "programs"):
+        t.add_column(col)
+    for e in eps:
+        t.add_row(
+            e.id, e.spec.netns, f"{e.device_kind} {e.spec.node_ifname}", e.spec.mode.value,
+            " ".join(str(a) for a in e.spec.addresses),
+            " ".join(f"{h}:{m}" for h, m in sorted(e.mechanism.items())),
+            " ".join(f"{p.name}#{p.prog_id}" for p in e.programs),
+        )
+    _console().print(t)
+
+
+def endpoint_doc(e) -> dict:
+    return {
+        "id": e.id,
+        "netns": e.spec.netns,
+        "device_kind": str(e.device_kind),
+        "node_ifname": e.spec.node_ifname,
+        "node_ifindex": e.node_ifindex,
+        "mode": e.spec.mode.value,
+        "addresses": [str(a) for a in e.spec.addresses],
+        "attach": {h: str(m) for h, m in e.mechanism.items()},
+        "reasons": dict(e.reasons),
+        "programs": [
+            {"name": p.name, "hook": p.hook, "mechanism": str(p.mechanism), "prog_id": p.prog_id, "link_id": p.link_id}
+            for p in e.programs
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("device")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def attached(ctx, device, as_json) -> None:
+    """Every BPF program attached to DEVICE by netkit, TCX or TC (ip/tc/bpftool can't show all)."""
+    from nkframe.engine import list_attached
+    from nkframe.netlink import links
+
+    o = ctx.obj
+    st = links.get_link(device, netns=o["node_netns"])
+    progs = list_attached(st.ifindex, netns_name=o["node_netns"], netkit=st.kind == "netkit")
+    if as_json:
+        _print_json([
+            {"mechanism": str(p.mechanism), "direction": p.hook, "prog_id": p.prog_id, "name": p.name,
+             "link_id": p.link_id, "tc_handle": p.tc_handle, "tc_priority": p.tc_priority}
+            for p in progs
+        ])
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{device} (ifindex {st.ifindex}, {st.kind or 'device'})")
+    for col in ("mechanism", "direction", "order", "prog id", "name", "link id / tc handle:prio"):
+        t.add_column(col)
+    order: dict[tuple, int] = {}
+    for p in progs:
+        k = (p.mechanism, p.hook)
+        order[k] = order.get(k, 0) + 1
+        where = str(p.link_id) if p.link_id else (f"{p.tc_handle:#x}:{p.tc_priority:#x}" if p.tc_handle else "-")
+        t.add_row(str(p.mechanism), p.hook, str(order[k]), str(p.prog_id), p.name, where)
+    _console().print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reconcile(ctx, as_json) -> None:
+    """Compare bpffs with the kernel and clean up endpoints whose netns or device vanished."""
+    rep = _engine(ctx).reconcile()
+    doc = {"healthy": list(rep.healthy), "removed": list(rep.removed), "problems": list(rep.problems)}
+    if as_json:
+        _print_json(doc)
+    else:
+        click.echo(f"{len(rep.healthy)} healthy, {len(rep.removed)} removed")
+        for p in rep.problems:
+            click.echo(f"  {p}")
+
+
+cli.add_command(reconcile, name="gc")
+
+
+def main() -> None:
+    cli(prog_name="nkframe")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,645 @@
+"""The endpoint lifecycle: add, remove, list, reconcile.
+
+An :class:`Engine` is bound to a node network namespace (``None`` = the caller's) and a bpffs
+root.  It keeps no state of its own: every query reads bpffs and the kernel, so a restarted
+process sees exactly what a crashed one left (see :mod:`nkframe.pins` for the layout).
+
+``add_endpoint`` is transactional: each step registers its undo, and a failure at any step rolls
+back every earlier one, so a failed add leaves no device, pin, map or link behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import attrs
+import pluggy
+
+from nkframe import attach as attach_mod
+from nkframe import builtin, netns, pins, plugins, specstore
+from nkframe.context import DeviceInfo, EndpointContext, UndoLog, UplinkContext
+from nkframe.errors import (
+    EndpointExists,
+    EndpointNotFound,
+    InvalidSpec,
+    KernelError,
+    NkframeError,
+    NotSupported,
+    PluginError,
+)
+from nkframe.types import (
+    AttachedProgram,
+    AttachMode,
+    DeviceHook,
+    DeviceKind,
+    Endpoint,
+    EndpointSpec,
+    Hook,
+    Mechanism,
+    ProgramSpec,
+)
+
+log = logging.getLogger(__name__)
+
+BPF_LINK_TYPE_TCX = 11
+BPF_LINK_TYPE_NETKIT = 13
+_TC_HANDLE = 0x4E4B  # nkframe.attach.tc.HANDLE, without importing the bindings at import time
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What :meth:`Engine.reconcile` found and did."""
+
+    healthy: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # endpoints whose netns or device vanished: cleaned up
+    repaired: tuple[str, ...] = ()  # endpoints with programs re-attached
+    problems: tuple[str, ...] = ()
+
+
+class Engine:
+    """Endpoint lifecycle for one node.
+
+    :param node_netns: the node's network namespace by name (``/run/netns/<name>``) or ``None``
+        for the caller's own.
+    :param bpffs_root: where pins live; mounted at ``/sys/fs/bpf`` if nothing is there.
+    :param attach: force a mechanism for every endpoint (``auto`` lets nkframe choose).  Forcing
+        one the kernel lacks is an error, never a silent fallback.
+    :param plugins: entry-point names to load (``None``: all installed, see :mod:`nkframe.plugins`).
+    :param plugin_objects: plugin objects registered directly (tests, embedders).
+    :param uplink: the node's uplink device; plugins attach device programs to it on
+        :meth:`setup_uplink`.
+    """
+
+    def __init__(
+        self,
+        node_netns: str | None = None,
+        bpffs_root: str = pins.DEFAULT_ROOT,
+        *,
+        attach: AttachMode | str = AttachMode.AUTO,
+        plugins: Iterable[str] | None = None,
+        plugin_objects: Iterable[object] = (),
+        autoload: bool | None = None,
+        uplink: str | None = None,
+        features=None,
+    ):
+        try:
+            self.attach_mode = AttachMode(str(attach).lower())
+        except ValueError:
+            raise InvalidSpec(
+                f"attach mode {attach!r} is not one of: {', '.join(m.value for m in AttachMode)}"
+            ) from None
+        if node_netns is not None:
+            builtin.check_netns(node_netns, "node network namespace")
+        self.node_netns = node_netns
+        self.layout = pins.Layout(bpffs_root)
+        pins.ensure_root(bpffs_root)
+        self.pm: pluggy.PluginManager = _make_pm(plugins, plugin_objects, autoload)
+        self._features = features
+        self.uplink = uplink
+        self._lock = threading.RLock()
+
+    # -- context management
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release: pins keep everything alive on purpose."""
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    @property
+    def features(self):
+        if self._features is None:
+            from nkframe import probe
+
+            self._features = probe.features()
+        return self._features
+
+    # ------------------------------------------------------------------------------------------
+    # add
+    # ------------------------------------------------------------------------------------------
+
+    def add_endpoint(self, spec: EndpointSpec) -> Endpoint:
+        """Build an endpoint: device, programs attached and pinned, configuration.  All or nothing."""
+        if not isinstance(spec, EndpointSpec):
+            raise InvalidSpec(f"add_endpoint takes an EndpointSpec, not {type(spec).__name__}")
+        with self._lock:
+            self.hook.nkframe_endpoint_validate(spec=spec)
+            builtin.check_netns(spec.netns, "pod network namespace")
+            ep_dir = self.layout.endpoint_dir(spec.id)
+            if ep_dir.exists():
+                raise EndpointExists(f"endpoint {spec.id!r} already exists (remove it first)")
+            self._check_name_free(spec)
+            ctx = EndpointContext(
+                spec=spec,
+                node_netns=self.node_netns,
+                bpffs_root=str(self.layout.root),
+                features=self.features,
+            )
+            loaded: list = []
+            try:
+                ep_dir.mkdir(parents=True, mode=0o700)
+                ctx.undo.push(f"remove pins of {spec.id}", lambda: pins.remove_tree(ep_dir))
+                specstore.store(self.layout.spec_path(spec.id), spec)
+                ctx.device = self._create_device(ctx)
+                self._select_mechanisms(ctx)
+                chains = self._collect(ctx)
+                loaded = self._load(ctx, chains)
+                attached = self._attach_chains(ctx, chains, loaded)
+                self.hook.nkframe_endpoint_configure(ctx=ctx)
+                builtin.open_device(ctx)
+            except BaseException:
+                failures = ctx.undo.rollback()
+                if failures:
+                    log.error("rollback of %s left %d problem(s): %s", spec.id, len(failures), failures)
+                raise
+            finally:
+                _close_all(loaded)
+                _close_all(ctx.maps.values())
+            ctx.undo.commit()
+            endpoint = Endpoint(
+                spec=spec,
+                device_kind=ctx.device.kind,
+                node_ifindex=ctx.device.node_ifindex,
+                mechanism=ctx.mechanisms,
+                reasons={"device": ctx.device.reason, **ctx.reasons},
+                programs=attached,
+            )
+            self.hook.nkframe_endpoint_added(endpoint=endpoint)
+            return endpoint
+
+    def _check_name_free(self, spec: EndpointSpec) -> None:
+        from nkframe.netlink import links
+
+        if links.link_exists(spec.node_ifname, netns=self.node_netns):
+            raise EndpointExists(
+                f"device {spec.node_ifname} already exists in the node namespace "
+                f"({self.node_netns or 'current'}); pick another host_ifname or remove it"
+            )
+
+    def _create_device(self, ctx: EndpointContext) -> DeviceInfo:
+        dev = self.hook.nkframe_device_create(ctx=ctx)
+        if not isinstance(dev, DeviceInfo):
+            raise PluginError(f"nkframe_device_create returned {dev!r}, not a DeviceInfo")
+        return dev
+
+    def candidates(self, device: DeviceInfo | None) -> list[Mechanism]:
+        """Mechanisms this kernel supports for a device, best first."""
+        out = []
+        if device is not None and device.kind is DeviceKind.NETKIT and self.features.supported("netkit"):
+            out.append(Mechanism.NETKIT)
+        if self.features.supported("tcx"):
+            out.append(Mechanism.TCX)
+        if self.features.supported("tc"):
+            out.append(Mechanism.TC)
+        return out
+
+    def _select_mechanisms(self, ctx: EndpointContext) -> None:
+        forced = ctx.spec.attach if ctx.spec.attach is not AttachMode.AUTO else self.attach_mode
+        cands = self.candidates(ctx.device)
+        for hook in Hook:
+            if forced is not AttachMode.AUTO:
+                mech = Mechanism(forced.value)
+                if mech not in cands:
+                    raise NotSupported(mech.value, self._why_not(mech, ctx.device))
+                ctx.mechanisms[hook.value] = mech
+                ctx.reasons[hook.value] = f"{mech} forced by configuration"
+                continue
+            choice = self.hook.nkframe_attach_select(ctx=ctx, hook=hook.value, candidates=list(cands))
+            if choice is None:
+                raise NotSupported("attach", f"no attach mechanism available for {hook} ({self._why_not(Mechanism.TC, ctx.device)})")
+            mech, why = choice
+            mech = Mechanism(mech)
+            if mech not in cands:
+                raise PluginError(f"nkframe_attach_select chose {mech}, which is not available here: {self._why_not(mech, ctx.device)}")
+            ctx.mechanisms[hook.value] = mech
+            ctx.reasons[hook.value] = why
+
+    def _why_not(self, mech: Mechanism, device: DeviceInfo | None) -> str:
+        if mech is Mechanism.NETKIT:
+            if device is not None and device.kind is not DeviceKind.NETKIT:
+                return f"netkit links need a netkit device, this endpoint has {device.kind} ({device.reason})"
+            return self.features["netkit"].reason
+        return self.features[mech.value].reason
+
+    # -- programs
+
+    def _collect(self, ctx: EndpointContext) -> dict[str, list[ProgramSpec]]:
+        specs: list[ProgramSpec] = []
+        for contribution in self.hook.nkframe_programs_collect(ctx=ctx):
+            for s in contribution or ():
+                if not isinstance(s, ProgramSpec):
+                    raise PluginError(f"nkframe_programs_collect returned {s!r}, not a ProgramSpec")
+                specs.append(s)
+        by_hook: dict[str, list[ProgramSpec]] = defaultdict(list)
+        for s in specs:
+            if not isinstance(s.hook, Hook):
+                raise PluginError(f"program {s.name}: endpoint programs need a Hook, not {s.hook!r}")
+            by_hook[s.hook.value].append(s)
+        return {h: order_chain(v) for h, v in by_hook.items()}
+
+    def _pin_path(self, scope: str, owner: str, kind: str, name: str, default: Path) -> str:
+        chosen = self.hook.nkframe_pin_path(root=str(self.layout.root), scope=scope, owner=owner, kind=kind, name=name)
+        return str(self.layout.check_inside(chosen)) if chosen else str(default)
+
+    def _load(self, ctx: EndpointContext, chains: dict[str, list[ProgramSpec]]) -> list:
+        """Open and load each distinct (object, globals) once; pinned maps are reused."""
+        from nkframe import bpf
+
+        groups: dict[tuple, list[ProgramSpec]] = defaultdict(list)
+        for chain in chains.values():
+            for s in chain:
+                groups[(s.object, tuple(sorted(s.globals.items())))].append(s)
+        loaded = []
+        for (obj_path, globs), members in groups.items():
+            obj = bpf.BpfObject.open(obj_path)
+            loaded.append(obj)
+            for name, value in globs:
+                obj.set_global(name, value)
+            map_scopes: dict[str, str] = {}
+            for s in members:
+                map_scopes.update(s.maps)
+            for map_name, scope in map_scopes.items():
+                owner = "" if scope == "global" else ctx.spec.id
+                default = self.layout.map_path(scope, owner, map_name)
+                path = self._pin_path(scope, owner, "map", map_name, default)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                obj.set_map_pin_path(map_name, path)
+            obj.load()
+            for name, m in obj.maps.items():
+                ctx.maps.setdefault(name, m.dup())
+        return loaded
+
+    def _attach_chains(self, ctx: EndpointContext, chains, loaded) -> tuple[AttachedProgram, ...]:
+        progs = {}
+        for obj in loaded:
+            for name, p in obj.programs.items():
+                progs.setdefault((obj.path, name), p)
+        out: list[AttachedProgram] = []
+        with netns.enter(self.node_netns):
+            for hook, chain in chains.items():
+                mech = ctx.mechanisms[hook]
+                backend = attach_mod.backend(mech)
+                direction = attach_mod.direction_for(mech, hook)
+                for pos, s in enumerate(chain):
+                    prog = _find_prog(progs, s)
+                    if mech is Mechanism.TC:
+                        pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, 0)
+                        prio = _tc_prio(pos)
+                        pin = pin.with_name(pin.name.rsplit(".p", 1)[0] + f".p{prio}")
+                        att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=str(pin), name=s.name, priority=prio)
+                    else:
+                        pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name))
+                        att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=pin, name=s.name)
+                    ctx.undo.push(f"detach {s.name}", _detacher(backend, att, self.node_netns))
+                    out.append(attrs.evolve(att, hook=hook))
+        return tuple(out)
+
+    # ------------------------------------------------------------------------------------------
+    # uplink (node device programs)
+    # ------------------------------------------------------------------------------------------
+
+    def setup_uplink(self, ifname: str | None = None) -> list[AttachedProgram]:
+        """Attach the plugins' uplink programs (idempotent: existing pins are replaced in place)."""
+        from nkframe import bpf
+        from nkframe.netlink import links
+
+        ifname = ifname or self.uplink
+        if not ifname:
+            raise InvalidSpec("no uplink device given")
+        with self._lock:
+            st = links.get_link(ifname, netns=self.node_netns)
+            uctx = UplinkContext(ifname=ifname, ifindex=st.ifindex, node_netns=self.node_netns, bpffs_root=str(self.layout.root), features=self.features)
+            specs = [s for c in self.hook.nkframe_uplink_programs(ctx=uctx) for s in (c or ())]
+            by_hook: dict[str, list[ProgramSpec]] = defaultdict(list)
+            for s in specs:
+                by_hook[DeviceHook(s.hook).value].append(s)
+            mech = Mechanism.TCX if self.features.supported("tcx") else Mechanism.TC
+            if self.attach_mode in (AttachMode.TC, AttachMode.TCX):
+                mech = Mechanism(self.attach_mode.value)
+            out = []
+            undo = UndoLog()
+            try:
+                for hook, chain in by_hook.items():
+                    chain = order_chain(chain)
+                    backend = attach_mod.backend(mech)
+                    direction = attach_mod.direction_for(mech, hook)
+                    for pos, s in enumerate(chain):
+                        obj = bpf.BpfObject.open(s.object)
+                        try:
+                            for name, value in s.globals.items():
+                                obj.set_global(name, value)
+                            for map_name, scope in s.maps.items():
+                                owner = "" if scope == "global" else ifname
+                                path = self.layout.map_path("global" if scope == "global" else "device", owner, map_name)
+                                os.makedirs(path.parent, exist_ok=True)
+                                obj.set_map_pin_path(map_name, str(path))
+                            obj.load()
+                            prog = obj.programs[s.program]
+                            out.append(self._upsert_device_prog(backend, mech, ifname, st.ifindex, hook, direction, pos, s, prog, undo))
+                        finally:
+                            obj.close()
+            except BaseException:
+                undo.rollback()
+                raise
+            return out
+
+    def _upsert_device_prog(self, backend, mech, ifname, ifindex, hook, direction, pos, s, prog, undo) -> AttachedProgram:
+        if mech is Mechanism.TC:
+            prio = _tc_prio(pos)
+            path = self.layout.tc_path("device", ifname, hook, pos, s.name, prio)
+            with netns.enter(self.node_netns):
+                if path.exists():
+                    old = backend.open_pinned(str(path), hook=direction, ifindex=ifindex)
+                    return attrs.evolve(backend.update(old, prog), hook=hook)
+                att = backend.attach(ifindex, direction, prog, pin=str(path), name=s.name, priority=prio)
+        else:
+            path = self.layout.link_path("device", ifname, hook, pos, s.name)
+            with netns.enter(self.node_netns):
+                if path.exists():
+                    old = backend.open_pinned(str(path), name=s.name)
+                    return attrs.evolve(backend.update(old, prog), hook=hook)
+                att = backend.attach(ifindex, direction, prog, pin=str(path), name=s.name)
+        undo.push(f"detach {s.name} from {ifname}", _detacher(backend, att, self.node_netns))
+        return attrs.evolve(att, hook=hook)
+
+    def teardown_uplink(self, ifname: str | None = None) -> None:
+        ifname = ifname or self.uplink
+        if not ifname:
+            return
+        with self._lock:
+            self._detach_pinned("device", ifname, missing_ok=True)
+            pins.remove_tree(self.layout.device_dir(ifname))
+
+    # ------------------------------------------------------------------------------------------
+    # read back
+    # ------------------------------------------------------------------------------------------
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint, read from bpffs and the kernel."""
+        out = []
+        for eid in self.layout.endpoint_ids():
+            try:
+                out.append(self.get_endpoint(eid))
+            except NkframeError as e:
+                log.warning("endpoint %s unreadable: %s", eid, e)
+        return out
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        from nkframe.netlink import links
+
+        spec = self._spec(endpoint_id)
+        st = links.get_link(spec.node_ifname, netns=self.node_netns) if links.link_exists(spec.node_ifname, netns=self.node_netns) else None
+        kind = DeviceKind.VETH
+        if st is not None and st.kind == "netkit":
+            kind = DeviceKind.NETKIT
+        progs = self._read_programs("endpoint", endpoint_id, st.ifindex if st else 0)
+        mech = {p.hook: p.mechanism for p in progs}
+        return Endpoint(spec=spec, device_kind=kind, node_ifindex=st.ifindex if st else 0, mechanism=mech, programs=progs)
+
+    def _spec(self, endpoint_id: str) -> EndpointSpec:
+        path = self.layout.spec_path(endpoint_id)
+        if not path.exists():
+            raise EndpointNotFound(f"no endpoint {endpoint_id!r} under {self.layout.root}")
+        return specstore.load(path)
+
+    def _read_programs(self, scope: str, owner: str, ifindex: int) -> tuple[AttachedProgram, ...]:
+        from nkframe import bpf
+
+        out = []
+        for hook, paths in self.layout.links(scope, owner).items():
+            for p in paths:
+                try:
+                    link = bpf.Link.from_pin(str(p))
+                except KernelError:
+                    continue
+                try:
+                    info = link.info()
+                finally:
+                    link.close()
+                mech = Mechanism.NETKIT if info.type == BPF_LINK_TYPE_NETKIT else Mechanism.TCX
+                _pos, name, _ = pins.parse_pin_name(p)
+                out.append(AttachedProgram(name=name, hook=hook, mechanism=mech, prog_id=info.prog_id, link_id=info.id, pin=str(p), ifindex=info.ifindex))
+        for hook, paths in self.layout.tc_pins(scope, owner).items():
+            for p in paths:
+                _pos, name, prio = pins.parse_pin_name(p)
+                try:
+                    prog = bpf.Program.from_pin(str(p))
+                except KernelError:
+                    continue
+                try:
+                    pid = prog.id
+                finally:
+                    prog.close()
+                out.append(AttachedProgram(name=name, hook=hook, mechanism=Mechanism.TC, prog_id=pid, pin=str(p), tc_priority=prio, tc_handle=_TC_HANDLE, ifindex=ifindex))
+        return tuple(out)
+
+    # ------------------------------------------------------------------------------------------
+    # remove
+    # ------------------------------------------------------------------------------------------
+
+    def remove_endpoint(self, endpoint_id: str) -> None:
+        """Remove an endpoint and everything built for it.  Works when parts are already gone."""
+        with self._lock:
+            ep_dir = self.layout.endpoint_dir(endpoint_id)
+            if not ep_dir.exists():
+                raise EndpointNotFound(f"no endpoint {endpoint_id!r} under {self.layout.root}")
+            try:
+                spec = self._spec(endpoint_id)
+            except NkframeError as e:
+                log.warning("endpoint %s: spec unreadable (%s); removing its pins only", endpoint_id, e)
+                pins.remove_tree(ep_dir)
+                return
+            self._teardown(spec)
+            self.hook.nkframe_endpoint_removed(endpoint_id=endpoint_id)
+
+    def _teardown(self, spec: EndpointSpec) -> None:
+        from nkframe.netlink import links
+
+        ctx = EndpointContext(spec=spec, node_netns=self.node_netns, bpffs_root=str(self.layout.root), features=self.features)
+        try:
+            self.hook.nkframe_endpoint_unconfigure(ctx=ctx)
+        except NkframeError as e:
+            log.warning("unconfigure %s: %s", spec.id, e)
+        self._detach_pinned("endpoint", spec.id, missing_ok=True)
+        links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
+        pins.remove_tree(self.layout.endpoint_dir(spec.id))
+
+    def _detach_pinned(self, scope: str, owner: str, *, missing_ok: bool) -> None:
+        from nkframe.netlink import links
+
+        ifindex = 0
+        if scope == "endpoint":
+            try:
+                spec = self._spec(owner)
+                if links.link_exists(spec.node_ifname, netns=self.node_netns):
+                    ifindex = links.get_link(spec.node_ifname, netns=self.node_netns).ifindex
+            except NkframeError:
+                pass
+        else:
+            if links.link_exists(owner, netns=self.node_netns):
+                ifindex = links.get_link(owner, netns=self.node_netns).ifindex
+        with netns.enter(self.node_netns):
+            for att in self._read_programs(scope, owner, ifindex):
+                backend = attach_mod.backend(att.mechanism)
+                direction = attach_mod.direction_for(att.mechanism, att.hook)
+                try:
+                    backend.detach(attrs.evolve(att, hook=direction))
+                except (KernelError, InvalidSpec) as e:
+                    if att.mechanism is Mechanism.TC and not ifindex:
+                        continue  # the device is gone, and its filters with it
+                    if not missing_ok:
+                        raise
+                    log.warning("detach %s: %s", att.name, e)
+
+    # ------------------------------------------------------------------------------------------
+    # reconcile
+    # ------------------------------------------------------------------------------------------
+
+    def reconcile(self) -> ReconcileReport:
+        """Compare bpffs with the kernel; clean endpoints whose netns or device vanished."""
+        from nkframe.netlink import links
+
+        healthy, removed, problems = [], [], []
+        with self._lock:
+            for eid in self.layout.endpoint_ids():
+                try:
+                    spec = self._spec(eid)
+                except NkframeError as e:
+                    problems.append(f"{eid}: unreadable spec ({e}); pins removed")
+                    pins.remove_tree(self.layout.endpoint_dir(eid))
+                    removed.append(eid)
+                    continue
+                gone = None
+                if not spec.netns.startswith("/") and not netns.exists(spec.netns):
+                    gone = f"netns {spec.netns} is gone"
+                elif spec.netns.startswith("/") and not os.path.exists(spec.netns):
+                    gone = f"netns {spec.netns} is gone"
+                elif not links.link_exists(spec.node_ifname, netns=self.node_netns):
+                    gone = f"device {spec.node_ifname} is gone"
+                if gone:
+                    self._teardown(spec)
+                    self.hook.nkframe_endpoint_removed(endpoint_id=eid)
+                    removed.append(eid)
+                    problems.append(f"{eid}: {gone}; cleaned up")
+                    continue
+                ep = self.get_endpoint(eid)
+                dead = [p for p in ep.programs if p.mechanism is not Mechanism.TC and p.ifindex == 0]
+                if dead:
+                    problems.append(f"{eid}: {len(dead)} link(s) detached from their device")
+                healthy.append(eid)
+        return ReconcileReport(tuple(healthy), tuple(removed), (), tuple(problems))
+
+    gc = reconcile
+
+    # ------------------------------------------------------------------------------------------
+
+    def attached(self, ifname: str) -> list[AttachedProgram]:
+        """Every program attached to a device in the node netns, by any mechanism."""
+        from nkframe.netlink import links
+
+        st = links.get_link(ifname, netns=self.node_netns)
+        return list_attached(st.ifindex, netns_name=self.node_netns, netkit=st.kind == "netkit")
+
+
+def list_attached(ifindex: int, *, netns_name: str | None, netkit: bool) -> list[AttachedProgram]:
+    out: list[AttachedProgram] = []
+    with netns.enter(netns_name):
+        mechs = [Mechanism.NETKIT] if netkit else []
+        mechs += [Mechanism.TCX, Mechanism.TC]
+        for mech in mechs:
+            backend = attach_mod.backend(mech)
+            for direction in backend.directions:
+                try:
+                    out.extend(backend.query(ifindex, direction))
+                except (KernelError, NotSupported) as e:
+                    if e.errno in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP) if isinstance(e, KernelError) else True:
+                        continue
+                    raise
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
+    """Order programs of one hook: ``before``/``after`` constraints first, then ``order``.
+
+    Constraints naming programs that are not contributed are ignored (that plugin is not loaded).
+    A cycle is a plugin error.
+    """
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise PluginError(f"two programs share the name(s) {', '.join(sorted(dup))} on one hook")
+    by_name = {s.name: s for s in specs}
+    succ: dict[str, set[str]] = {n: set() for n in by_name}
+    for s in specs:
+        for b in s.before:
+            if b in by_name:
+                succ[s.name].add(b)
+        for a in s.after:
+            if a in by_name:
+                succ[a].add(s.name)
+    indeg = {n: 0 for n in by_name}
+    for n, targets in succ.items():
+        for t in targets:
+            indeg[t] += 1
+    ready = [n for n, d in indeg.items() if d == 0]
+    out = []
+    while ready:
+        ready.sort(key=lambda n: (by_name[n].order, by_name[n].plugin, n))
+        n = ready.pop(0)
+        out.append(by_name[n])
+        for t in succ[n]:
+            indeg[t] -= 1
+            if indeg[t] == 0:
+                ready.append(t)
+    if len(out) != len(specs):
+        stuck = sorted(set(by_name) - {s.name for s in out})
+        raise PluginError(f"programs {', '.join(stuck)} have before/after constraints that form a cycle")
+    return out
+
+
+def _tc_prio(pos: int) -> int:
+    from nkframe.attach import tc
+
+    return tc.PRIO_BASE + tc.PRIO_STEP * (pos + 1)
+
+
+def _find_prog(progs: dict, s: ProgramSpec):
+    for (path, name), p in progs.items():
+        if name == s.program and os.path.samefile(path, s.object):
+            return p
+    raise PluginError(f"program {s.name}: no function {s.program!r} in {s.object}")
+
+
+def _detacher(backend, att: AttachedProgram, node_netns: str | None):
+    def undo():
+        with netns.enter(node_netns):
+            backend.detach(att)
+
+    return undo
+
+
+def _close_all(objs) -> None:
+    for o in objs:
+        try:
+            o.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+def _make_pm(names, objects, autoload):
+    return plugins.make_manager(names, autoload=autoload, extra=objects)

@@ -1,0 +1,310 @@
+"""Kernel features, found by trying them.
+
+Each probe does the real thing on throw-away objects: creates a device in a scratch network
+namespace, issues ``BPF_LINK_CREATE`` on an ifindex that does not exist (``ENODEV`` means the
+kernel knows the attach type, ``EINVAL`` that it does not), opens an XDP socket, asks the netdev
+generic-netlink family for its operations.  Results are cached per process; every "no" carries a
+reason a user can act on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import socket
+import threading
+import uuid
+from typing import Callable, Iterator
+
+import attrs
+
+from nkframe.errors import NkframeError, NotSupported
+
+FEATURES = (
+    "bpffs",
+    "btf",
+    "tc",
+    "tcx",
+    "netkit",
+    "netkit_scrub",
+    "netkit_headroom",
+    "netkit_single",
+    "xdp_native",
+    "xdp_generic",
+    "af_xdp",
+    "queue_lease",
+)
+
+AF_XDP = 44
+BAD_IFINDEX = 0x7FFFFFF0  # an ifindex no device has
+
+
+@attrs.frozen
+class Feature:
+    supported: bool
+    reason: str
+
+
+@attrs.frozen
+class Features:
+    """Probe results by feature name."""
+
+    kernel: str
+    libbpf: str
+    libxdp: str | None
+    items: dict = attrs.field(converter=dict)
+
+    def __getitem__(self, name: str) -> Feature:
+        return self.items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items)
+
+    def supported(self, name: str) -> bool:
+        return self.items[name].supported
+
+    def require(self, name: str) -> None:
+        f = self.items[name]
+        if not f.supported:
+            raise NotSupported(name, f.reason)
+
+    def to_dict(self) -> dict:
+        return {
+            "kernel": self.kernel,
+            "libbpf": self.libbpf,
+            "libxdp": self.libxdp or "",
+            "features": {k: {"supported": v.supported, "reason": v.reason} for k, v in self.items.items()},
+        }
+
+
+_lock = threading.Lock()
+_cache: Features | None = None
+
+
+def features(*, refresh: bool = False) -> Features:
+    """Probe every feature once per process (thread-safe)."""
+    global _cache
+    with _lock:
+        if _cache is None or refresh:
+            _cache = _probe_all()
+        return _cache
+
+
+def override(f: Features | None) -> None:
+    """Replace the cached results (tests that need a kernel without some feature)."""
+    global _cache
+    with _lock:
+        _cache = f
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _probe_all() -> Features:
+    from nkframe import bpf
+
+    out: dict[str, Feature] = {}
+    out["bpffs"] = _guard(_probe_bpffs)
+    out["btf"] = _guard(_probe_btf)
+    if os.geteuid() != 0:
+        for name in FEATURES:
+            out.setdefault(name, Feature(False, "probing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"))
+        return Features(platform.release(), bpf.libbpf_version(), bpf.libxdp_version(), out)
+
+    with _Scratch() as scratch:
+        out["tcx"] = _guard(_probe_tcx)
+        out["tc"] = _guard(lambda: _probe_tc(scratch))
+        out["netkit"] = _guard(lambda: _probe_netkit(scratch))
+        if out["netkit"].supported:
+            out["netkit_scrub"] = _guard(lambda: _probe_netkit_attr(scratch, "scrub", "6.13 (Debian 6.12.y has it backported)"))
+            out["netkit_headroom"] = _guard(lambda: _probe_netkit_attr(scratch, "headroom", "6.14"))
+            out["netkit_single"] = _guard(lambda: _probe_netkit_attr(scratch, "single", "7.1"))
+        else:
+            why = f"no netkit: {out['netkit'].reason}"
+            for name in ("netkit_scrub", "netkit_headroom", "netkit_single"):
+                out[name] = Feature(False, why)
+        out["xdp_native"] = _guard(lambda: _probe_xdp(scratch, native=True))
+        out["xdp_generic"] = _guard(lambda: _probe_xdp(scratch, native=False))
+        out["af_xdp"] = _guard(_probe_af_xdp)
+        out["queue_lease"] = _guard(lambda: _probe_queue_lease(scratch))
+    return Features(platform.release(), bpf.libbpf_version(), bpf.libxdp_version(), {k: out[k] for k in FEATURES})
+
+
+def _guard(fn: Callable[[], Feature]) -> Feature:
+    try:
+        return fn()
+    except NotSupported as e:
+        return Feature(False, e.reason)
+    except (NkframeError, OSError) as e:
+        return Feature(False, f"probe failed: {e}")
+
+
+class _Scratch:
+    """A network namespace that lives for the duration of the probes."""
+
+    def __enter__(self) -> "_Scratch":
+        from nkframe import netns
+
+        self.name = f"nkprobe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        netns.create(self.name)
+        self._n = 0
+        return self
+
+    def ifname(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def __exit__(self, *exc) -> None:
+        from nkframe import netns
+
+        netns.delete(self.name)
+
+
+def _probe_bpffs() -> Feature:
+    from nkframe import pins
+
+    if pins.is_bpffs("/sys/fs/bpf"):
+        return Feature(True, "mounted at /sys/fs/bpf")
+    with open("/proc/filesystems") as f:
+        if any(line.split()[-1] == "bpf" for line in f if line.strip()):
+            return Feature(True, "available (not mounted at /sys/fs/bpf yet; nkframe mounts it)")
+    return Feature(False, "the kernel has no bpf filesystem (CONFIG_BPF_SYSCALL off)")
+
+
+def _probe_btf() -> Feature:
+    if os.path.exists("/sys/kernel/btf/vmlinux"):
+        return Feature(True, "/sys/kernel/btf/vmlinux present")
+    return Feature(False, "no /sys/kernel/btf/vmlinux: the kernel was built without CONFIG_DEBUG_INFO_BTF")
+
+
+_probe_objects: dict[str, object] = {}
+
+
+def _probe_prog(kind: str):
+    """A loaded trivial program of the given kind ('tc' or 'xdp'), kept for the process."""
+    from nkframe import bpf, objects
+
+    if kind not in _probe_objects:
+        obj = bpf.BpfObject.open(objects.path("probe"))
+        obj.load()
+        _probe_objects["obj"] = obj
+        _probe_objects["tc"] = obj.programs["probe_tc"]
+        _probe_objects["xdp"] = obj.programs["probe_xdp"]
+    return _probe_objects[kind]
+
+
+def _link_create_known(attach_type: int) -> bool:
+    from nkframe import bpf
+    from nkframe.errors import KernelError
+
+    prog = _probe_prog("tc")
+    try:
+        link = bpf.Link.create(prog.fd, BAD_IFINDEX, attach_type)
+    except KernelError as e:
+        if e.errno == errno.ENODEV:
+            return True
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise
+    link.detach()
+    link.close()
+    return True
+
+
+def _probe_tcx() -> Feature:
+    from nkframe import bpf
+
+    if _link_create_known(bpf.BPF_TCX_INGRESS):
+        return Feature(True, "BPF_LINK_CREATE knows BPF_TCX_INGRESS")
+    return Feature(False, f"the kernel ({platform.release()}) does not know TCX links; TCX needs Linux 6.6+ (tc is used instead)")
+
+
+def _probe_tc(scratch: _Scratch) -> Feature:
+    from nkframe import bpf, netns
+    from nkframe.netlink import links
+
+    a, b = scratch.ifname("tc"), scratch.ifname("tc")
+    with netns.enter(scratch.name):
+        links.create_veth(links.VethSpec(name=a, peer_name=b), netns=None)
+        idx = links.get_link(a, netns=None).ifindex
+        bpf.tc_hook_create(idx, bpf.TC_INGRESS)
+        prog = _probe_prog("tc")
+        bpf.tc_attach(idx, bpf.TC_INGRESS, prog.fd, handle=1, priority=1)
+        bpf.tc_detach(idx, bpf.TC_INGRESS, handle=1, priority=1)
+        links.delete_link(a, netns=None)
+    return Feature(True, "clsact qdisc and cls_bpf direct-action filter attached on a veth")
+
+
+def _probe_netkit(scratch: _Scratch) -> Feature:
+    from nkframe.netlink import links, netkit
+
+    name, peer = scratch.ifname("nkp"), scratch.ifname("nkq")
+    netkit.create_netkit(netkit.NetkitSpec(name=name, peer_name=peer), netns=scratch.name)
+    links.delete_link(name, netns=scratch.name)
+    from nkframe import bpf
+
+    if not _link_create_known(bpf.BPF_NETKIT_PRIMARY):
+        return Feature(False, "netkit devices exist but BPF_LINK_CREATE does not know BPF_NETKIT_PRIMARY")
+    return Feature(True, "created a netkit pair; BPF_NETKIT_PRIMARY/PEER links known")
+
+
+def _probe_netkit_attr(scratch: _Scratch, what: str, since: str) -> Feature:
+    from nkframe.netlink import links, netkit
+
+    name, peer = scratch.ifname("nkp"), scratch.ifname("nkq")
+    if what == "scrub":
+        spec = netkit.NetkitSpec(name=name, peer_name=peer, scrub=netkit.NetkitScrub.NONE, peer_scrub=netkit.NetkitScrub.NONE)
+    elif what == "headroom":
+        spec = netkit.NetkitSpec(name=name, peer_name=peer, headroom=64, tailroom=64)
+    else:
+        spec = netkit.NetkitSpec(name=name, peer_name=None, pairing=netkit.NetkitPairing.SINGLE)
+    try:
+        netkit.create_netkit(spec, netns=scratch.name)
+    except NotSupported as e:
+        return Feature(False, f"{e.reason} (needs Linux {since})")
+    links.delete_link(name, netns=scratch.name, missing_ok=True)
+    return Feature(True, f"created a netkit device with {what}")
+
+
+def _probe_xdp(scratch: _Scratch, *, native: bool) -> Feature:
+    from nkframe import bpf, netns
+    from nkframe.netlink import links
+
+    a, b = scratch.ifname("xd"), scratch.ifname("xd")
+    flags = bpf.XDP_FLAGS_DRV_MODE if native else bpf.XDP_FLAGS_SKB_MODE
+    with netns.enter(scratch.name):
+        links.create_veth(links.VethSpec(name=a, peer_name=b), netns=None)
+        try:
+            idx = links.get_link(a, netns=None).ifindex
+            bpf.xdp_attach(idx, _probe_prog("xdp").fd, flags)
+            bpf.xdp_detach(idx, flags)
+        finally:
+            links.delete_link(a, netns=None, missing_ok=True)
+    mode = "native (driver) mode on veth" if native else "generic (skb) mode"
+    return Feature(True, f"XDP program attached in {mode}")
+
+
+def _probe_af_xdp() -> Feature:
+    try:
+        s = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+    except OSError as e:
+        if e.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            return Feature(False, "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS off)")
+        raise
+    s.close()
+    return Feature(True, "opened an AF_XDP socket")
+
+
+def _probe_queue_lease(scratch: _Scratch) -> Feature:
+    from nkframe.netlink import netdev
+
+    with netdev.NetdevFamily(netns=scratch.name) as fam:
+        ops = fam.ops()
+    if "queue-create" in ops:
+        return Feature(True, "the netdev family has queue-create")
+    return Feature(
+        False,
+        f"the netdev netlink family has no queue-create op (queue leasing needs Linux 7.1; "
+        f"this is {platform.release()})",
+    )
