@@ -1,0 +1,832 @@
+"""Boot a Debian kernel in QEMU with virtme-ng and run a command inside it.
+
+The host kernel has no netkit, so netkit code is tested (and demonstrated) in a VM running one of
+Debian's own kernel packages: ``6.12`` (bookworm's ``+deb12`` backport, CONFIG_NETKIT=y) or ``6.1``
+(bookworm's stock kernel: no netkit, no TCX, the TC fallback for real).
+
+* :func:`ensure_kernel` fetches the newest package of a series with ``apt-get download`` and
+  unpacks it with ``dpkg-deb -x`` into a cache outside the clone (``~/.cache/nkframe/kernels``),
+  so later runs and fresh clones reuse it.  Nothing is installed on the host.
+* :func:`run` boots it with ``vng`` (QEMU in TCG mode: nested KVM fails on our machines) and runs a
+  command.  The guest sees the host's root filesystem over 9p, so ``.venv`` works inside.  vng's
+  own exit code says nothing about the command (it was 255 on success), so a generated wrapper
+  script writes the command's exit status into a file in a directory shared read-write with the
+  guest; no status file means the command did not finish, which is never a success.
+* :func:`run_pytest` runs the root test tier in the guest and reads pytest's JUnit XML.
+
+``python -m nkframe.vm test --kernel 6.12 -- <pytest args>`` and
+``python -m nkframe.vm exec --kernel 6.12 -- CMD`` are the command-line front ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from nkframe.errors import NkframeError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Modules the guest loads before the command runs.  Debian builds the 9p/virtio pieces as
+#: modules too, but virtme-ng puts those into its initramfs itself.  Everything else the tests
+#: touch that is not built in: veth pairs, the clsact qdisc (sch_ingress) and cls_bpf for the TC
+#: path, dummy devices for uplinks.  A missing one is reported, not fatal: the 6.1 kernel lacks
+#: some features on purpose and the tests say what they need.
+GUEST_MODULES = ("veth", "sch_ingress", "cls_bpf", "act_bpf", "dummy", "tun")
+
+DEFAULT_TIMEOUT = 900.0
+
+
+class VmError(NkframeError):
+    """The VM runner could not do its job: no kernel package, no vng, the guest never finished."""
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel packages
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class KernelSeries:
+    """A family of Debian kernel packages we know how to boot, e.g. every bookworm 6.12."""
+
+    name: str
+    #: Matches a package name; group ``release`` is the kernel release (``uname -r``).
+    package_re: re.Pattern[str] = attrs.field(converter=re.compile)
+    description: str = ""
+
+    def release_of(self, package: str) -> str | None:
+        m = self.package_re.fullmatch(package.strip())
+        return m.group("release") if m else None
+
+    def matches_release(self, release: str) -> bool:
+        return self.release_of(f"linux-image-{release}-unsigned") == release
+
+
+SERIES: dict[str, KernelSeries] = {
+    s.name: s
+    for s in (
+        KernelSeries(
+            "6.12",
+            r"linux-image-(?P<release>6\.12\.\d+\+deb12-amd64)-unsigned",
+            "Debian bookworm's 6.12 kernel: netkit (=y), TCX, XDP sockets",
+        ),
+        KernelSeries(
+            "6.1",
+            r"linux-image-(?P<release>6\.1\.0-\d+-amd64)-unsigned",
+            "Debian bookworm's 6.1 kernel: no netkit, no TCX (TC fallback)",
+        ),
+    )
+}
+
+
+def series_for(version: str) -> KernelSeries:
+    """The series named ``version`` ("6.12", "6.1") or the one a full release belongs to."""
+    if version in SERIES:
+        return SERIES[version]
+    for s in SERIES.values():
+        if s.matches_release(version):
+            return s
+    raise VmError(
+        f"unknown kernel {version!r}: use one of {', '.join(SERIES)} "
+        f"or a full release such as 6.12.117+deb12-amd64"
+    )
+
+
+def release_key(release: str) -> tuple[int, ...]:
+    """Sort key for releases of one series: the numbers in order (6.12.9 < 6.12.117)."""
+    return tuple(int(n) for n in re.findall(r"\d+", release))
+
+
+def select_package(series: KernelSeries, apt_search_output: str) -> str | None:
+    """The newest package of ``series`` in ``apt-cache search --names-only`` output.
+
+    Lines look like ``linux-image-6.12.117+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs``;
+    cloud and rt flavours do not match the series pattern.  ``apt-cache search`` lists only
+    packages that have a record in the lists, so each name is downloadable.
+    """
+    best: tuple[tuple[int, ...], str] | None = None
+    for line in apt_search_output.splitlines():
+        name = line.split(" - ", 1)[0].strip()
+        release = series.release_of(name)
+        if release is None:
+            continue
+        key = (release_key(release), name)
+        if best is None or key > best:
+            best = key
+    return best[1] if best else None
+
+
+@attrs.frozen
+class KernelImage:
+    """An unpacked kernel package: what ``vng --run`` boots and where its modules are."""
+
+    release: str
+    vmlinuz: Path
+    modules_dir: Path
+    package: str = ""
+
+    @property
+    def root(self) -> Path:
+        """The unpacked package tree (``boot/``, ``lib/modules/``)."""
+        return self.vmlinuz.parent.parent
+
+    @property
+    def series(self) -> KernelSeries:
+        return series_for(self.release)
+
+    @classmethod
+    def from_tree(cls, root: Path, release: str, package: str = "") -> KernelImage:
+        """The kernel unpacked under ``root``; raises :class:`VmError` if a part is missing."""
+        vmlinuz = root / "boot" / f"vmlinuz-{release}"
+        moddir = _modules_dir(root, release)
+        if not vmlinuz.is_file() or moddir is None:
+            raise VmError(
+                f"{root} does not hold an unpacked kernel {release} (boot/vmlinuz-{release} and "
+                f"lib/modules/{release} expected); remove the directory and run again"
+            )
+        return cls(release=release, vmlinuz=vmlinuz, modules_dir=moddir, package=package)
+
+
+def _modules_dir(root: Path, release: str) -> Path | None:
+    for sub in ("lib/modules", "usr/lib/modules"):
+        d = root / sub / release
+        if d.is_dir():
+            return d
+    return None
+
+
+def cache_root() -> Path:
+    """Where unpacked kernels live: ``$NKFRAME_KERNEL_CACHE`` or ``~/.cache/nkframe/kernels``."""
+    env = os.environ.get("NKFRAME_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "nkframe" / "kernels"
+
+
+_COMPLETE = ".nkframe-complete"
+
+
+def cached_kernels(series: KernelSeries, cache: Path | None = None) -> list[KernelImage]:
+    """Completely unpacked kernels of ``series`` in the cache, oldest first."""
+    cache = cache or cache_root()
+    found = []
+    if cache.is_dir():
+        for d in cache.iterdir():
+            if (d / _COMPLETE).is_file() and series.matches_release(d.name):
+                package = (d / _COMPLETE).read_text().strip()
+                try:
+                    found.append(KernelImage.from_tree(d, d.name, package))
+                except VmError:
+                    continue
+    return sorted(found, key=lambda k: release_key(k.release))
+
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _apt_search(series: KernelSeries) -> str:
+    # A regex on names keeps the answer small; the series pattern then picks exact flavours.
+    prefix = series.package_re.pattern.split("(?P<release>")[0]
+    pattern = "^" + prefix + re.escape(series.name) + r"\."
+    try:
+        out = subprocess.run(
+            ["apt-cache", "search", "--names-only", pattern],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError as e:
+        raise VmError("apt-cache is missing: the VM runner needs Debian's apt") from e
+    return out.stdout
+
+
+def _apt_update(log: Log) -> None:
+    log("nkframe-vm: apt lists know no matching kernel; running apt-get update")
+    r = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+    if r.returncode != 0:
+        log(f"nkframe-vm: apt-get update failed (exit {r.returncode}): {r.stderr.strip()}")
+
+
+def ensure_kernel(
+    version: str = "6.12",
+    *,
+    cache: Path | None = None,
+    log: Log = _stderr_log,
+    offline: bool = False,
+) -> KernelImage:
+    """Return the newest kernel of a series, downloading and unpacking it once.
+
+    ``version`` is a series ("6.12", "6.1") or a full release ("6.12.117+deb12-amd64").  The
+    newest package apt knows is used; if apt knows none (no lists, no network) the newest cached
+    one is.  ``offline=True`` never asks apt.  Idempotent and safe against a parallel call (a lock
+    file in the cache).
+    """
+    series = series_for(version)
+    cache = cache or cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    exact = None if version in SERIES else version
+
+    if exact is not None:
+        package = f"linux-image-{exact}-unsigned"
+    else:
+        package = None
+        if not offline:
+            package = select_package(series, _apt_search(series))
+            if package is None and os.geteuid() == 0:
+                _apt_update(log)
+                package = select_package(series, _apt_search(series))
+        if package is None:
+            cached = cached_kernels(series, cache)
+            if cached:
+                log(f"nkframe-vm: apt offers no {series.name} kernel; using cached "
+                    f"{cached[-1].release}")
+                return cached[-1]
+            raise VmError(
+                f"no Debian package matches {series.package_re.pattern!r} and none is cached in "
+                f"{cache}: run 'apt-get update' (the bookworm and bookworm-security lists are "
+                f"needed) and try again"
+            )
+    release = series.release_of(package)
+    assert release is not None
+
+    target = cache / release
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _COMPLETE).is_file():
+            return KernelImage.from_tree(target, release, package)
+        if offline:
+            raise VmError(f"kernel {release} is not cached in {cache} and offline mode is on")
+        _download_and_unpack(package, release, target, log)
+    return KernelImage.from_tree(target, release, package)
+
+
+def _download_and_unpack(package: str, release: str, target: Path, log: Log) -> None:
+    t0 = time.monotonic()
+    log(f"nkframe-vm: fetching {package} into {target}")
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
+        tmpdir = Path(tmp)
+        # apt-get download drops privileges to _apt for the transfer; the directory must be
+        # writable by that user or apt warns and falls back to root.
+        os.chmod(tmpdir, 0o755)
+        dl = tmpdir / "dl"
+        dl.mkdir()
+        os.chmod(dl, 0o777)
+        r = subprocess.run(["apt-get", "download", "-q", package], cwd=dl,
+                           capture_output=True, text=True)
+        debs = list(dl.glob("*.deb"))
+        if r.returncode != 0 or not debs:
+            raise VmError(
+                f"apt-get download {package} failed (exit {r.returncode}): "
+                f"{(r.stderr or r.stdout).strip()[-500:]}; check the apt sources and network"
+            )
+        tree = tmpdir / "tree"
+        r = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise VmError(f"dpkg-deb -x {debs[0].name} failed: {r.stderr.strip()}")
+        debs[0].unlink()
+        moddir = _modules_dir(tree, release)
+        if moddir is None:
+            raise VmError(f"{package} holds no lib/modules/{release}: not a kernel image package")
+        # Debian generates modules.dep in the package's postinst, which we do not run; the
+        # guest's modprobe needs it.
+        r = subprocess.run(["depmod", "-a", "-b", str(moddir.parent.parent.parent), release],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise VmError(f"depmod for {release} failed: {r.stderr.strip()}")
+        (tree / _COMPLETE).write_text(package + "\n")
+        if target.exists():  # a half-unpacked leftover from an interrupted run
+            shutil.rmtree(target)
+        tree.rename(target)
+    log(f"nkframe-vm: {package} unpacked in {time.monotonic() - t0:.0f} s")
+
+
+# --------------------------------------------------------------------------------------------
+# Booting
+# --------------------------------------------------------------------------------------------
+
+STATUS_FILE = "exit-status"
+CONSOLE_LOG = "console.log"
+GUEST_SCRIPT = "guest-run.sh"
+BEGIN_MARK = "nkframe-vm: begin"
+END_MARK = "nkframe-vm: end"
+
+
+@attrs.frozen
+class VmResult:
+    """What one boot produced.
+
+    ``exit_code`` is the guest command's exit status as the wrapper recorded it, or ``None`` when
+    there is no record (the guest did not boot, crashed, or timed out): that is never a success.
+    """
+
+    exit_code: int | None
+    console_log: Path
+    wall_time: float
+    timed_out: bool = False
+    vng_exit: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        if self.exit_code is not None:
+            return f"guest command exited {self.exit_code}"
+        if self.timed_out:
+            return (f"no exit status: the VM was killed after {self.wall_time:.0f} s "
+                    f"(timeout); see {self.console_log}")
+        return (f"no exit status: the guest command never finished (vng exited "
+                f"{self.vng_exit}); see {self.console_log}")
+
+
+def find_vng() -> str:
+    """The vng next to our interpreter (the project's .venv), else the one on PATH."""
+    here = Path(sys.executable).parent / "vng"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("vng")
+    if found:
+        return found
+    raise VmError("vng (virtme-ng) is not installed: run 'make setup' (the 'test' extra) "
+                  "or 'pip install virtme-ng'")
+
+
+def guest_script(
+    command: Sequence[str] | str,
+    *,
+    status_path: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    modules: Iterable[str] = GUEST_MODULES,
+    prepare: bool = True,
+) -> str:
+    """The shell script the guest runs: prepare the guest, run ``command``, record its status.
+
+    ``command`` is an argv list (quoted here) or a shell snippet run as is.  ``prepare=False``
+    leaves out the guest preparation (mounts, modules), so the rest can run anywhere.
+    """
+    cmd = command if isinstance(command, str) else shlex.join(command)
+    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
+    mods = " ".join(shlex.quote(m) for m in modules)
+    status = shlex.quote(str(status_path))
+    setup = f"""echo "nkframe-vm: guest kernel $(uname -r)"
+# The guest's root is the host's, seen read-only with tmpfs overlays: bpffs and /run/netns are
+# the guest's own.  ip-netns wants /run/netns writable; tests mount private bpffs too.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf \\
+    || echo "nkframe-vm: cannot mount bpffs on /sys/fs/bpf"
+mkdir -p /run/netns && mount -t tmpfs -o mode=0755 nkframe-netns /run/netns \\
+    || echo "nkframe-vm: cannot mount a tmpfs on /run/netns"
+for m in {mods}; do
+    modprobe -q "$m" 2>/dev/null || echo "nkframe-vm: module $m not loaded (missing or built in)"
+done
+""" if prepare else ""
+    return f"""#!/bin/sh
+# Generated by nkframe.vm for one boot; runs as root inside the guest.
+{setup}{exports}
+cd {shlex.quote(str(cwd))} || exit 1
+echo "{BEGIN_MARK}"
+# A subshell, so an 'exit' in the command still reaches the status record below.
+(
+{cmd}
+)
+rc=$?
+echo "{END_MARK} rc=$rc"
+echo "$rc" > {status}.tmp && mv {status}.tmp {status}
+sync
+"""
+
+
+def build_vng_command(
+    kernel: KernelImage,
+    *,
+    script: Path,
+    rwdirs: Sequence[Path],
+    memory: str = "2G",
+    cpus: int = 2,
+    vng: str = "vng",
+    kvm: bool = False,
+) -> list[str]:
+    """The vng argv for one boot of ``kernel`` running ``script``.
+
+    vng finds the modules by walking up from the image to a directory holding ``lib/modules``
+    (our unpacked package) and links them to ``/lib/modules/$(uname -r)`` in the guest, so the
+    host's ``/lib/modules`` is not touched.  ``-v`` is what sends the guest's output to the
+    console we log.
+    """
+    argv = [vng, "--run", str(kernel.vmlinuz), "-v", "--memory", memory, "--cpus", str(cpus),
+            "--name", "nkframe-vm"]
+    if not kvm:
+        argv.append("--disable-kvm")
+    for d in rwdirs:
+        argv += ["--rwdir", str(d)]
+    argv += ["--exec", f"/bin/sh {shlex.quote(str(script))}"]
+    return argv
+
+
+def run(
+    kernel: KernelImage,
+    command: Sequence[str] | str,
+    *,
+    rwdir: Path,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory: str = "2G",
+    cpus: int = 2,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    extra_rwdirs: Sequence[Path] = (),
+    echo: Callable[[str], None] | None = None,
+    modules: Iterable[str] = GUEST_MODULES,
+) -> VmResult:
+    """Boot ``kernel`` and run ``command`` in it as root; one boot per call.
+
+    ``rwdir`` is shared read-write with the guest at the same path: the wrapper script, the
+    status file and the console log live there, and so should any result the command writes.
+    ``echo`` receives the guest command's output line by line as it arrives (the kernel's boot
+    messages only go to the console log).  KVM is used only if ``NKFRAME_VM_KVM=1``.
+    """
+    rwdir = Path(rwdir).resolve()
+    rwdir.mkdir(parents=True, exist_ok=True)
+    status = rwdir / STATUS_FILE
+    log_path = rwdir / CONSOLE_LOG
+    script = rwdir / GUEST_SCRIPT
+    status.unlink(missing_ok=True)
+    status.with_name(STATUS_FILE + ".tmp").unlink(missing_ok=True)
+    script.write_text(guest_script(command, status_path=status, cwd=Path(cwd or REPO_ROOT),
+                                   env=env, modules=modules))
+    argv = build_vng_command(kernel, script=script, rwdirs=[rwdir, *extra_rwdirs],
+                             memory=memory, cpus=cpus, vng=find_vng(),
+                             kvm=os.environ.get("NKFRAME_VM_KVM") == "1")
+
+    t0 = time.monotonic()
+    timed_out = False
+    with open(log_path, "w", errors="replace") as log:
+        log.write("# " + shlex.join(argv) + "\n")
+        log.flush()
+        # A session of its own so a timeout can stop vng, QEMU and anything they started.
+        # vng starts virtme-run by name: the venv's bin must be on PATH even when the venv
+        # is not activated.
+        host_env = dict(os.environ)
+        host_env["PATH"] = os.pathsep.join([str(Path(argv[0]).parent), host_env.get("PATH", "")])
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=str(cwd or REPO_ROOT), env=host_env)
+        deadline = t0 + timeout
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        streaming = False
+        pending = b""
+        while True:
+            chunk = _read_some(proc.stdout, deadline)
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip("\r")
+                    log.write(line + "\n")
+                    if BEGIN_MARK in line:
+                        streaming = True
+                    elif END_MARK in line:
+                        streaming = False
+                    elif echo and (streaming or line.startswith("nkframe-vm:")):
+                        echo(line)
+                log.flush()
+            elif chunk is None:  # EOF
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                _kill_group(proc)
+                log.write(f"# nkframe-vm: killed after {timeout:.0f} s\n")
+                break
+        if pending:
+            log.write(pending.decode(errors="replace") + "\n")
+        vng_exit = proc.wait()
+    wall = time.monotonic() - t0
+
+    exit_code = None
+    if status.is_file():
+        try:
+            exit_code = int(status.read_text().strip())
+        except ValueError:
+            exit_code = None
+    return VmResult(exit_code=exit_code, console_log=log_path, wall_time=wall,
+                    timed_out=timed_out, vng_exit=vng_exit)
+
+
+def _read_some(stream, deadline: float) -> bytes | None:
+    """Bytes available on a non-blocking pipe, b"" if none yet, None at EOF."""
+    import select
+
+    wait = max(0.0, min(1.0, deadline - time.monotonic()))
+    ready, _, _ = select.select([stream], [], [], wait)
+    if not ready:
+        return b""
+    data = os.read(stream.fileno(), 65536)
+    return data if data else None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# --------------------------------------------------------------------------------------------
+# Test results
+# --------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TestCounts:
+    """Outcome counts of one pytest run, read from its JUnit XML."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+    def __add__(self, other: TestCounts) -> TestCounts:
+        return TestCounts(self.passed + other.passed, self.failed + other.failed,
+                          self.skipped + other.skipped, self.errors + other.errors)
+
+    @property
+    def bad(self) -> int:
+        """Failures and errors together: what the summary line calls 'failed'."""
+        return self.failed + self.errors
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.skipped + self.errors
+
+    def line(self) -> str:
+        """``N passed, N failed, N skipped`` (errors count as failed)."""
+        return f"{self.passed} passed, {self.bad} failed, {self.skipped} skipped"
+
+
+def parse_junit(path: Path) -> TestCounts:
+    """Count outcomes per test case in a pytest JUnit XML file.
+
+    A case with a ``failure`` or ``error`` child failed (pytest reports a teardown error on an
+    otherwise passed test that way too, and xpass-strict as a failure); one with ``skipped`` was
+    skipped (xfail included); others passed.  Raises :class:`VmError` if the file is missing or
+    unreadable: a run without results is not a pass.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError as e:
+        raise VmError(f"no test results: {path} was not written") from e
+    except ET.ParseError as e:
+        raise VmError(f"test results {path} are not valid XML ({e}): the run was cut short?") from e
+    passed = failed = skipped = errors = 0
+    for case in root.iter("testcase"):
+        tags = {child.tag for child in case}
+        if "error" in tags:
+            errors += 1
+        elif "failure" in tags:
+            failed += 1
+        elif "skipped" in tags:
+            skipped += 1
+        else:
+            passed += 1
+    return TestCounts(passed, failed, skipped, errors)
+
+
+@attrs.frozen
+class TierResult:
+    """One tier's outcome: counts, and a reason when the tier itself broke."""
+
+    name: str
+    counts: TestCounts
+    problem: str | None = None
+    wall_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.counts.bad == 0 and self.counts.total > 0
+
+    def line(self) -> str:
+        return f"{self.name}: {self.counts.line()}"
+
+
+def tier_result(name: str, junit: Path, exit_code: int | None, what: str,
+                wall_time: float = 0.0) -> TierResult:
+    """Combine a runner's exit status with its JUnit file.
+
+    Missing or broken results, pytest's exit 5 (no tests collected), any other non-zero exit
+    with no failing test to show for it: each is a problem, and the tier counts one failure for
+    it so the totals never read as clean.
+    """
+    try:
+        counts = parse_junit(junit)
+    except VmError as e:
+        return TierResult(name, TestCounts(failed=1), f"{e} ({what})", wall_time)
+    problem = None
+    if exit_code is None:
+        problem = what
+    elif exit_code == 5 or counts.total == 0:
+        problem = "no tests were collected"
+    elif exit_code != 0 and counts.bad == 0:
+        problem = f"pytest exited {exit_code} without a failing test: {what}"
+    if problem is not None and counts.bad == 0:
+        counts = counts + TestCounts(failed=1)
+    return TierResult(name, counts, problem, wall_time)
+
+
+# --------------------------------------------------------------------------------------------
+# The root test tier in a VM
+# --------------------------------------------------------------------------------------------
+
+PLUGIN_DIR = REPO_ROOT / "tests" / "vm"
+PLUGIN = "pytest_nkframe_vm"
+
+
+def pytest_command(
+    venv: Path,
+    junit: Path,
+    pytest_args: Sequence[str] = (),
+    *,
+    marker: str = "root",
+) -> list[str]:
+    """The guest's pytest argv: the root tier, our VM plugin, results to ``junit``.
+
+    The suite's own paths are used unless ``pytest_args`` names paths of its own; later options
+    win in pytest, so ``-m`` in ``pytest_args`` overrides the marker.
+    """
+    argv = [str(venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider",
+            "-m", marker, f"--junitxml={junit}"]
+    names_paths = any(not a.startswith("-") and Path(a.split("::")[0]).exists()
+                      for a in pytest_args)
+    if not names_paths:
+        argv.append("tests")
+    return argv + list(pytest_args)
+
+
+def probe_command(venv: Path) -> str:
+    """Print the guest kernel's features; tolerate an nkframe without the probe command."""
+    nk = shlex.quote(str(venv / "bin" / "nkframe"))
+    return (f'echo "== nkframe probe ($(uname -r)) =="; '
+            f'{nk} probe 2>&1 || echo "probe unavailable (exit $?)"')
+
+
+def tier_name(series: KernelSeries) -> str:
+    return "vm-netkit" if series.name == "6.12" else "vm-legacy"
+
+
+def run_pytest(
+    version: str,
+    pytest_args: Sequence[str] = (),
+    *,
+    results: Path | None = None,
+    timeout: float | None = None,
+    echo: Callable[[str], None] | None = print,
+    name: str | None = None,
+    log: Log = _stderr_log,
+) -> TierResult:
+    """Boot the kernel ``version`` once and run the root tests (``pytest -m root``) in it.
+
+    On 6.12 ``NKFRAME_REQUIRE_NETKIT=1`` is set: our pytest plugin turns a skipped ``netkit``
+    test into a failure there.  JUnit XML and the console log go to ``results``
+    (``results/vm-<series>/`` by default).
+    """
+    t0 = time.monotonic()
+    try:
+        kernel = ensure_kernel(version, log=log)
+    except VmError as e:
+        series = series_for(version)
+        return TierResult(name or tier_name(series), TestCounts(failed=1), str(e),
+                          time.monotonic() - t0)
+    series = kernel.series
+    name = name or tier_name(series)
+    results = Path(results or REPO_ROOT / "results" / f"vm-{series.name}").resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    junit = results / "junit.xml"
+    junit.unlink(missing_ok=True)
+    venv = REPO_ROOT / ".venv"
+    env = {
+        "NKFRAME_VM": "1",
+        "NKFRAME_VM_SERIES": series.name,
+        "NKFRAME_VM_RELEASE": kernel.release,
+        "NKFRAME_REQUIRE_NETKIT": "1" if series.name == "6.12" else "0",
+        "PYTHONPATH": str(PLUGIN_DIR),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TERM": "dumb",
+    }
+    cmd = probe_command(venv) + "\n" + shlex.join(pytest_command(venv, junit, pytest_args))
+    log(f"nkframe-vm: booting {kernel.release} for the {name} tier")
+    try:
+        res = run(kernel, cmd, rwdir=results, env=env, echo=echo,
+                  timeout=timeout or float(os.environ.get("NKFRAME_VM_TIMEOUT", DEFAULT_TIMEOUT)))
+    except VmError as e:
+        return TierResult(name, TestCounts(failed=1), str(e), time.monotonic() - t0)
+    log(f"nkframe-vm: {name} boot+tests took {res.wall_time:.0f} s ({res.describe()})")
+    if res.exit_code is None:
+        _show_tail(res.console_log, log)
+    return tier_result(name, junit, res.exit_code, res.describe(), time.monotonic() - t0)
+
+
+def _show_tail(path: Path, log: Log, n: int = 25) -> None:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return
+    log(f"nkframe-vm: last {len(lines)} console lines ({path}):")
+    for line in lines:
+        log("  | " + line)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nkframe.vm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p_kernel = sub.add_parser("kernel", help="download/unpack a kernel and print where it is")
+    p_kernel.add_argument("--kernel", default="6.12", help="series (6.12, 6.1) or full release")
+
+    p_test = sub.add_parser("test", help="run the root test tier in the VM")
+    p_test.add_argument("--kernel", default="6.12")
+    p_test.add_argument("--results", type=Path, default=None, help="junit + console log dir")
+    p_test.add_argument("--timeout", type=float, default=None)
+    p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+
+    p_exec = sub.add_parser("exec", help="run a command in the VM as root")
+    p_exec.add_argument("--kernel", default="6.12")
+    p_exec.add_argument("--rwdir", type=Path, default=None,
+                        help="directory shared read-write (default results/vm-exec)")
+    p_exec.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    p_exec.add_argument("--memory", default="2G")
+    p_exec.add_argument("--cpus", type=int, default=2)
+    p_exec.add_argument("command", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "kernel":
+            k = ensure_kernel(args.kernel)
+            print(f"release {k.release}\nvmlinuz {k.vmlinuz}\nmodules {k.modules_dir}\n"
+                  f"package {k.package}")
+            return 0
+        if args.cmd == "test":
+            extra = _after_dashdash(args.pytest_args)
+            res = run_pytest(args.kernel, extra, results=args.results, timeout=args.timeout)
+            if res.problem:
+                print(f"{res.name}: FAILED: {res.problem}")
+            print(res.line())
+            return 0 if res.ok else 1
+        if args.cmd == "exec":
+            command = _after_dashdash(args.command)
+            if not command:
+                parser.error("exec needs a command after --")
+            k = ensure_kernel(args.kernel)
+            rwdir = args.rwdir or REPO_ROOT / "results" / "vm-exec"
+            res = run(k, command if len(command) > 1 else command[0], rwdir=rwdir,
+                      timeout=args.timeout, memory=args.memory, cpus=args.cpus,
+                      echo=print)
+            if res.exit_code is None:
+                _show_tail(res.console_log, _stderr_log)
+                print(f"nkframe-vm: {res.describe()}", file=sys.stderr)
+                return 2
+            return res.exit_code
+    except VmError as e:
+        print(f"nkframe-vm: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _after_dashdash(rest: Sequence[str]) -> list[str]:
+    rest = list(rest)
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
+if __name__ == "__main__":
+    sys.exit(main())

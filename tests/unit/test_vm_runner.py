@@ -1,0 +1,281 @@
+"""The VM runner's pure logic: kernel selection, command construction, JUnit reading."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nkframe import vm
+from nkframe.vm import KernelImage, TestCounts, VmError
+
+# Shape of `apt-cache search --names-only '^linux-image-6\.12\.'` on bookworm (trimmed), with
+# numbers chosen so string order and numeric order disagree.
+APT_612 = """\
+linux-image-6.12.9+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs
+linux-image-6.12.9+deb12-cloud-amd64-unsigned - Linux 6.12 for x86-64 cloud
+linux-image-6.12.117+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs
+linux-image-6.12.117+deb12-rt-amd64-unsigned - Linux 6.12 for 64-bit PCs, PREEMPT_RT
+linux-image-6.12.121+deb12-cloud-amd64-unsigned - Linux 6.12 for x86-64 cloud
+linux-image-6.12.43+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs
+linux-image-6.12.43+deb12-amd64-dbg - Debug symbols for linux-image-6.12.43+deb12-amd64
+"""
+
+APT_61 = """\
+linux-image-6.1.0-9-amd64-unsigned - Linux 6.1 for 64-bit PCs
+linux-image-6.1.0-56-amd64-unsigned - Linux 6.1 for 64-bit PCs
+linux-image-6.1.0-56-cloud-amd64-unsigned - Linux 6.1 for x86-64 cloud
+linux-image-6.1.0-100-rt-amd64-unsigned - Linux 6.1 for 64-bit PCs, PREEMPT_RT
+linux-image-6.1.0-47-amd64-unsigned - Linux 6.1 for 64-bit PCs
+"""
+
+
+def test_select_newest_612_plain_flavour():
+    assert vm.select_package(vm.SERIES["6.12"], APT_612) == \
+        "linux-image-6.12.117+deb12-amd64-unsigned"
+
+
+def test_select_newest_61_by_abi_number():
+    assert vm.select_package(vm.SERIES["6.1"], APT_61) == "linux-image-6.1.0-56-amd64-unsigned"
+
+
+def test_series_do_not_match_each_other():
+    assert vm.select_package(vm.SERIES["6.1"], APT_612) is None
+    assert vm.select_package(vm.SERIES["6.12"], APT_61) is None
+    assert vm.select_package(vm.SERIES["6.12"], "") is None
+
+
+def test_release_of_package():
+    assert vm.SERIES["6.12"].release_of("linux-image-6.12.117+deb12-amd64-unsigned") == \
+        "6.12.117+deb12-amd64"
+    assert vm.SERIES["6.1"].release_of("linux-image-6.1.0-56-amd64-unsigned") == "6.1.0-56-amd64"
+    assert vm.SERIES["6.1"].release_of("linux-image-6.1.0-56-cloud-amd64-unsigned") is None
+
+
+@pytest.mark.parametrize("given, series", [
+    ("6.12", "6.12"), ("6.1", "6.1"),
+    ("6.12.117+deb12-amd64", "6.12"), ("6.1.0-56-amd64", "6.1"),
+])
+def test_series_for(given, series):
+    assert vm.series_for(given).name == series
+
+
+def test_series_for_unknown_says_what_is_known():
+    with pytest.raises(VmError, match="6.12, 6.1"):
+        vm.series_for("5.10")
+
+
+def _fake_tree(root: Path, release: str, complete: bool = True) -> Path:
+    d = root / release
+    (d / "boot").mkdir(parents=True)
+    (d / "boot" / f"vmlinuz-{release}").write_bytes(b"not really a kernel")
+    (d / "lib" / "modules" / release).mkdir(parents=True)
+    if complete:
+        (d / ".nkframe-complete").write_text(f"linux-image-{release}-unsigned\n")
+    return d
+
+
+def test_cached_kernels_newest_last_and_complete_only(tmp_path):
+    _fake_tree(tmp_path, "6.12.9+deb12-amd64")
+    _fake_tree(tmp_path, "6.12.117+deb12-amd64")
+    _fake_tree(tmp_path, "6.12.200+deb12-amd64", complete=False)  # interrupted unpack
+    _fake_tree(tmp_path, "6.1.0-56-amd64")
+    found = vm.cached_kernels(vm.SERIES["6.12"], tmp_path)
+    assert [k.release for k in found] == ["6.12.9+deb12-amd64", "6.12.117+deb12-amd64"]
+    assert found[-1].package == "linux-image-6.12.117+deb12-amd64-unsigned"
+    assert found[-1].modules_dir == tmp_path / "6.12.117+deb12-amd64/lib/modules/6.12.117+deb12-amd64"
+
+
+def test_ensure_kernel_offline_uses_cache(tmp_path):
+    _fake_tree(tmp_path, "6.1.0-47-amd64")
+    _fake_tree(tmp_path, "6.1.0-56-amd64")
+    k = vm.ensure_kernel("6.1", cache=tmp_path, offline=True, log=lambda m: None)
+    assert k.release == "6.1.0-56-amd64"
+    assert k.root == tmp_path / "6.1.0-56-amd64"
+
+
+def test_ensure_kernel_offline_without_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(VmError, match="apt-get update"):
+        vm.ensure_kernel("6.12", cache=tmp_path, offline=True, log=lambda m: None)
+
+
+def test_kernel_image_from_incomplete_tree(tmp_path):
+    (tmp_path / "boot").mkdir()
+    with pytest.raises(VmError, match="lib/modules/6.1.0-56-amd64"):
+        KernelImage.from_tree(tmp_path, "6.1.0-56-amd64")
+
+
+def _kernel(tmp_path) -> KernelImage:
+    return KernelImage.from_tree(_fake_tree(tmp_path, "6.12.117+deb12-amd64"),
+                                 "6.12.117+deb12-amd64")
+
+
+def test_vng_command(tmp_path):
+    k = _kernel(tmp_path)
+    argv = vm.build_vng_command(k, script=Path("/r/guest-run.sh"), rwdirs=[Path("/r")],
+                                memory="1G", cpus=1, vng="/v/vng")
+    assert argv[:3] == ["/v/vng", "--run", str(k.vmlinuz)]
+    assert "--disable-kvm" in argv
+    assert argv[argv.index("--memory") + 1] == "1G"
+    assert argv[argv.index("--cpus") + 1] == "1"
+    assert argv[argv.index("--rwdir") + 1] == "/r"
+    assert "-v" in argv  # without it the guest's output never reaches the console
+    assert argv[-2:] == ["--exec", "/bin/sh /r/guest-run.sh"]
+    assert "--disable-kvm" not in vm.build_vng_command(k, script=Path("/s"), rwdirs=[], kvm=True)
+
+
+def test_guest_script_records_status_even_after_exit(tmp_path):
+    """The wrapper runs as plain sh here: the same text the guest runs, minus the guest setup."""
+    status = tmp_path / "exit-status"
+    script = vm.guest_script("echo \"$GREETING\"; exit 7", status_path=status, cwd=tmp_path,
+                             env={"GREETING": "hello 'vm'"}, prepare=False)
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert "hello 'vm'" in r.stdout
+    assert status.read_text().strip() == "7"
+
+
+def test_guest_script_quotes_argv(tmp_path):
+    script = vm.guest_script(["printf", "%s|", "a b", "$HOME"], status_path=tmp_path / "s",
+                             cwd=tmp_path)
+    assert shlex.join(["printf", "%s|", "a b", "$HOME"]) in script
+    assert "modprobe" in script and "veth" in script
+    assert "mount -t bpf bpf /sys/fs/bpf" in script
+
+
+def test_pytest_command_defaults_and_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    venv = Path("/repo/.venv")
+    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["-k", "smoke"])
+    assert argv[:3] == ["/repo/.venv/bin/python", "-m", "pytest"]
+    assert argv[argv.index("-m", 3) + 1] == "root"
+    assert "--junitxml=/res/junit.xml" in argv
+    assert argv[-3:] == ["tests", "-k", "smoke"]
+    assert "-p" in argv and vm.PLUGIN in argv
+    (tmp_path / "t.py").write_text("")
+    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["t.py::test_x"])
+    assert "tests" not in argv and argv[-1] == "t.py::test_x"
+
+
+def test_probe_command_tolerates_missing_probe(tmp_path):
+    r = subprocess.run(["sh", "-c", vm.probe_command(tmp_path / "no-venv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "probe unavailable" in r.stdout
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="2" tests="6">
+<testcase classname="a" name="ok1" time="0.1"/>
+<testcase classname="a" name="ok2" time="0.1"><system-out>x</system-out></testcase>
+<testcase classname="a" name="bad"><failure message="assert 0">...</failure></testcase>
+<testcase classname="a" name="err"><error message="fixture">...</error></testcase>
+<testcase classname="a" name="skip"><skipped type="pytest.skip" message="no netkit"/></testcase>
+<testcase classname="a" name="xfail"><skipped type="pytest.xfail" message="known"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_parse_junit(tmp_path):
+    p = tmp_path / "j.xml"
+    p.write_text(JUNIT)
+    c = vm.parse_junit(p)
+    assert c == TestCounts(passed=2, failed=1, skipped=2, errors=1)
+    assert c.line() == "2 passed, 2 failed, 2 skipped"
+
+
+def test_parse_junit_missing_or_truncated(tmp_path):
+    with pytest.raises(VmError, match="not written"):
+        vm.parse_junit(tmp_path / "nope.xml")
+    (tmp_path / "cut.xml").write_text(JUNIT[:200])
+    with pytest.raises(VmError, match="not valid XML"):
+        vm.parse_junit(tmp_path / "cut.xml")
+
+
+def test_tier_result_missing_results_is_a_failure(tmp_path):
+    r = vm.tier_result("vm-netkit", tmp_path / "nope.xml", None, "VM timed out")
+    assert not r.ok
+    assert r.counts.bad == 1
+    assert "VM timed out" in r.problem
+    assert r.line() == "vm-netkit: 0 passed, 1 failed, 0 skipped"
+
+
+def test_tier_result_nonzero_exit_without_failures(tmp_path):
+    p = tmp_path / "j.xml"
+    p.write_text('<testsuites><testsuite><testcase name="a"/></testsuite></testsuites>')
+    assert vm.tier_result("host", p, 0, "").ok
+    r = vm.tier_result("host", p, 3, "pytest internal error")
+    assert not r.ok and r.counts == TestCounts(passed=1, failed=1)
+    r = vm.tier_result("host", p, None, "no exit status")  # results but no status file
+    assert not r.ok
+
+
+def test_tier_result_no_tests(tmp_path):
+    p = tmp_path / "j.xml"
+    p.write_text('<testsuites><testsuite tests="0"/></testsuites>')
+    r = vm.tier_result("unit", p, 5, "")
+    assert not r.ok and r.problem == "no tests were collected"
+
+
+def test_tier_result_failures_pass_through(tmp_path):
+    p = tmp_path / "j.xml"
+    p.write_text(JUNIT)
+    r = vm.tier_result("host", p, 1, "")
+    assert not r.ok and r.problem is None and r.counts.bad == 2
+
+
+def test_counts_add():
+    assert TestCounts(1, 2, 3, 4) + TestCounts(1, 1, 1, 1) == TestCounts(2, 3, 4, 5)
+
+
+PLUGIN_TESTS = textwrap.dedent('''
+    import pytest
+
+    @pytest.mark.netkit
+    def test_skips_in_body():
+        pytest.skip("no netkit here")
+
+    @pytest.mark.netkit
+    @pytest.mark.skipif(True, reason="probe says no")
+    def test_skips_at_setup():
+        pass
+
+    @pytest.mark.netkit
+    @pytest.mark.xfail(reason="known bug", strict=True)
+    def test_xfails():
+        assert False
+
+    @pytest.mark.netkit
+    def test_runs():
+        pass
+
+    def test_plain_skip():
+        pytest.skip("not netkit, may skip")
+''')
+
+
+@pytest.mark.parametrize("required", ["1", "0"])
+def test_plugin_turns_netkit_skips_into_failures(tmp_path, required):
+    """Run the plugin in a child pytest on a throw-away test file."""
+    import os
+    import sys
+
+    (tmp_path / "test_p.py").write_text(PLUGIN_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    netkit: x\n")
+    env = dict(os.environ, NKFRAME_REQUIRE_NETKIT=required,
+               PYTHONPATH=str(vm.PLUGIN_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", vm.PLUGIN, "-p", "no:cacheprovider",
+                        f"--junitxml={tmp_path / 'j.xml'}", str(tmp_path / "test_p.py")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    c = vm.parse_junit(tmp_path / "j.xml")
+    if required == "1":
+        assert r.returncode == 1, r.stdout
+        # body skip -> failure; setup skip -> error; xfail stays a skip; plain skip stays.
+        assert c == TestCounts(passed=1, failed=1, skipped=2, errors=1), r.stdout
+        assert "netkit test skipped in a tier whose kernel has netkit" in r.stdout
+        assert "probe says no" in r.stdout
+    else:
+        assert r.returncode == 0, r.stdout
+        assert c == TestCounts(passed=1, skipped=4), r.stdout
