@@ -1,0 +1,837 @@
+"""Links, addresses, routes and neighbours over rtnetlink, one namespace at a time.
+
+Every function takes ``netns``: the name (or path) of the namespace to act in, ``None`` for the
+caller's own.  A missing namespace raises :class:`~nkframe.errors.NetnsNotFound`; nothing here ever
+creates one.  Device pairs (veth here, netkit in :mod:`nkframe.netlink.netkit`) are made with the
+peer created directly in its namespace under its final name: no temporary name, no move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import re
+import socket
+from typing import Any, Iterator
+
+import attrs
+
+from nkframe import netns as _netns
+from nkframe.errors import InvalidSpec, KernelError
+from nkframe.netlink._rtnl import kernel_error, request, where
+
+IFNAMSIZ = 16  # includes the trailing NUL: names are at most 15 bytes
+MIN_MTU = 68  # ETH_MIN_MTU, and the IPv4 minimum
+MAX_MTU = 65535  # ETH_MAX_MTU, the most veth and netkit accept
+MAX_QUEUES = 4096  # rtnl_create_link refuses more (and fewer than 1)
+
+# uAPI numbers (linux/rtnetlink.h, linux/if_addr.h, linux/neighbour.h, linux/if.h)
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 1, 4, 0x200, 0x400, 0x100
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+IFA_F_NODAD = 0x02
+RT_TABLE_MAIN = 254
+RTPROT_STATIC = 4
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
+RTN_UNICAST = 1
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def validate_ifname(name: str) -> str:
+    """Check an interface name against the kernel's rules (dev_valid_name) and IFNAMSIZ."""
+    if not isinstance(name, str) or not name:
+        raise InvalidSpec("interface name must be a non-empty string")
+    size = len(name.encode())
+    if size >= IFNAMSIZ:
+        raise InvalidSpec(
+            f"interface name {name!r} is {size} bytes; Linux allows at most {IFNAMSIZ - 1}"
+        )
+    if name in (".", ".."):
+        raise InvalidSpec(f"interface name {name!r} is reserved")
+    bad = [c for c in name if c in "/:\0" or c.isspace()]
+    if bad:
+        raise InvalidSpec(
+            f"interface name {name!r} contains {bad[0]!r}; '/', ':' and whitespace are not allowed"
+        )
+    return name
+
+
+def parse_cidr(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """'10.0.0.1/24' or '2001:db8::1/64' -> an ip_interface; a bare address gets /32 or /128."""
+    if isinstance(cidr, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return cidr
+    try:
+        return ipaddress.ip_interface(str(cidr).strip())
+    except ValueError:
+        raise InvalidSpec(
+            f"{cidr!r} is not an IP address with a prefix length (e.g. 10.0.0.1/24, fd00::1/64)"
+        ) from None
+
+
+def parse_ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return addr
+    try:
+        return ipaddress.ip_address(str(addr).strip())
+    except ValueError:
+        raise InvalidSpec(f"{addr!r} is not an IPv4 or IPv6 address") from None
+
+
+def parse_network(net: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A route destination: 'default' (IPv4), 'default6', or a CIDR (host bits must be zero)."""
+    if net == "default":
+        return ipaddress.IPv4Network("0.0.0.0/0")
+    if net in ("default6", "::/0"):
+        return ipaddress.IPv6Network("::/0")
+    try:
+        return ipaddress.ip_network(str(net).strip())
+    except ValueError as e:
+        raise InvalidSpec(f"{net!r} is not a route destination: {e}") from None
+
+
+def validate_mac(mac: str) -> str:
+    """A unicast Ethernet address in lower-case colon form."""
+    norm = str(mac).strip().lower().replace("-", ":")
+    if not _MAC_RE.match(norm):
+        raise InvalidSpec(f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    first = int(norm[:2], 16)
+    if first & 1:
+        raise InvalidSpec(f"MAC address {mac!r} is multicast; a device address must be unicast")
+    if norm == "00:00:00:00:00:00":
+        raise InvalidSpec("MAC address 00:00:00:00:00:00 is not a valid device address")
+    return norm
+
+
+def _opt(validator: Any) -> Any:
+    return attrs.validators.optional(validator)
+
+
+def _ifname(_inst: Any, attr: attrs.Attribute, value: str) -> None:
+    validate_ifname(value)
+
+
+def _netns_name(_inst: Any, attr: attrs.Attribute, value: str | None) -> None:
+    if value is not None and "/" not in value:
+        _netns.validate_name(value)
+
+
+def _int_range(lo: int, hi: int, what: str) -> Any:
+    def check(_inst: Any, attr: attrs.Attribute, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise InvalidSpec(f"{attr.name} = {value!r}: {what} must be an integer in {lo}..{hi}")
+
+    return check
+
+
+def _mac_conv(value: str | None) -> str | None:
+    return None if value is None else validate_mac(value)
+
+
+_mtu = _opt(_int_range(MIN_MTU, MAX_MTU, "MTU"))
+_queues = _opt(_int_range(1, MAX_QUEUES, "queue count"))
+_u32 = _opt(_int_range(1, 0xFFFFFFFF, "size"))
+
+
+# --------------------------------------------------------------------------------------------
+# value types
+
+
+@attrs.frozen
+class LinkPair:
+    """The two ends of a created device pair and where they live (None: the caller's netns)."""
+
+    ifindex: int
+    peer_ifindex: int
+    name: str
+    peer_name: str
+    netns: str | None
+    peer_netns: str | None
+
+
+@attrs.frozen
+class LinkState:
+    """What the kernel says about one device."""
+
+    ifindex: int
+    name: str
+    kind: str | None
+    mtu: int
+    up: bool  # administratively up (IFF_UP)
+    lower_up: bool  # carrier (IFF_LOWER_UP)
+    operstate: str | None
+    address: str | None
+    link_ifindex: int | None  # IFLA_LINK: the peer's ifindex for veth/netkit
+    link_netnsid: int | None  # IFLA_LINK_NETNSID: where that peer lives, if elsewhere
+    num_tx_queues: int | None
+    num_rx_queues: int | None
+    gso_max_size: int | None
+    gro_max_size: int | None
+    netns: str | None
+
+    @classmethod
+    def from_msg(cls, msg: Any, netns: str | None) -> "LinkState":
+        linkinfo = msg.get_attr("IFLA_LINKINFO")
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
+        return cls(
+            ifindex=msg["index"],
+            name=msg.get_attr("IFLA_IFNAME"),
+            kind=kind,
+            mtu=msg.get_attr("IFLA_MTU"),
+            up=bool(msg["flags"] & IFF_UP),
+            lower_up=bool(msg["flags"] & IFF_LOWER_UP),
+            operstate=msg.get_attr("IFLA_OPERSTATE"),
+            address=msg.get_attr("IFLA_ADDRESS"),
+            link_ifindex=msg.get_attr("IFLA_LINK"),
+            link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
+            num_tx_queues=msg.get_attr("IFLA_NUM_TX_QUEUES"),
+            num_rx_queues=msg.get_attr("IFLA_NUM_RX_QUEUES"),
+            gso_max_size=msg.get_attr("IFLA_GSO_MAX_SIZE"),
+            gro_max_size=msg.get_attr("IFLA_GRO_MAX_SIZE"),
+            netns=netns,
+        )
+
+
+@attrs.frozen
+class VethSpec:
+    """A veth pair; the peer is created straight in ``peer_netns`` (None: next to ``name``)."""
+
+    name: str = attrs.field(validator=_ifname)
+    peer_name: str = attrs.field(validator=_ifname)
+    peer_netns: str | None = attrs.field(default=None, validator=_netns_name)
+    mtu: int | None = attrs.field(default=None, validator=_mtu)
+    peer_mtu: int | None = attrs.field(default=None, validator=_mtu)
+    address: str | None = attrs.field(default=None, converter=_mac_conv)
+    peer_address: str | None = attrs.field(default=None, converter=_mac_conv)
+    num_tx_queues: int | None = attrs.field(default=None, validator=_queues)
+    num_rx_queues: int | None = attrs.field(default=None, validator=_queues)
+    peer_num_tx_queues: int | None = attrs.field(default=None, validator=_queues)
+    peer_num_rx_queues: int | None = attrs.field(default=None, validator=_queues)
+    gso_max_size: int | None = attrs.field(default=None, validator=_u32)
+    gro_max_size: int | None = attrs.field(default=None, validator=_u32)
+    peer_gso_max_size: int | None = attrs.field(default=None, validator=_u32)
+    peer_gro_max_size: int | None = attrs.field(default=None, validator=_u32)
+
+    def __attrs_post_init__(self) -> None:
+        if self.peer_netns is None and self.name == self.peer_name:
+            raise InvalidSpec(f"veth {self.name!r}: both ends in one netns need different names")
+
+
+# --------------------------------------------------------------------------------------------
+# message building (shared with netkit)
+
+
+def device_attrs(
+    *,
+    name: str | None,
+    mtu: int | None = None,
+    num_tx_queues: int | None = None,
+    num_rx_queues: int | None = None,
+    address: str | None = None,
+    gso_max_size: int | None = None,
+    gro_max_size: int | None = None,
+    netns_fd: int | None = None,
+) -> list[tuple[str, Any]]:
+    """The IFLA_* attributes of one device end, in a fixed order; None means "not sent"."""
+    out: list[tuple[str, Any]] = []
+    if name is not None:
+        out.append(("IFLA_IFNAME", name))
+    if netns_fd is not None:
+        out.append(("IFLA_NET_NS_FD", netns_fd))
+    if mtu is not None:
+        out.append(("IFLA_MTU", mtu))
+    if num_tx_queues is not None:
+        out.append(("IFLA_NUM_TX_QUEUES", num_tx_queues))
+    if num_rx_queues is not None:
+        out.append(("IFLA_NUM_RX_QUEUES", num_rx_queues))
+    if address is not None:
+        out.append(("IFLA_ADDRESS", address))
+    if gso_max_size is not None:
+        out.append(("IFLA_GSO_MAX_SIZE", gso_max_size))
+    if gro_max_size is not None:
+        out.append(("IFLA_GRO_MAX_SIZE", gro_max_size))
+    return out
+
+
+def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
+    """The RTM_NEWLINK message (pyroute2 ifinfmsg, not yet encoded) that creates ``spec``."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    peer = {
+        "attrs": device_attrs(
+            name=spec.peer_name,
+            netns_fd=peer_netns_fd,
+            # The peer MTU is only what we send: say it, defaulting to the primary's.
+            mtu=spec.peer_mtu if spec.peer_mtu is not None else spec.mtu,
+            num_tx_queues=spec.peer_num_tx_queues,
+            num_rx_queues=spec.peer_num_rx_queues,
+            address=spec.peer_address,
+            gso_max_size=spec.peer_gso_max_size,
+            gro_max_size=spec.peer_gro_max_size,
+        )
+    }
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = device_attrs(
+        name=spec.name,
+        mtu=spec.mtu,
+        num_tx_queues=spec.num_tx_queues,
+        num_rx_queues=spec.num_rx_queues,
+        address=spec.address,
+        gso_max_size=spec.gso_max_size,
+        gro_max_size=spec.gro_max_size,
+    ) + [
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_KIND", "veth"),
+                    ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]}),
+                ]
+            },
+        )
+    ]
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# sessions
+
+
+@contextlib.contextmanager
+def _session(netns: str | None, ipr: Any = None) -> Iterator[Any]:
+    if ipr is not None:
+        yield ipr
+        return
+    with _netns.ipr(netns) as sock:
+        yield sock
+
+
+@contextlib.contextmanager
+def peer_netns_fd(peer_netns: str | None) -> Iterator[int | None]:
+    """An fd on the peer's namespace for IFLA_NET_NS_FD, closed after the request."""
+    if peer_netns is None:
+        yield None
+        return
+    fd = _netns.open_fd(peer_netns)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _get_msg(ipr: Any, name: str, netns: str | None) -> Any:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            raise KernelError(
+                errno.ENODEV, f"no interface {name!r} in {where(netns)}"
+            ) from None
+        raise kernel_error(e, f"get interface {name!r} in {where(netns)}") from None
+
+
+def ifindex(name: str, netns: str | None = None, *, ipr: Any = None) -> int:
+    with _session(netns, ipr) as sock:
+        return _get_msg(sock, validate_ifname(name), netns)["index"]
+
+
+def get_link(name: str, netns: str | None = None, *, ipr: Any = None) -> LinkState:
+    """Read one device back; KernelError(ENODEV) if there is none by that name."""
+    with _session(netns, ipr) as sock:
+        return LinkState.from_msg(_get_msg(sock, validate_ifname(name), netns), netns)
+
+
+def link_exists(name: str, netns: str | None = None, *, ipr: Any = None) -> bool:
+    try:
+        get_link(name, netns, ipr=ipr)
+    except KernelError as e:
+        if e.errno == errno.ENODEV:
+            return False
+        raise
+    return True
+
+
+def list_links(netns: str | None = None, *, ipr: Any = None) -> list[LinkState]:
+    with _session(netns, ipr) as sock:
+        return sorted(
+            (LinkState.from_msg(m, netns) for m in sock.get_links()), key=lambda s: s.ifindex
+        )
+
+
+def _new_link(ipr: Any, msg: Any, what: str) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        request(ipr, msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+    except NetlinkError as e:
+        if e.code == errno.EEXIST:
+            raise KernelError(
+                errno.EEXIST,
+                f"{what}: an interface with one of these names already exists "
+                "(choose other names or delete the old device)",
+            ) from None
+        raise kernel_error(e, what) from None
+
+
+def pair_result(
+    ipr: Any, name: str, peer_name: str, netns: str | None, peer_netns: str | None
+) -> LinkPair:
+    idx = _get_msg(ipr, name, netns)["index"]
+    if peer_netns is None:
+        pidx = _get_msg(ipr, peer_name, netns)["index"]
+    else:
+        with _netns.ipr(peer_netns) as psock:
+            pidx = _get_msg(psock, peer_name, peer_netns)["index"]
+    return LinkPair(idx, pidx, name, peer_name, netns, peer_netns if peer_netns else netns)
+
+
+def create_veth(spec: VethSpec, *, netns: str | None = None) -> LinkPair:
+    """Create a veth pair: ``spec.name`` in ``netns``, the peer straight in ``spec.peer_netns``."""
+    what = f"create veth {spec.name!r}/{spec.peer_name!r} in {where(netns)}"
+    with _session(netns) as ipr, peer_netns_fd(spec.peer_netns) as fd:
+        _new_link(ipr, encode_veth(spec, fd), what)
+        try:
+            return pair_result(ipr, spec.name, spec.peer_name, netns, spec.peer_netns)
+        except BaseException:
+            _delete(ipr, spec.name, netns, missing_ok=True)
+            raise
+
+
+def _delete(ipr: Any, name: str, netns: str | None, *, missing_ok: bool) -> bool:
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = [("IFLA_IFNAME", name)]
+    try:
+        request(ipr, msg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV and missing_ok:
+            return False
+        raise kernel_error(e, f"delete interface {name!r} in {where(netns)}") from None
+    return True
+
+
+def delete_link(
+    name: str, *, netns: str | None = None, missing_ok: bool = True, ipr: Any = None
+) -> bool:
+    """Delete a device; deleting either end of a veth/netkit pair deletes both.
+
+    Returns False if there was nothing to delete (and ``missing_ok``), True otherwise.
+    """
+    validate_ifname(name)
+    if netns is not None and ipr is None and not _netns_exists(netns):
+        if missing_ok:
+            return False
+        raise _netns_missing(netns)
+    with _session(netns, ipr) as sock:
+        return _delete(sock, name, netns, missing_ok=missing_ok)
+
+
+def _netns_exists(netns: str) -> bool:
+    path = netns if "/" in netns else _netns.netns_path(netns)
+    return _netns._is_netns_file(path)
+
+
+def _netns_missing(netns: str) -> Exception:
+    from nkframe.errors import NetnsNotFound
+
+    return NetnsNotFound(netns)
+
+
+# --------------------------------------------------------------------------------------------
+# link settings
+
+
+def _set(name: str, netns: str | None, ipr: Any, what: str, **kw: Any) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        try:
+            sock.link("set", index=idx, **kw)
+        except NetlinkError as e:
+            raise kernel_error(e, f"{what} {name!r} in {where(netns)}") from None
+
+
+def set_up(name: str, netns: str | None = None, *, ipr: Any = None) -> None:
+    _set(name, netns, ipr, "set up", state="up")
+
+
+def set_down(name: str, netns: str | None = None, *, ipr: Any = None) -> None:
+    _set(name, netns, ipr, "set down", state="down")
+
+
+def set_mtu(name: str, mtu: int, netns: str | None = None, *, ipr: Any = None) -> None:
+    if not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+        raise InvalidSpec(f"MTU {mtu!r} must be an integer in {MIN_MTU}..{MAX_MTU}")
+    _set(name, netns, ipr, f"set MTU {mtu} on", mtu=mtu)
+
+
+def set_address(name: str, mac: str, netns: str | None = None, *, ipr: Any = None) -> None:
+    _set(name, netns, ipr, f"set MAC address {mac} on", address=validate_mac(mac))
+
+
+# --------------------------------------------------------------------------------------------
+# addresses
+
+
+def _family(ip: Any) -> int:
+    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
+
+
+def _addr_msg(idx: int, iface: Any, nodad: bool) -> Any:
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+    msg = ifaddrmsg()
+    msg["family"] = _family(iface)
+    msg["prefixlen"] = iface.network.prefixlen
+    msg["index"] = idx
+    msg["scope"] = RT_SCOPE_UNIVERSE
+    ip = str(iface.ip)
+    msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
+    if nodad:
+        # IFA_FLAGS (u32) carries the same flag bits as the u8 header field, and wins over it.
+        msg["flags"] = IFA_F_NODAD
+        msg["attrs"].append(("IFA_FLAGS", IFA_F_NODAD))
+    return msg
+
+
+def add_address(
+    name: str,
+    cidr: str,
+    netns: str | None = None,
+    *,
+    nodad: bool = False,
+    exist_ok: bool = False,
+    ipr: Any = None,
+) -> None:
+    """Add an address (v4 or v6) to a device.
+
+    ``nodad`` skips IPv6 duplicate address detection, so the address is usable at once instead of
+    ``tentative`` for a second or two (and never ``dadfailed`` between two test namespaces).
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    iface = parse_cidr(cidr)
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        try:
+            request(
+                sock,
+                _addr_msg(idx, iface, nodad and iface.version == 6),
+                RTM_NEWADDR,
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            )
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and exist_ok:
+                return
+            raise kernel_error(e, f"add address {iface} to {name!r} in {where(netns)}") from None
+
+
+def del_address(
+    name: str, cidr: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
+) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    iface = parse_cidr(cidr)
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        try:
+            request(sock, _addr_msg(idx, iface, False), RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
+        except NetlinkError as e:
+            if e.code == errno.EADDRNOTAVAIL and missing_ok:
+                return
+            raise kernel_error(e, f"delete address {iface} from {name!r} in {where(netns)}") from None
+
+
+def list_addresses(
+    name: str, netns: str | None = None, *, ipr: Any = None
+) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """The addresses on a device, v4 first, as ip_interface values."""
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        out = []
+        for m in sock.get_addr(index=idx):
+            ip = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
+            out.append(ipaddress.ip_interface(f"{ip}/{m['prefixlen']}"))
+        return sorted(out, key=lambda i: (i.version, i))
+
+
+# --------------------------------------------------------------------------------------------
+# routes
+
+
+def _route_msg(
+    dst: Any,
+    *,
+    idx: int | None,
+    via: Any,
+    onlink: bool,
+    metric: int | None,
+    table: int,
+    scope: int | None,
+) -> Any:
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    msg = rtmsg()
+    msg["family"] = _family(dst)
+    msg["dst_len"] = dst.prefixlen
+    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE carries the id
+    msg["proto"] = RTPROT_STATIC
+    msg["type"] = RTN_UNICAST
+    if scope is None:
+        scope = RT_SCOPE_UNIVERSE if via is not None else RT_SCOPE_LINK
+    msg["scope"] = scope
+    msg["flags"] = RTNH_F_ONLINK if onlink else 0
+    attrs_: list[tuple[str, Any]] = []
+    if dst.prefixlen:
+        attrs_.append(("RTA_DST", str(dst.network_address)))
+    if via is not None:
+        attrs_.append(("RTA_GATEWAY", str(via)))
+    if idx is not None:
+        attrs_.append(("RTA_OIF", idx))
+    if metric is not None:
+        attrs_.append(("RTA_PRIORITY", metric))
+    attrs_.append(("RTA_TABLE", table))
+    msg["attrs"] = attrs_
+    return msg
+
+
+def _route(
+    cmd: int,
+    flags: int,
+    dst: str,
+    *,
+    via: str | None,
+    dev: str | None,
+    onlink: bool,
+    metric: int | None,
+    table: int,
+    netns: str | None,
+    ipr: Any,
+    what: str,
+    ok_errno: int | None,
+) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    net = parse_network(dst)
+    gw = parse_ip(via) if via is not None else None
+    if gw is not None and gw.version != net.version:
+        raise InvalidSpec(f"route {dst}: gateway {via} is IPv{gw.version}, destination is not")
+    if onlink and (gw is None or dev is None):
+        raise InvalidSpec(f"route {dst}: 'onlink' needs both a gateway and a device")
+    if gw is None and dev is None:
+        raise InvalidSpec(f"route {dst}: needs a gateway, a device or both")
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(dev), netns)["index"] if dev is not None else None
+        msg = _route_msg(
+            net, idx=idx, via=gw, onlink=onlink, metric=metric, table=table, scope=None
+        )
+        try:
+            request(sock, msg, cmd, flags)
+        except NetlinkError as e:
+            if ok_errno is not None and e.code == ok_errno:
+                return
+            via_s = f" via {gw}" if gw is not None else ""
+            dev_s = f" dev {dev}" if dev is not None else ""
+            raise kernel_error(e, f"{what} {net}{via_s}{dev_s} in {where(netns)}") from None
+
+
+def add_route(
+    dst: str,
+    *,
+    via: str | None = None,
+    dev: str | None = None,
+    onlink: bool = False,
+    metric: int | None = None,
+    table: int = RT_TABLE_MAIN,
+    replace: bool = False,
+    netns: str | None = None,
+    ipr: Any = None,
+) -> None:
+    """Add a route. ``dst`` is a CIDR, 'default' or 'default6'.
+
+    ``onlink`` tells the kernel the gateway is reachable on ``dev`` even though no address on
+    ``dev`` covers it: the usual pod default route ``default via 169.254.1.1 dev eth0 onlink``.
+    A route with a device and no gateway is a link-scope route (``/32`` host routes to a pod).
+    ``replace`` makes it idempotent.
+    """
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+    flags |= NLM_F_REPLACE if replace else NLM_F_EXCL
+    _route(
+        RTM_NEWROUTE, flags, dst, via=via, dev=dev, onlink=onlink, metric=metric, table=table,
+        netns=netns, ipr=ipr, what="add route", ok_errno=None,
+    )
+
+
+def del_route(
+    dst: str,
+    *,
+    via: str | None = None,
+    dev: str | None = None,
+    metric: int | None = None,
+    table: int = RT_TABLE_MAIN,
+    missing_ok: bool = True,
+    netns: str | None = None,
+    ipr: Any = None,
+) -> None:
+    from nkframe.errors import KernelError as _KE
+
+    try:
+        _route(
+            RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, dst, via=via, dev=dev, onlink=False,
+            metric=metric, table=table, netns=netns, ipr=ipr, what="delete route",
+            ok_errno=errno.ESRCH if missing_ok else None,
+        )
+    except _KE as e:
+        # The route's device is gone: so is the route.
+        if missing_ok and e.errno == errno.ENODEV:
+            return
+        raise
+
+
+def add_host_route(
+    ip: str, dev: str, *, netns: str | None = None, replace: bool = True, ipr: Any = None
+) -> None:
+    """A /32 (or /128) link-scope route to ``ip`` through ``dev``: how a node reaches a pod."""
+    addr = parse_ip(ip)
+    add_route(
+        f"{addr}/{addr.max_prefixlen}", dev=dev, netns=netns, replace=replace, ipr=ipr
+    )
+
+
+def list_routes(
+    netns: str | None = None, *, family: int = socket.AF_INET, table: int = RT_TABLE_MAIN,
+    ipr: Any = None,
+) -> list[dict[str, Any]]:
+    """Routes of one table as plain dicts: dst ('default' or CIDR), via, dev, scope, flags."""
+    with _session(netns, ipr) as sock:
+        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in sock.get_links()}
+        out = []
+        for m in sock.get_routes(family=family):
+            if (m.get_attr("RTA_TABLE") or m["table"]) != table:
+                continue
+            dst = m.get_attr("RTA_DST")
+            out.append(
+                {
+                    "dst": f"{dst}/{m['dst_len']}" if dst else "default",
+                    "via": m.get_attr("RTA_GATEWAY"),
+                    "dev": names.get(m.get_attr("RTA_OIF")),
+                    "scope": m["scope"],
+                    "onlink": bool(m["flags"] & RTNH_F_ONLINK),
+                    "metric": m.get_attr("RTA_PRIORITY"),
+                }
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# neighbours
+
+
+def _neigh_msg(idx: int, ip: Any, mac: str | None, state: int) -> Any:
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    msg = ndmsg()
+    msg["family"] = _family(ip)
+    msg["ifindex"] = idx
+    msg["state"] = state
+    msg["attrs"] = [("NDA_DST", str(ip))]
+    if mac is not None:
+        msg["attrs"].append(("NDA_LLADDR", mac))
+    return msg
+
+
+def add_neighbour(
+    name: str, ip: str, mac: str, netns: str | None = None, *, ipr: Any = None
+) -> None:
+    """A permanent neighbour entry (replaces an existing one): no ARP/ND for that address."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    addr = parse_ip(ip)
+    mac = validate_mac(mac)
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        try:
+            request(
+                sock,
+                _neigh_msg(idx, addr, mac, NUD_PERMANENT),
+                RTM_NEWNEIGH,
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            )
+        except NetlinkError as e:
+            raise kernel_error(
+                e, f"add neighbour {addr} lladdr {mac} on {name!r} in {where(netns)}"
+            ) from None
+
+
+def del_neighbour(
+    name: str, ip: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
+) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    addr = parse_ip(ip)
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        try:
+            request(sock, _neigh_msg(idx, addr, None, 0), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK)
+        except NetlinkError as e:
+            if e.code == errno.ENOENT and missing_ok:
+                return
+            raise kernel_error(e, f"delete neighbour {addr} on {name!r} in {where(netns)}") from None
+
+
+def list_neighbours(
+    name: str, netns: str | None = None, *, ipr: Any = None
+) -> dict[str, str | None]:
+    """{ip: lladdr} of the neighbour entries on a device."""
+    with _session(netns, ipr) as sock:
+        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        return {
+            m.get_attr("NDA_DST"): m.get_attr("NDA_LLADDR")
+            for m in sock.get_neighbours(ifindex=idx)
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# sysctl
+
+
+def sysctl(key: str, value: str | int | None = None, netns: str | None = None) -> str:
+    """Read (value None) or write a net sysctl, in ``netns``; returns the value now in force.
+
+    ``key`` is dotted or slashed below /proc/sys (``net.ipv4.ip_forward``).  /proc/sys/net shows
+    the namespace of the thread that opens the file, so switching the netns is enough.
+    """
+    rel = key.replace(".", "/") if "/" not in key else key
+    if not rel.startswith("net/") or ".." in rel.split("/"):
+        raise InvalidSpec(f"sysctl {key!r}: only keys under net. can be set per namespace")
+    path = f"/proc/sys/{rel}"
+    with _netns.enter(netns):
+        try:
+            if value is not None:
+                with open(path, "w") as f:
+                    f.write(f"{value}\n")
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            raise InvalidSpec(f"sysctl {key!r} does not exist") from None
+        except OSError as e:
+            raise KernelError(e.errno or errno.EIO, f"sysctl {key} in {where(netns)}") from None
