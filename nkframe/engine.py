@@ -295,9 +295,8 @@ class Engine:
                 for pos, s in enumerate(chain):
                     prog = _find_prog(progs, s)
                     if mech is Mechanism.TC:
-                        pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, 0)
                         prio = _tc_prio(pos)
-                        pin = pin.with_name(pin.name.rsplit(".p", 1)[0] + f".p{prio}")
+                        pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, prio)
                         att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=str(pin), name=s.name, priority=prio)
                     else:
                         pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name))
@@ -592,6 +591,20 @@ def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
         for a in s.after:
             if a in by_name:
                 succ[a].add(s.name)
+    # A program placed relative to another moves to that program's order ("audit before
+    # policy" runs next to policy, not wherever audit's own order would put it).
+    eff = {n: s.order for n, s in by_name.items()}
+    for _ in range(len(specs)):
+        changed = False
+        for s in specs:
+            for b in s.before:
+                if b in eff and eff[s.name] > eff[b]:
+                    eff[s.name], changed = eff[b], True
+            for a in s.after:
+                if a in eff and eff[s.name] < eff[a]:
+                    eff[s.name], changed = eff[a], True
+        if not changed:
+            break
     indeg = {n: 0 for n in by_name}
     for n, targets in succ.items():
         for t in targets:
@@ -599,7 +612,7 @@ def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
     ready = [n for n, d in indeg.items() if d == 0]
     out = []
     while ready:
-        ready.sort(key=lambda n: (by_name[n].order, by_name[n].plugin, n))
+        ready.sort(key=lambda n: (eff[n], by_name[n].order, by_name[n].plugin, n))
         n = ready.pop(0)
         out.append(by_name[n])
         for t in succ[n]:

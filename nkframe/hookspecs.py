@@ -144,6 +144,9 @@ def nkframe_endpoint_configure(ctx: "EndpointContext") -> None:
 def nkframe_endpoint_unconfigure(ctx: "EndpointContext") -> None:
     """Remove what ``nkframe_endpoint_configure`` put outside the endpoint's own pins.
 
+    :param ctx: the endpoint being removed (``ctx.device`` may be ``None``: the device can be
+        gone already).
+
     Called on removal and garbage collection, also when the device or netns is already gone:
     tolerate missing objects.  Entries in shared (global) maps are the usual case.
     """
@@ -156,9 +159,15 @@ def nkframe_endpoint_unconfigure(ctx: "EndpointContext") -> None:
 
 @hookspec
 def nkframe_endpoint_added(endpoint: "Endpoint") -> None:
-    """An endpoint is complete and passing traffic.  Observers only."""
+    """An endpoint is complete and passing traffic.  Observers only.
+
+    :param endpoint: the :class:`nkframe.types.Endpoint` as built.
+    """
 
 
 @hookspec
 def nkframe_endpoint_removed(endpoint_id: str) -> None:
-    """An endpoint and everything built for it is gone.  Observers only."""
+    """An endpoint and everything built for it is gone.  Observers only.
+
+    :param endpoint_id: the id of the endpoint that was removed (or garbage-collected).
+    """

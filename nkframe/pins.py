@@ -7,12 +7,12 @@ Layout under the root (default ``/sys/fs/bpf/nkframe``)::
     <root>/endpoints/<id>/maps/<map>          maps private to one endpoint
     <root>/endpoints/<id>/links/<hook>/<NN>-<prog>
                                               netkit/TCX links (NN = position in the chain)
-    <root>/endpoints/<id>/tc/<hook>/<NN>-<prog>.p<prio>
+    <root>/endpoints/<id>/tc/<hook>/<NN>-<prog>-p<prio>
                                               TC programs (cls_bpf has no link: the program is
                                               pinned and the filter priority is in the name)
     <root>/devices/<dev>/links/...            programs on node devices (the uplink), same shape
 
-Deleting the last pin of a link detaches it, so removing ``links/`` is how an endpoint's programs
+bpffs refuses names with a '.', hence the dashes.  Deleting the last pin of a link detaches it, so removing ``links/`` is how an endpoint's programs
 are taken away; a TC filter outlives its pin and is deleted explicitly.
 """
 
@@ -127,7 +127,7 @@ class Layout:
         return self._scope_dir(scope, owner) / "links" / hook / f"{position:02d}-{prog}"
 
     def tc_path(self, scope: str, owner: str, hook: str, position: int, prog: str, prio: int) -> Path:
-        return self._scope_dir(scope, owner) / "tc" / hook / f"{position:02d}-{prog}.p{prio}"
+        return self._scope_dir(scope, owner) / "tc" / hook / f"{position:02d}-{prog}-p{prio}"
 
     def _scope_dir(self, scope: str, owner: str) -> Path:
         if scope == "endpoint":
@@ -168,12 +168,12 @@ def _by_hook(base: Path) -> dict[str, list[Path]]:
 
 
 def parse_pin_name(path: Path) -> tuple[int, str, int]:
-    """'03-policy_egress.p2' -> (3, 'policy_egress', 2); links have priority 0."""
+    """'03-policy_egress-p49200' -> (3, 'policy_egress', 49200); links have priority 0."""
     stem = path.name
     prio = 0
-    if ".p" in stem:
-        stem, _, p = stem.rpartition(".p")
-        prio = int(p)
+    head, sep, p = stem.rpartition("-p")
+    if sep and p.isdigit() and "-" in head:
+        stem, prio = head, int(p)
     pos, _, name = stem.partition("-")
     return int(pos), name, prio
 

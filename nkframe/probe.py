@@ -138,6 +138,8 @@ def _guard(fn: Callable[[], Feature]) -> Feature:
         return Feature(False, e.reason)
     except (NkframeError, OSError) as e:
         return Feature(False, f"probe failed: {e}")
+    except Exception as e:  # noqa: BLE001 - one broken probe must not hide the others
+        return Feature(False, f"probe error ({type(e).__name__}: {e}); please report it")
 
 
 class _Scratch:

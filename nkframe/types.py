@@ -222,10 +222,10 @@ class ProgramSpec:
     -1 ("continue") to hand the packet on, so chains compose on every mechanism.
     """
 
-    name: str
-    object: str  # path to a BPF ELF object
-    program: str  # the function name inside the object
-    hook: Hook | DeviceHook
+    name: str = attrs.field()
+    object: str = attrs.field()  # path to a BPF ELF object
+    program: str = attrs.field()  # the function name inside the object
+    hook: Hook | DeviceHook = attrs.field()
     order: int = 500
     before: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     after: tuple[str, ...] = attrs.field(default=(), converter=tuple)

@@ -165,7 +165,7 @@ class LinkBackend:
         for prog_id, link_id in zip(res.prog_ids, res.link_ids or (0,) * len(res.prog_ids)):
             out.append(
                 AttachedProgram(
-                    name=_prog_name(prog_id),
+                    name=prog_name(prog_id),
                     hook=direction,
                     mechanism=self.mechanism,
                     prog_id=prog_id,
@@ -186,7 +186,7 @@ class LinkBackend:
             link.close()
         direction = next((d for d, t in self.attach_types.items() if t == info.attach_type), hook)
         return AttachedProgram(
-            name=name or _prog_name(info.prog_id),
+            name=name or prog_name(info.prog_id),
             hook=direction,
             mechanism=self.mechanism,
             prog_id=info.prog_id,
@@ -203,7 +203,7 @@ class LinkBackend:
         raise KernelError(errno.ENOENT, f"{attached.name}: no pin and no link id to open")
 
 
-def _prog_name(prog_id: int) -> str:
+def prog_name(prog_id: int) -> str:
     try:
         p = bpf.Program.from_id(prog_id)
     except KernelError:

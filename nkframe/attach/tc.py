@@ -17,6 +17,7 @@ import os
 
 from nkframe import bpf
 from nkframe.attach.base import Position
+from nkframe.attach.links import prog_name
 from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import AttachedProgram, Mechanism
 
@@ -128,7 +129,7 @@ class TcBackend:
             attached.ifindex, point, new_prog.fd, handle=attached.tc_handle, priority=attached.tc_priority, replace=True
         )
         if attached.pin:
-            tmp = attached.pin + ".new"
+            tmp = attached.pin + "_new"  # bpffs refuses "." in names
             new_prog.pin(tmp)
             os.replace(tmp, attached.pin)
         return AttachedProgram(
@@ -162,7 +163,8 @@ class TcBackend:
         for handle, prio, prog_id, name in sorted(bpf.tc_list(ifindex, _point(direction)), key=lambda f: f[1]):
             out.append(
                 AttachedProgram(
-                    name=name,
+                    # cls_bpf reports "<name>:[<id>]" (the filter's label); use the program's name
+                    name=prog_name(prog_id) or name,
                     hook=direction,
                     mechanism=Mechanism.TC,
                     prog_id=prog_id,

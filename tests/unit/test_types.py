@@ -1,0 +1,116 @@
+import ipaddress
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nkframe import specstore
+from nkframe.engine import order_chain
+from nkframe.errors import InvalidSpec, PluginError
+from nkframe.types import (
+    AttachMode,
+    DeviceMode,
+    EndpointSpec,
+    Hook,
+    ProgramSpec,
+    default_host_ifname,
+    validate_ifname,
+)
+
+
+def test_ifname_limits():
+    assert validate_ifname("a" * 15) == "a" * 15
+    with pytest.raises(InvalidSpec, match="16 bytes; Linux allows at most 15"):
+        validate_ifname("a" * 16)
+    # bytes, not characters: 8 two-byte characters are 16 bytes
+    with pytest.raises(InvalidSpec, match="16 bytes"):
+        validate_ifname("é" * 8)
+    for bad in ("", "a/b", "a:b", "a b", ".", ".."):
+        with pytest.raises(InvalidSpec):
+            validate_ifname(bad)
+
+
+def test_spec_validation_messages():
+    with pytest.raises(InvalidSpec, match="not an IP address or CIDR"):
+        EndpointSpec(id="a", netns="p", addresses=["10.0.0.300/32"])
+    with pytest.raises(InvalidSpec, match="listed twice"):
+        EndpointSpec(id="a", netns="p", addresses=["10.0.0.1/32", "10.0.0.1/24"])
+    with pytest.raises(InvalidSpec, match="endpoint id"):
+        EndpointSpec(id="-bad", netns="p")
+    with pytest.raises(InvalidSpec, match="at most 15"):
+        EndpointSpec(id="a", netns="p", ifname="averyveryverylongname")
+    with pytest.raises(InvalidSpec, match="L2 mode"):
+        EndpointSpec(id="a", netns="p", mac="02:00:00:00:00:01")
+    with pytest.raises(InvalidSpec, match="multicast"):
+        EndpointSpec(id="a", netns="p", mode="l2", mac="03:00:00:00:00:01")
+    with pytest.raises(InvalidSpec, match="not a valid AttachMode"):
+        EndpointSpec(id="a", netns="p", attach="xdp")
+    with pytest.raises(InvalidSpec, match="may not contain '/'"):
+        EndpointSpec(id="a", netns="a/b")
+    with pytest.raises(InvalidSpec, match="outside 68..65535"):
+        EndpointSpec(id="a", netns="p", mtu=10)
+
+
+def test_spec_defaults():
+    s = EndpointSpec(id="pod-a", netns="p", addresses="10.0.1.5")
+    assert s.addresses == (ipaddress.ip_interface("10.0.1.5/32"),)
+    assert s.mode is DeviceMode.L3 and s.attach is AttachMode.AUTO
+    assert s.node_ifname == default_host_ifname("pod-a")
+    assert len(s.node_ifname.encode()) <= 15
+    assert default_host_ifname("pod-a") != default_host_ifname("pod-b")
+
+
+ids = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
+
+
+@given(
+    eid=ids,
+    v4=st.lists(st.ip_addresses(v=4), max_size=2, unique=True),
+    v6=st.lists(st.ip_addresses(v=6), max_size=2, unique=True),
+    mode=st.sampled_from(["l2", "l3"]),
+    mtu=st.one_of(st.none(), st.integers(68, 65535)),
+)
+def test_specstore_round_trip(eid, v4, v6, mode, mtu):
+    spec = EndpointSpec(id=eid, netns="pod", addresses=[str(a) for a in v4 + v6], mode=mode, mtu=mtu, options={"policy": {"x": [1, 2]}})
+    raw = specstore.encode(spec)
+    assert len(raw) == specstore.VALUE_SIZE
+    assert specstore.decode(raw) == spec
+
+
+def test_specstore_rejects_bad_input():
+    with pytest.raises(InvalidSpec, match="unknown endpoint field"):
+        specstore.from_dict({"id": "a", "netns": "p", "adresses": []})
+    with pytest.raises(InvalidSpec, match="'netns' is required"):
+        specstore.from_dict({"id": "a"})
+    with pytest.raises(InvalidSpec, match="at most"):
+        specstore.encode(EndpointSpec(id="a", netns="p", options={"big": "x" * 5000}))
+
+
+def _p(name, order=500, before=(), after=()):
+    return ProgramSpec(name=name, object="/x.o", program=name, hook=Hook.FROM_POD, order=order, before=before, after=after)
+
+
+def test_order_chain_by_order_then_constraints():
+    chain = order_chain([_p("fwd", 500), _p("policy", 100), _p("audit", 900, before=("policy",))])
+    assert [p.name for p in chain] == ["audit", "policy", "fwd"]
+    chain = order_chain([_p("fwd", 500), _p("policy", 100), _p("late", 0, after=("fwd",))])
+    assert [p.name for p in chain] == ["policy", "fwd", "late"]
+    # a constraint naming a program that is not contributed is ignored
+    assert [p.name for p in order_chain([_p("a", 2, before=("ghost",)), _p("b", 1)])] == ["b", "a"]
+
+
+def test_order_chain_errors():
+    with pytest.raises(PluginError, match="cycle"):
+        order_chain([_p("a", before=("b",)), _p("b", before=("a",))])
+    with pytest.raises(PluginError, match="share the name"):
+        order_chain([_p("a"), _p("a")])
+
+
+def test_program_spec_validation():
+    with pytest.raises(InvalidSpec, match="program name"):
+        _p("Bad-Name")
+    with pytest.raises(InvalidSpec, match="pin scope"):
+        ProgramSpec(name="a", object="/x", program="a", hook=Hook.TO_POD, maps={"m": "node"})
+    s = _p("a")
+    assert attrs.evolve(s, order=1).order == 1
