@@ -31,6 +31,14 @@ from nkframe.netlink.links import (
     validate_ifname,
     validate_mac,
 )
+from nkframe.netlink.netdev import (
+    Lease,
+    NetdevFamily,
+    QueueInfo,
+    QueueType,
+    decode_queue,
+    encode_queue_create,
+)
 from nkframe.netlink.netkit import (
     NetkitInfo,
     NetkitMode,
@@ -50,4 +58,5 @@ __all__ = [
     "list_routes", "parse_cidr", "set_address", "set_down", "set_mtu", "set_up", "sysctl",
     "validate_ifname", "validate_mac", "NetkitInfo", "NetkitMode", "NetkitPairing",
     "NetkitPolicy", "NetkitScrub", "NetkitSpec", "create_netkit", "encode_netkit", "get_netkit",
+    "Lease", "NetdevFamily", "QueueInfo", "QueueType", "decode_queue", "encode_queue_create",
 ]
