@@ -48,6 +48,7 @@ INCLUDES = """
 #include <unistd.h>
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <linux/bpf.h>
@@ -91,9 +92,33 @@ static int nk_print(enum libbpf_print_level level, const char *fmt, va_list ap)
     return 0;
 }
 
+#if NK_HAVE_LIBXDP
+static int nk_xdp_print(enum libxdp_print_level level, const char *fmt, va_list ap)
+{
+    return nk_print((enum libbpf_print_level)level, fmt, ap);
+}
+#endif
+
 static void nk_install_print(void)
 {
     libbpf_set_print(nk_print);
+#if NK_HAVE_LIBXDP
+    libxdp_set_print(nk_xdp_print);
+#endif
+}
+
+/* AF_XDP doorbells: an empty sendto starts TX (always needed in copy mode), an empty recvfrom
+ * wakes RX processing when the fill ring asks for it (XDP_USE_NEED_WAKEUP). */
+static long nk_xsk_kick_tx(int fd)
+{
+    long ret = sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+    return ret < 0 ? -errno : ret;
+}
+
+static long nk_xsk_wake_rx(int fd)
+{
+    long ret = recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+    return ret < 0 ? -errno : ret;
 }
 """
 
@@ -101,6 +126,8 @@ HELPERS_CDEF = """
 long nk_bpf(int cmd, void *attr, unsigned int size);
 extern "Python" void nk_log_cb(int level, const char *msg);
 void nk_install_print(void);
+long nk_xsk_kick_tx(int fd);
+long nk_xsk_wake_rx(int fd);
 static const int NK_HAVE_LIBXDP;
 static const char *const NK_LIBXDP_BUILD_VERSION;
 """
@@ -189,7 +216,7 @@ def make_ffibuilder() -> FFI:
     source = INCLUDES + defines
     libraries = ["bpf"]
     if xdp_version is not None:
-        source += "#include <xdp/xsk.h>\n#define NK_HAVE_LIBXDP 1\n"
+        source += "#include <xdp/libxdp.h>\n#include <xdp/xsk.h>\n#define NK_HAVE_LIBXDP 1\n"
         source += f'#define NK_LIBXDP_BUILD_VERSION "{xdp_version}"\n'
         libraries.insert(0, "xdp")
     else:
