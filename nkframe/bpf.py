@@ -148,6 +148,8 @@ def libbpf_version() -> str:
     full = _loaded_library_version("libbpf")
     if full:
         return full
+    if lib.NK_HAVE_libbpf_version_string:
+        return ffi.string(lib.libbpf_version_string()).decode().lstrip("v")
     return f"{lib.libbpf_major_version()}.{lib.libbpf_minor_version()}"
 
 
@@ -256,7 +258,8 @@ def _fd_kind(fd: int) -> str | None:
     return {
         "anon_inode:bpf-prog": "prog",
         "anon_inode:bpf-map": "map",
-        "anon_inode:bpf_link": "link",
+        "anon_inode:bpf_link": "link",  # a link fresh from BPF_LINK_CREATE
+        "anon_inode:bpf-link": "link",  # the same link reopened (BPF_OBJ_GET, GET_FD_BY_ID)
     }.get(target)
 
 
@@ -621,6 +624,41 @@ class Map(_FdOwner):
 
     def __iter__(self) -> Iterator[bytes]:
         return self.keys()
+
+    def dump(self, *, batch: int = 256) -> dict[bytes, bytes]:
+        """Every element at once, with BPF_MAP_LOOKUP_BATCH where libbpf and the kernel have
+        it (one syscall per ``batch`` elements), else by iterating keys."""
+        if not lib.NK_HAVE_bpf_map_lookup_batch:
+            return dict(self.items())
+        fd, ksz, vsz = self.fd, self.key_size, self.value_buffer_size
+        # The resume token is opaque: a bucket index (u32) for hash maps, a key for arrays.
+        tok_size = max(ksz, 8)
+        tokens = [ffi.new("char[]", tok_size), ffi.new("char[]", tok_size)]
+        opts = ffi.new("struct bpf_map_batch_opts *")
+        opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+        count = ffi.new("__u32 *")
+        out: dict[bytes, bytes] = {}
+        first = True
+        while True:
+            keys = ffi.new("char[]", ksz * batch)
+            values = ffi.new("char[]", vsz * batch)
+            count[0] = batch
+            ret = lib.bpf_map_lookup_batch(fd, ffi.NULL if first else tokens[0], tokens[1],
+                                           keys, values, count, opts)
+            if first and ret in (-errno.EINVAL, -ENOTSUPP, -errno.EOPNOTSUPP):
+                return dict(self.items())  # no batch ops for this kernel or map type
+            if ret == -errno.ENOSPC and count[0] == 0:
+                batch *= 2  # one hash bucket holds more than a batch
+                continue
+            if ret < 0 and ret != -errno.ENOENT:
+                check(ret, f"batch lookup in map {self.name}")
+            kb, vb = ffi.buffer(keys), ffi.buffer(values)
+            for i in range(count[0]):
+                out[kb[i * ksz:(i + 1) * ksz]] = vb[i * vsz:(i + 1) * vsz]
+            if ret == -errno.ENOENT:  # the kernel's "that was the last batch"
+                return out
+            tokens.reverse()
+            first = False
 
     def update_batch(self, keys: Sequence[bytes], values: Sequence[bytes],
                      flags: int = BPF_ANY) -> None:

@@ -234,5 +234,9 @@ if __name__ == "__main__":
     # scratch directory so setuptools does not read the project's own configuration.
     with tempfile.TemporaryDirectory(prefix="nkframe-cffi-") as tmp:
         built = Path(ffibuilder.compile(tmpdir=tmp, verbose=True))
+        # Only one build may sit here: Python prefers the cpython-311 suffix over abi3, so a
+        # stale copy of either would shadow the other.
+        for old in HERE.glob("_lib.*.so"):
+            old.unlink()
         shutil.copy2(built, HERE / built.name)
         print(f"built {HERE / built.name}")

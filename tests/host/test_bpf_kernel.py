@@ -306,6 +306,22 @@ def test_update_batch(obj):
     assert pc.lookup(_u32(2)) == b"\x02" * 8 * ncpus
 
 
+def test_dump_matches_items(obj):
+    h = obj.maps["test_hash"]
+    want = {_u32(i): _u64(i + 1000) for i in range(50)}
+    h.update_batch(list(want), list(want.values()))
+    assert h.dump() == want
+    assert h.dump(batch=7) == want  # several batches, resumed by token
+    a = obj.maps["test_array"]
+    a.update(_u32(3), _u64(33))
+    assert a.dump() == dict(a.items())
+    assert len(a.dump(batch=3)) == 8
+    pc = obj.maps["test_percpu"]
+    assert pc.dump() == dict(pc.items())
+    with bpf.Map.create(bpf.BPF_MAP_TYPE_HASH, 4, 8, 4) as empty:
+        assert empty.dump() == {}
+
+
 def test_map_create_standalone():
     with bpf.Map.create(bpf.BPF_MAP_TYPE_ARRAY, 4, 100, 1, name="nk_spec_test") as m:
         assert m.info().name == "nk_spec_test"
