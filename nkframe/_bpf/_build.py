@@ -7,8 +7,8 @@ crash.  What the installed libraries offer is probed, not assumed:
 * libbpf >= 1.1 is required (Debian bookworm).  Functions newer than 1.1 are listed in
   ``OPTIONAL``; each is compiled in only if a probe program using it builds and links, and
   ``lib.NK_HAVE_<name>`` tells the Python side which ones made it.
-* libxdp (AF_XDP sockets) is optional: without it ``lib.NK_HAVE_LIBXDP`` is 0 and
-  :mod:`nkframe.xsk` raises NotSupported.
+* libxdp (AF_XDP sockets) is optional: without it (or with NKFRAME_NO_LIBXDP=1 in the
+  environment) ``lib.NK_HAVE_LIBXDP`` is 0 and :mod:`nkframe.xsk` raises NotSupported.
 
 Run directly (``python nkframe/_bpf/_build.py``) to build in place for development.
 """
@@ -174,6 +174,8 @@ def _optional_symbols() -> dict[str, str]:
 
 
 def _libxdp_version() -> str | None:
+    if os.environ.get("NKFRAME_NO_LIBXDP"):  # build as if libxdp were absent
+        return None
     if not _probe(
         "#include <xdp/xsk.h>\nint main(void) { return xsk_socket__fd((void *)0); }\n",
         ["xdp", "bpf"],
