@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import threading
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -281,7 +282,7 @@ class Engine:
                 ctx.maps.setdefault(name, m.dup())
         return loaded
 
-    def _attach_chains(self, ctx: EndpointContext, chains, loaded) -> tuple[AttachedProgram, ...]:
+    def _attach_chains(self, ctx: EndpointContext, chains, loaded, *, pin_prefix: str = "") -> tuple[AttachedProgram, ...]:
         progs = {}
         for obj in loaded:
             for name, p in obj.programs.items():
@@ -297,13 +298,68 @@ class Engine:
                     if mech is Mechanism.TC:
                         prio = _tc_prio(pos)
                         pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, prio)
+                        # TC -> TC never stages (nothing to switch), so priorities can't clash.
+                        pin = _staged(pin, pin_prefix)
                         att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=str(pin), name=s.name, priority=prio)
                     else:
-                        pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name))
+                        default = _staged(self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name), pin_prefix)
+                        pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, default) if not pin_prefix else str(default)
                         att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=pin, name=s.name)
                     ctx.undo.push(f"detach {s.name}", _detacher(backend, att, self.node_netns))
                     out.append(attrs.evolve(att, hook=hook))
         return tuple(out)
+
+    # ------------------------------------------------------------------------------------------
+    # switching mechanism (e.g. TC -> TCX after a kernel upgrade)
+    # ------------------------------------------------------------------------------------------
+
+    def switch_mechanism(self, endpoint_id: str, attach: AttachMode | str = AttachMode.AUTO) -> Endpoint:
+        """Re-attach an endpoint's programs with another mechanism, never leaving a gap.
+
+        The new chain is loaded and attached (and pinned) *before* the old one is detached, so
+        every packet meets one chain or the other; for a moment both run, which the programs
+        tolerate (each one hands on with "continue", and the first redirect wins).  Maps pinned
+        for the endpoint are reused, so counters and state carry over.  A failure before the
+        old chain is removed detaches the new one and leaves the old chain as it was.
+        """
+        from nkframe.netlink import links
+
+        mode = AttachMode(str(attach).lower())
+        with self._lock:
+            old = self.get_endpoint(endpoint_id)
+            st = links.get_link(old.spec.node_ifname, netns=self.node_netns)
+            kind = DeviceKind.NETKIT if st.kind == "netkit" else DeviceKind.VETH
+            ctx = EndpointContext(spec=attrs.evolve(old.spec, attach=mode), node_netns=self.node_netns, bpffs_root=str(self.layout.root), features=self.features)
+            ctx.device = DeviceInfo(kind=kind, mode=old.spec.mode, node_ifname=old.spec.node_ifname, node_ifindex=st.ifindex, pod_ifname=old.spec.ifname, pod_ifindex=0, reason="existing device")
+            self._select_mechanisms(ctx)
+            if all(ctx.mechanisms.get(p.hook) is p.mechanism for p in old.programs) and old.programs:
+                return old
+            staging = f"switch-{uuid.uuid4().hex[:8]}"
+            chains = self._collect(ctx)
+            loaded = []
+            try:
+                loaded = self._load(ctx, chains)
+                self._attach_chains(ctx, chains, loaded, pin_prefix=staging)
+            except BaseException:
+                ctx.undo.rollback()
+                raise
+            finally:
+                _close_all(loaded)
+                _close_all(ctx.maps.values())
+            # The new chain runs: now take the old one away, then move the new pins into place.
+            with netns.enter(self.node_netns):
+                for att in old.programs:
+                    backend = attach_mod.backend(att.mechanism)
+                    backend.detach(attrs.evolve(att, hook=attach_mod.direction_for(att.mechanism, att.hook)))
+            ep_dir = self.layout.endpoint_dir(endpoint_id)
+            for sub in ("links", "tc"):
+                pins.remove_tree(ep_dir / sub)
+                if (ep_dir / staging / sub).exists():
+                    os.rename(ep_dir / staging / sub, ep_dir / sub)
+            pins.remove_tree(ep_dir / staging)
+            ctx.undo.commit()
+            specstore.replace(self.layout.spec_path(endpoint_id), ctx.spec)
+            return self.get_endpoint(endpoint_id)
 
     # ------------------------------------------------------------------------------------------
     # uplink (node device programs)
@@ -623,6 +679,13 @@ def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
         stuck = sorted(set(by_name) - {s.name for s in out})
         raise PluginError(f"programs {', '.join(stuck)} have before/after constraints that form a cycle")
     return out
+
+
+def _staged(path: Path, prefix: str) -> Path:
+    """<ep>/links/<hook>/<pin> -> <ep>/<prefix>/links/<hook>/<pin> while a new chain is staged."""
+    if not prefix:
+        return path
+    return path.parents[2] / prefix / path.parents[1].name / path.parent.name / path.name
 
 
 def _tc_prio(pos: int) -> int:

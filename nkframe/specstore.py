@@ -9,6 +9,7 @@ with them.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def store(path: Path, spec: EndpointSpec) -> None:
         m.pin(str(path))
     finally:
         m.close()
+
+
+def replace(path: Path, spec: EndpointSpec) -> None:
+    """Swap the stored spec atomically (pin the new map aside, then rename over the old pin)."""
+    tmp = path.with_name(path.name + "_new")
+    store(tmp, spec)
+    os.replace(tmp, path)
 
 
 def load(path: Path) -> EndpointSpec:

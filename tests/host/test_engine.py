@@ -294,3 +294,67 @@ def test_uplink_programs_attach_update_and_teardown(node, bpffs_root):
         assert sum(struct.unpack("<Q", v)[0] for v in m.lookup_percpu(struct.pack("<I", 3))) >= 2
     eng.teardown_uplink()
     assert eng.attached(node.uplink) == []
+
+
+def test_switch_mechanism_never_leaves_a_gap(node, bpffs_root):
+    """TC -> TCX (what a kernel upgrade allows): the new chain is attached before the old goes,
+    counters carry over in the pinned map, and traffic flows throughout."""
+    if not probe.features().supported("tcx"):
+        pytest.skip(f"needs TCX to switch to: {probe.features()['tcx'].reason}")
+    eng = _engine(node, bpffs_root, Counting(), attach="tc")
+    pod = node.pod()
+    links.add_address("lo", "10.98.0.1/32", netns=node.netns)
+    spec = EndpointSpec(id="mover", netns=pod, addresses=["10.98.0.20/32"])
+    ep = eng.add_endpoint(spec)
+    links.add_route("10.98.0.1/32", dev="eth0", netns=pod)
+    links.add_host_route("10.98.0.20", spec.node_ifname, netns=node.netns)
+    assert udp_probe(pod, node.netns, "10.98.0.1", count=2) == 2
+    counted = _counts(bpffs_root, "mover", 0)
+    assert counted >= 2
+
+    # Watch the device while switching: at every observation some chain is attached.
+    import threading
+
+    seen_empty = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            progs = eng.attached(spec.node_ifname)
+            if not any(p.name == "count" and p.hook == "ingress" for p in progs):
+                seen_empty.append(progs)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        moved = Engine(node.netns, bpffs_root, plugin_objects=[Counting()], autoload=False).switch_mechanism("mover", "tcx")
+    finally:
+        stop.set()
+        t.join()
+    assert seen_empty == [], "there was a moment with no program on the from-pod hook"
+    assert set(moved.mechanism.values()) == {Mechanism.TCX}
+    assert moved.spec.attach.value == "tcx"
+    mechs = {p.mechanism for p in eng.attached(spec.node_ifname)}
+    assert mechs == {Mechanism.TCX}, "the old TC filters are gone"
+    assert udp_probe(pod, node.netns, "10.98.0.1", count=2) == 2
+    assert _counts(bpffs_root, "mover", 0) >= counted + 2, "the pinned map carried over"
+    eng.remove_endpoint("mover")
+
+
+def test_verifier_rejection_shows_the_log_and_leaves_nothing(node, bpffs_root):
+    from nkframe.errors import VerifierError
+
+    class Bad:
+        @hookimpl
+        def nkframe_programs_collect(self, ctx):
+            return [ProgramSpec(name="bad", object=objects.path("test_bad"), program="bad_read", hook=Hook.FROM_POD)]
+
+    eng = _engine(node, bpffs_root, Bad())
+    pod = node.pod()
+    before = _kernel_snapshot(node)
+    with pytest.raises(VerifierError) as err:
+        eng.add_endpoint(EndpointSpec(id="badprog", netns=pod))
+    assert err.value.log and "invalid access to packet" in err.value.log
+    assert "verifier log" in str(err.value)
+    assert _kernel_snapshot(node) == before
+    assert not os.path.exists(f"{bpffs_root}/endpoints/badprog")
