@@ -64,6 +64,15 @@ struct {
 	__uint(max_entries, NK_POLICY_MAX_ENDPOINTS);
 } nk_pol_owner SEC(".maps");
 
+/* Change counter, bumped by every policy change (user space only): another process holding a
+ * cached view of the maps sees it moved and reads them again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} nk_pol_meta SEC(".maps");
+
 static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
 {
 	struct nk_counter *c = bpf_map_lookup_elem(&nk_pol_drops, &reason);

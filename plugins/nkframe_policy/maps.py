@@ -1,0 +1,562 @@
+"""The policy's pinned maps, atomic policy changes, counters, and per-endpoint programs.
+
+Maps (all pinned in one bpffs directory, shared by every endpoint; layouts in
+``bpf/include/nkframe_policy.h``):
+
+``nk_pol_gen``    slot -> active generation (0 none, 1 or 2)
+``nk_pol_lpm``    {slot, generation, direction, family, prefix} -> rules covering the prefix
+``nk_pol_rules``  per-CPU per-rule counters, indexed by rule id
+``nk_pol_stats``  per-CPU per-endpoint counters by direction and outcome
+``nk_pol_drops``  per-CPU drop counters by reason, all endpoints
+``nk_pol_owner``  slot -> endpoint id (user space bookkeeping: bpffs is the source of truth)
+``nk_pol_meta``   change counter, so several processes can share the maps
+
+Endpoint identity: each endpoint holds a *slot* (0..1023).  Its programs are loaded with the
+slot in ``.rodata`` (``ENDPOINT_SLOT``, set before load), so the per-packet lookups are array
+lookups and never depend on ``skb->ifindex`` (a netkit peer's ifindex repeats across pods).
+Slots are handed out round-robin so a freed slot is reused as late as possible.
+
+Atomic change (double buffer): the new policy is written as generation 1 or 2 — whichever is
+not active — then ``nk_pol_gen[slot]`` is switched with one map update, then we wait until no
+program can still be running with the old generation (an update of a map-in-map makes the
+kernel run ``synchronize_rcu()`` for exactly this purpose), and only then the old generation's
+entries are deleted.  A packet reads the generation once, so it is judged by the whole old or the
+whole new policy.  Everything that can be checked (validation, flattening, map capacity) is
+checked before the first write; a failed write removes what it wrote and leaves the old
+generation active.
+
+Rule ids (counter slots) belong to a (endpoint, direction, rule): a rule kept across a policy
+change keeps its id and so its counters; a new rule gets a free id whose counters are zeroed
+first.
+
+Limits: 1024 endpoints, 65,536 rules (all endpoints together), 131,072 LPM prefixes (all
+endpoints, counting both generations while a change is in flight), 16 rules covering one
+prefix.  Per-CPU counter memory: 16 B x 65,536 rules + 192 B x 1024 endpoints per possible CPU.
+One writer at a time: changes take an exclusive ``flock`` on the pin directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import attrs
+
+from nkframe import bpf
+from nkframe.errors import InvalidSpec, KernelError
+
+from . import layout
+from .compile import CompiledPolicy, compile_policy, policy_from_entries
+from .model import Direction, Policy, PolicyError, Rule
+
+MAP_NAMES = (
+    "nk_pol_gen", "nk_pol_lpm", "nk_pol_rules", "nk_pol_stats", "nk_pol_drops", "nk_pol_owner",
+    "nk_pol_meta",
+)
+PROGRAMS = ("policy_egress", "policy_ingress")
+BASELINE = "policy_baseline"
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+L3_OFFSETS = (0, 14)
+
+_DIRS = (Direction.INGRESS, Direction.EGRESS)
+_DIR_NUM = {Direction.INGRESS: layout.DIR_INGRESS, Direction.EGRESS: layout.DIR_EGRESS}
+
+
+def object_path() -> str:
+    """The built ``policy.o`` (``nkframe/_objs``)."""
+    from importlib.resources import files
+
+    path = Path(str(files("nkframe"))) / "_objs" / "policy.o"
+    if not path.is_file():
+        raise KernelError(
+            errno.ENOENT,
+            f"BPF object {path} is missing; build it with 'make setup' (needs clang)",
+        )
+    return str(path)
+
+
+@attrs.frozen
+class Counter:
+    packets: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: "Counter") -> "Counter":
+        return Counter(self.packets + other.packets, self.bytes + other.bytes)
+
+
+@attrs.frozen
+class RuleCounter:
+    direction: Direction
+    index: int  # position in policy.rules(direction)
+    rule: Rule
+    rule_id: int
+    packets: int
+    bytes: int
+
+
+@attrs.frozen
+class PolicyCounters:
+    """Counters of one endpoint, summed over CPUs.
+
+    ``stats[direction][name]`` with names ``allow_rule``, ``allow_default``, ``deny_rule``,
+    ``deny_default``, ``malformed``, ``non_ip``.  Counters of the ``tc`` layer count skbs (a GSO
+    packet is one)."""
+
+    endpoint_id: str
+    rules: tuple[RuleCounter, ...]
+    stats: Mapping[Direction, Mapping[str, Counter]]
+
+    def rule(self, direction: Direction, index: int) -> RuleCounter:
+        for r in self.rules:
+            if r.direction is direction and r.index == index:
+                return r
+        raise KeyError(f"{direction}[{index}]")
+
+    @property
+    def drops(self) -> dict[str, Counter]:
+        """This endpoint's drops by reason (both directions)."""
+        out = {}
+        for reason, stat in (("policy_deny", "deny_rule"), ("policy_default", "deny_default"),
+                             ("malformed", "malformed")):
+            out[reason] = sum((self.stats[d][stat] for d in _DIRS), Counter())
+        return out
+
+
+@attrs.define
+class _Endpoint:
+    endpoint_id: str
+    slot: int
+    generation: int = 0
+    policy: Policy | None = None
+    rule_ids: dict[tuple[Direction, Rule], int] = attrs.field(factory=dict)
+    keys: list[bytes] = attrs.field(factory=list)  # LPM keys of the active generation
+
+
+def _sum_percpu(values: list[bytes], offset: int = 0) -> Counter:
+    packets = bytes_ = 0
+    for v in values:
+        p, b = layout.COUNTER.unpack_from(v, offset)
+        packets += p
+        bytes_ += b
+    return Counter(packets, bytes_)
+
+
+class PolicyMaps:
+    """The policy maps pinned under ``pin_dir`` (created and pinned on first use, reused after).
+
+    ``pin_dir`` is the engine's global map directory (``<root>/globals/maps``) so programs the
+    engine loads from :meth:`program_specs`-style globals share these maps.
+    """
+
+    def __init__(self, pin_dir: str | os.PathLike, *, object_file: str | None = None):
+        self.pin_dir = Path(pin_dir)
+        self.object_file = object_file or object_path()
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._maps: dict[str, bpf.Map] = {}
+        self._rcu_outer: bpf.Map | None = None
+        self._rcu_inner: bpf.Map | None = None
+        self._eps: dict[str, _Endpoint] = {}
+        self._rule_ids_used: set[int] = set()
+        self._lpm_in_use = 0
+        self._stale: list[bytes] = []
+        self._seen_change = -1
+        self._next_slot = 0
+        self._next_rule = 0
+        self._dir_fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with self._flock():
+                self._open_maps()
+                self._sync()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+        for m in (self._rcu_outer, self._rcu_inner):
+            if m is not None:
+                m.close()
+        self._rcu_outer = self._rcu_inner = None
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    def __enter__(self) -> "PolicyMaps":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def maps(self) -> Mapping[str, bpf.Map]:
+        """The pinned maps by name (read them, do not change them behind our back)."""
+        return dict(self._maps)
+
+    def pin_path(self, name: str) -> Path:
+        return self.pin_dir / name
+
+    def _open_maps(self) -> None:
+        # Loading the object with pin paths set makes libbpf reuse compatible pinned maps and
+        # create + pin missing ones; no program is loaded for this.
+        with bpf.BpfObject.open(self.object_file) as obj:
+            for name in MAP_NAMES:
+                obj.set_map_pin_path(name, self.pin_path(name))
+            for prog in obj.programs:
+                obj.set_autoload(prog, False)
+            obj.load()
+            for name in MAP_NAMES:
+                self._maps[name] = obj.maps[name].dup()
+        lpm = self._maps["nk_pol_lpm"]
+        if (lpm.key_size, lpm.value_size) != (layout.KEY.size, layout.ENTRY_SIZE):
+            raise KernelError(
+                errno.EINVAL,
+                f"pinned map {self.pin_path('nk_pol_lpm')} has key/value sizes "
+                f"{lpm.key_size}/{lpm.value_size}, this nkframe expects "
+                f"{layout.KEY.size}/{layout.ENTRY_SIZE}; remove the old pins",
+            )
+
+    # -- cross-process consistency -------------------------------------------------------
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        with self._lock:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._dir_fd, fcntl.LOCK_UN)
+
+    def _change_count(self) -> int:
+        raw = self._maps["nk_pol_meta"].lookup(bytes(4))
+        return struct.unpack("=Q", raw)[0]
+
+    @contextlib.contextmanager
+    def _mutating(self) -> Iterator[None]:
+        with self._flock():
+            if self._change_count() != self._seen_change:
+                self._sync()
+            try:
+                yield
+            finally:
+                # Bumped even after a failure: the kernel state may have moved.
+                count = self._change_count() + 1
+                self._maps["nk_pol_meta"].update(bytes(4), struct.pack("=Q", count))
+                self._seen_change = count
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if self._change_count() != self._seen_change:
+                with self._flock():
+                    self._sync()
+
+    def _sync(self) -> None:
+        """Rebuild the in-memory view from the maps (after start, or another writer)."""
+        owner = self._maps["nk_pol_owner"]
+        gen = self._maps["nk_pol_gen"]
+        eps: dict[str, _Endpoint] = {}
+        by_slot: dict[int, _Endpoint] = {}
+        for slot in range(layout.MAX_ENDPOINTS):
+            key = layout.SLOT_KEY.pack(slot)
+            endpoint_id = layout.unpack_owner(owner.lookup(key))
+            if endpoint_id:
+                g = layout.GEN.unpack(gen.lookup(key))[0]
+                ep = _Endpoint(endpoint_id, slot, g)
+                eps[endpoint_id] = by_slot[slot] = ep
+        groups: dict[tuple[int, int], list] = {}
+        stale: list[bytes] = []
+        count = 0
+        for key, value in self._maps["nk_pol_lpm"].items():
+            count += 1
+            slot, g, direction, _version, net = layout.unpack_key(key)
+            ep = by_slot.get(slot)
+            if ep is None or g != ep.generation or g == 0:
+                stale.append(key)
+                continue
+            ep.keys.append(key)
+            default, rules = layout.unpack_entry(value)
+            groups.setdefault((slot, g), []).append((direction, net, default, rules))
+        used: set[int] = set()
+        for ep in by_slot.values():
+            if ep.generation and (ep.slot, ep.generation) in groups:
+                ep.policy, ep.rule_ids = policy_from_entries(groups[(ep.slot, ep.generation)])
+                used.update(ep.rule_ids.values())
+        self._eps = eps
+        self._rule_ids_used = used
+        self._stale = stale
+        self._lpm_in_use = count
+        if by_slot:
+            self._next_slot = (max(by_slot) + 1) % layout.MAX_ENDPOINTS
+        if used:
+            self._next_rule = (max(used) + 1) % layout.RULE_SLOTS
+        self._seen_change = self._change_count()
+
+    def _drop_stale(self) -> None:
+        # Entries of generations no packet reads (left by a crash): no wait needed.
+        lpm = self._maps["nk_pol_lpm"]
+        while self._stale:
+            lpm.delete(self._stale.pop())
+            self._lpm_in_use -= 1
+
+    def _wait_for_programs(self) -> None:
+        """Return once no BPF program that could have read the old generation still runs.
+
+        Updating an element of a map-in-map makes the kernel call synchronize_rcu() before
+        returning (so user space knows every program now sees the new value); tc programs run
+        inside RCU read sections, so this waits for every packet in flight."""
+        if self._rcu_outer is None:
+            self._rcu_inner = bpf.Map.create(bpf.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="nk_pol_rcu_i")
+            self._rcu_outer = bpf.Map.create(
+                BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 1, name="nk_pol_rcu",
+                inner_map_fd=self._rcu_inner.fd,
+            )
+        self._rcu_outer.update(bytes(4), struct.pack("=I", self._rcu_inner.fd))
+
+    # -- allocation ------------------------------------------------------------------------
+    def _free_slot(self) -> int:
+        taken = {ep.slot for ep in self._eps.values()}
+        for i in range(layout.MAX_ENDPOINTS):
+            slot = (self._next_slot + i) % layout.MAX_ENDPOINTS
+            if slot not in taken:
+                return slot
+        raise PolicyError(
+            f"no policy slot left: all {layout.MAX_ENDPOINTS} endpoint slots are in use; "
+            f"remove endpoints first"
+        )
+
+    def _pick_rule_ids(self, n: int) -> list[int]:
+        free = layout.RULE_SLOTS - len(self._rule_ids_used)
+        if n > free:
+            raise PolicyError(
+                f"too many rules for the map: the policy adds {n} rules but only {free} of "
+                f"{layout.RULE_SLOTS} rule slots are free (all endpoints share them)"
+            )
+        out = []
+        i = self._next_rule
+        while len(out) < n:
+            if i not in self._rule_ids_used:
+                out.append(i)
+            i = (i + 1) % layout.RULE_SLOTS
+        return out
+
+    def _reserve(self, endpoint_id: str, slot: int) -> _Endpoint:
+        key = layout.SLOT_KEY.pack(slot)
+        self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
+        stats = self._maps["nk_pol_stats"]
+        stats.update(key, bytes(stats.value_buffer_size))
+        self._maps["nk_pol_owner"].update(key, layout.pack_owner(endpoint_id))
+        ep = _Endpoint(endpoint_id, slot)
+        self._eps[endpoint_id] = ep
+        self._next_slot = (slot + 1) % layout.MAX_ENDPOINTS
+        return ep
+
+    # -- queries ---------------------------------------------------------------------------
+    def endpoints(self) -> dict[str, int]:
+        """endpoint id -> slot, for every endpoint holding a slot."""
+        self._refresh()
+        return {e: ep.slot for e, ep in self._eps.items()}
+
+    def slot(self, endpoint_id: str) -> int | None:
+        self._refresh()
+        ep = self._eps.get(endpoint_id)
+        return None if ep is None else ep.slot
+
+    def generation(self, endpoint_id: str) -> int:
+        self._refresh()
+        ep = self._eps.get(endpoint_id)
+        return 0 if ep is None else ep.generation
+
+    def policy(self, endpoint_id: str) -> Policy | None:
+        """The active policy as read back from the kernel (rules in rule-id order)."""
+        self._refresh()
+        ep = self._eps.get(endpoint_id)
+        return None if ep is None else ep.policy
+
+    def rule_id(self, endpoint_id: str, direction: Direction, rule: Rule) -> int:
+        self._refresh()
+        return self._eps[endpoint_id].rule_ids[(direction, rule)]
+
+    # -- changes ---------------------------------------------------------------------------
+    def reserve(self, endpoint_id: str) -> int:
+        """Give ``endpoint_id`` a slot (idempotent).  Its packets are dropped (``no_policy``)
+        until :meth:`apply`."""
+        _check_endpoint_id(endpoint_id)
+        with self._mutating():
+            ep = self._eps.get(endpoint_id)
+            if ep is None:
+                ep = self._reserve(endpoint_id, self._free_slot())
+            return ep.slot
+
+    def apply(self, endpoint_id: str, policy: Policy | Mapping) -> CompiledPolicy:
+        """Make ``policy`` the endpoint's policy, atomically for packets (see module doc)."""
+        _check_endpoint_id(endpoint_id)
+        if not isinstance(policy, Policy):
+            policy = Policy.from_dict(policy)
+        with self._mutating():
+            ep = self._eps.get(endpoint_id)
+            slot = ep.slot if ep is not None else self._free_slot()
+            old_ids = ep.rule_ids if ep is not None else {}
+            wanted = [(d, r) for d in _DIRS for r in policy.rules(d)]
+            missing = [k for k in wanted if k not in old_ids]
+            ids = {k: old_ids[k] for k in wanted if k in old_ids}
+            fresh = self._pick_rule_ids(len(missing))
+            ids.update(zip(missing, fresh))
+            old_gen = ep.generation if ep is not None else 0
+            new_gen = 2 if old_gen == 1 else 1
+            compiled = compile_policy(policy, slot, new_gen, ids)
+            items = compiled.items()
+            in_use = self._lpm_in_use - len(self._stale)
+            if in_use + len(items) > layout.LPM_ENTRIES:
+                raise PolicyError(
+                    f"too many rules for the map: endpoint {endpoint_id!r} needs {len(items)} "
+                    f"prefixes, the LPM map holds {layout.LPM_ENTRIES} and {in_use} are in use "
+                    f"(the old and new policy coexist during a change)"
+                )
+            # ---- nothing in the kernel has changed up to here ----
+            self._drop_stale()
+            created = ep is None
+            if created:
+                ep = self._reserve(endpoint_id, slot)
+            counters = self._maps["nk_pol_rules"]
+            zero = bytes(counters.value_buffer_size)
+            for rule_id in fresh:
+                counters.update(layout.SLOT_KEY.pack(rule_id), zero)
+            self._rule_ids_used.update(fresh)
+            if fresh:
+                self._next_rule = (fresh[-1] + 1) % layout.RULE_SLOTS
+            lpm = self._maps["nk_pol_lpm"]
+            keys = [k for k, _ in items]
+            try:
+                lpm.update_batch(keys, [v for _, v in items])
+            except BaseException:
+                for k in keys:
+                    with contextlib.suppress(KernelError):
+                        lpm.delete(k)
+                self._rule_ids_used.difference_update(fresh)
+                if created:
+                    self._release(ep)
+                raise
+            self._lpm_in_use += len(items)
+            # The flip: 4 bytes whose values (0, 1, 2) differ in the low byte only, so a packet
+            # sees the old or the new generation even if the kernel copies byte-wise.
+            self._maps["nk_pol_gen"].update(layout.SLOT_KEY.pack(slot), layout.GEN.pack(new_gen))
+            ep.generation = new_gen
+            old_keys, ep.keys = ep.keys, keys
+            ep.policy = policy
+            ep.rule_ids = ids
+            self._wait_for_programs()
+            for k in old_keys:
+                lpm.delete(k)
+            self._lpm_in_use -= len(old_keys)
+            self._rule_ids_used.difference_update(set(old_ids.values()) - set(ids.values()))
+            return compiled
+
+    def remove(self, endpoint_id: str) -> None:
+        """Drop the endpoint's policy, entries, rule ids and slot (idempotent).
+
+        Call it after the endpoint's programs are detached: until then they fail closed."""
+        with self._mutating():
+            self._drop_stale()
+            ep = self._eps.get(endpoint_id)
+            if ep is None:
+                return
+            key = layout.SLOT_KEY.pack(ep.slot)
+            self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
+            self._wait_for_programs()
+            lpm = self._maps["nk_pol_lpm"]
+            for k in ep.keys:
+                lpm.delete(k)
+            self._lpm_in_use -= len(ep.keys)
+            self._rule_ids_used.difference_update(ep.rule_ids.values())
+            self._release(ep)
+
+    def _release(self, ep: _Endpoint) -> None:
+        key = layout.SLOT_KEY.pack(ep.slot)
+        self._maps["nk_pol_owner"].update(key, bytes(layout.ENDPOINT_ID_LEN))
+        del self._eps[ep.endpoint_id]
+
+    # -- counters --------------------------------------------------------------------------
+    def counters(self, endpoint_id: str) -> PolicyCounters:
+        self._refresh()
+        ep = self._eps.get(endpoint_id)
+        if ep is None:
+            raise KeyError(f"endpoint {endpoint_id!r} has no policy slot")
+        rule_map = self._maps["nk_pol_rules"]
+        rules = []
+        if ep.policy is not None:
+            for d in _DIRS:
+                for i, rule in enumerate(ep.policy.rules(d)):
+                    rule_id = ep.rule_ids[(d, rule)]
+                    c = _sum_percpu(rule_map.lookup_percpu(layout.SLOT_KEY.pack(rule_id)))
+                    rules.append(RuleCounter(d, i, rule, rule_id, c.packets, c.bytes))
+        per_cpu = self._maps["nk_pol_stats"].lookup_percpu(layout.SLOT_KEY.pack(ep.slot))
+        stats = {}
+        for d in _DIRS:
+            base = _DIR_NUM[d] * len(layout.STAT_NAMES)
+            stats[d] = {
+                name: _sum_percpu(per_cpu, (base + j) * layout.COUNTER.size)
+                for j, name in enumerate(layout.STAT_NAMES)
+            }
+        return PolicyCounters(endpoint_id, tuple(rules), stats)
+
+    def drops(self) -> dict[str, Counter]:
+        """Drops of every endpoint by reason, including ``no_policy``."""
+        m = self._maps["nk_pol_drops"]
+        return {
+            name: _sum_percpu(m.lookup_percpu(layout.SLOT_KEY.pack(num)))
+            for num, name in layout.DROP_REASONS.items()
+        }
+
+    # -- programs --------------------------------------------------------------------------
+    def program_globals(self, endpoint_id: str, l3_offset: int = 14) -> dict[str, bytes]:
+        """The ``.rodata`` values an endpoint's policy programs are loaded with (reserves a
+        slot): hand them to the loader as ``ProgramSpec.globals``."""
+        if l3_offset not in L3_OFFSETS:
+            raise InvalidSpec(
+                f"l3_offset {l3_offset}: use 14 (Ethernet header: veth, netkit L2) or 0 "
+                f"(netkit L3)"
+            )
+        slot = self.reserve(endpoint_id)
+        return {"ENDPOINT_SLOT": struct.pack("=I", slot), "L3_OFFSET": struct.pack("=I", l3_offset)}
+
+    def _load(self, programs: tuple[str, ...], globals_: Mapping[str, bytes]) -> list[bpf.Program]:
+        with bpf.BpfObject.open(self.object_file) as obj:
+            for name, value in globals_.items():
+                obj.set_global(name, value)
+            for name in MAP_NAMES:
+                obj.set_map_pin_path(name, self.pin_path(name))
+            for prog in obj.programs:
+                obj.set_autoload(prog, prog in programs)
+            obj.load()
+            return [obj.programs[p].dup() for p in programs]
+
+    def load_programs(
+        self, endpoint_id: str, l3_offset: int = 14
+    ) -> tuple[bpf.Program, bpf.Program]:
+        """Load ``(policy_egress, policy_ingress)`` for one endpoint, sharing the pinned maps.
+
+        The caller owns the returned programs (attach, then close)."""
+        egress, ingress = self._load(PROGRAMS, self.program_globals(endpoint_id, l3_offset))
+        return egress, ingress
+
+    def load_baseline(self) -> bpf.Program:
+        """An empty tc program from the same object: the baseline for cost figures."""
+        return self._load((BASELINE,), {})[0]
+
+
+def _check_endpoint_id(endpoint_id: str) -> None:
+    if not isinstance(endpoint_id, str) or not endpoint_id:
+        raise InvalidSpec(f"endpoint id must be a non-empty string, not {endpoint_id!r}")
+    if len(endpoint_id.encode()) >= layout.ENDPOINT_ID_LEN or "\0" in endpoint_id:
+        raise InvalidSpec(
+            f"endpoint id {endpoint_id!r} must be at most {layout.ENDPOINT_ID_LEN - 1} bytes "
+            f"without NUL"
+        )
