@@ -992,7 +992,12 @@ class Link(_FdOwner):
 
     @staticmethod
     def unpin(path: str | os.PathLike) -> None:
-        """Remove a pin; the link goes away when no fd or other pin holds it."""
+        """Remove a pin; the link goes away when no fd or other pin holds it.
+
+        When the pin was the last reference the kernel releases the link from a workqueue, so
+        the detach is visible to BPF_PROG_QUERY shortly after this returns, not at once.
+        Closing the last fd, by contrast, detaches synchronously.
+        """
         try:
             os.unlink(path)
         except OSError as exc:

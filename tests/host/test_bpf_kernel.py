@@ -418,9 +418,21 @@ def test_pins_survive_the_process_that_made_them(veth, pin_dir):
     with bpf.Link.from_pin(pin_dir / "link") as link:
         info = link.info()
         assert (info.id, info.prog_id, info.ifindex) == (link_id, prog_id, veth.ifindex)
-    # Removing the last pin of a link (no fd open) detaches it.
+    # Removing the last pin of a link (no fd open) detaches it -- asynchronously: the
+    # kernel drops a pinned link's last reference from a workqueue.
     bpf.Link.unpin(pin_dir / "link")
-    assert bpf.prog_query(veth.ifindex, bpf.BPF_TCX_INGRESS).prog_ids == ()
+    assert _eventually(lambda: bpf.prog_query(veth.ifindex, bpf.BPF_TCX_INGRESS).prog_ids == ())
+
+
+def _eventually(cond, timeout: float = 5.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 # -- TCX links ---------------------------------------------------------------------------------
