@@ -133,3 +133,9 @@ def test_is_bpffs_on_plain_dirs(tmp_path):
 def test_link_create_rejects_two_anchors():
     with pytest.raises(InvalidSpec):
         bpf.Link.create(0, 1, bpf.BPF_TCX_INGRESS, relative_fd=3, relative_id=4)
+
+
+def test_open_with_object_name():
+    with bpf.BpfObject.open(OBJS / "test_prog.o", name="custom") as obj:
+        # libbpf names the data-section maps after the object
+        assert obj.internal_maps and all(n.startswith("custom.") for n in obj.internal_maps)
