@@ -246,6 +246,31 @@ def reconcile(ctx, as_json) -> None:
 cli.add_command(reconcile, name="gc")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the last line of output).")
+@click.option("--keep", is_flag=True, help="Leave the namespaces and pins in place for a look around.")
+@click.option("--vm", "in_vm", is_flag=True, help="Run inside the netkit kernel VM (Debian 6.12) instead.")
+@click.option("--kernel", default="6.12", show_default=True, help="With --vm: which kernel to boot.")
+@click.pass_context
+def demo(ctx, as_json, keep, in_vm, kernel) -> None:
+    """Build a node with three pods in namespaces and prove the datapath with real traffic."""
+    if in_vm:
+        from pathlib import Path
+
+        from nkframe import vm
+
+        k = vm.ensure_kernel(kernel)
+        exe = Path(sys.executable).parent / "nkframe"
+        cmd = [str(exe), "demo"] + (["--json"] if as_json else [])
+        res = vm.run(k, cmd, rwdir=vm.REPO_ROOT / "results" / "demo-vm", echo=click.echo)
+        if res.exit_code is None:
+            raise errors.NkframeError(f"the demo VM produced no result: {res.describe()}")
+        raise SystemExit(res.exit_code)
+    from nkframe import demo as demo_mod
+
+    raise SystemExit(demo_mod.run(keep=keep, attach=ctx.obj["attach"], as_json=as_json))
+
+
 def main() -> None:
     cli(prog_name="nkframe")
 
