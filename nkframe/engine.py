@@ -23,7 +23,7 @@ import attrs
 import pluggy
 
 from nkframe import attach as attach_mod
-from nkframe import builtin, netns, pins, plugins, specstore
+from nkframe import builtin, faults, netns, pins, plugins, specstore
 from nkframe.context import DeviceInfo, EndpointContext, UndoLog, UplinkContext
 from nkframe.errors import (
     EndpointExists,
@@ -152,14 +152,21 @@ class Engine:
             try:
                 ep_dir.mkdir(parents=True, mode=0o700)
                 ctx.undo.push(f"remove pins of {spec.id}", lambda: pins.remove_tree(ep_dir))
+                faults.point("add.after_pin_dir")
                 specstore.store(self.layout.spec_path(spec.id), spec)
+                faults.point("add.after_spec")
                 ctx.device = self._create_device(ctx)
+                faults.point("add.after_device")
                 self._select_mechanisms(ctx)
                 chains = self._collect(ctx)
                 loaded = self._load(ctx, chains)
+                faults.point("add.after_load")
                 attached = self._attach_chains(ctx, chains, loaded)
+                faults.point("add.after_attach")
                 self.hook.nkframe_endpoint_configure(ctx=ctx)
+                faults.point("add.after_configure")
                 builtin.open_device(ctx)
+                faults.point("add.after_open")
             except BaseException:
                 failures = ctx.undo.rollback()
                 if failures:
@@ -527,8 +534,11 @@ class Engine:
             self.hook.nkframe_endpoint_unconfigure(ctx=ctx)
         except NkframeError as e:
             log.warning("unconfigure %s: %s", spec.id, e)
+        faults.point("remove.after_unconfigure")
         self._detach_pinned("endpoint", spec.id, missing_ok=True)
+        faults.point("remove.after_detach")
         links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
+        faults.point("remove.after_device")
         pins.remove_tree(self.layout.endpoint_dir(spec.id))
 
     def _detach_pinned(self, scope: str, owner: str, *, missing_ok: bool) -> None:
