@@ -167,6 +167,10 @@ class Engine:
                 faults.point("add.after_configure")
                 builtin.open_device(ctx)
                 faults.point("add.after_open")
+                # The commit point: only an endpoint with this marker is complete.  A crash
+                # before it leaves an endpoint reconcile() finishes off (the caller never
+                # heard "done").
+                self.layout.ready_marker(spec.id).mkdir()
             except BaseException:
                 failures = ctx.undo.rollback()
                 if failures:
@@ -530,6 +534,11 @@ class Engine:
         from nkframe.netlink import links
 
         ctx = EndpointContext(spec=spec, node_netns=self.node_netns, bpffs_root=str(self.layout.root), features=self.features)
+        # Un-commit first: a crash from here on leaves an endpoint reconcile() removes.
+        try:
+            self.layout.ready_marker(spec.id).rmdir()
+        except FileNotFoundError:
+            pass
         try:
             self.hook.nkframe_endpoint_unconfigure(ctx=ctx)
         except NkframeError as e:
@@ -593,6 +602,8 @@ class Engine:
                     gone = f"netns {spec.netns} is gone"
                 elif not links.link_exists(spec.node_ifname, netns=self.node_netns):
                     gone = f"device {spec.node_ifname} is gone"
+                if gone is None and not self.layout.ready_marker(eid).exists():
+                    gone = "its add or remove was interrupted"
                 if gone:
                     self._teardown(spec)
                     self.hook.nkframe_endpoint_removed(endpoint_id=eid)

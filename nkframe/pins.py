@@ -4,6 +4,7 @@ Layout under the root (default ``/sys/fs/bpf/nkframe``)::
 
     <root>/globals/maps/<map>                 maps shared by every endpoint (routes, policy...)
     <root>/endpoints/<id>/spec                the EndpointSpec as JSON inside a 1-entry array map
+    <root>/endpoints/<id>/ready               empty directory: the endpoint is complete (commit point)
     <root>/endpoints/<id>/maps/<map>          maps private to one endpoint
     <root>/endpoints/<id>/links/<hook>/<NN>-<prog>
                                               netkit/TCX links (NN = position in the chain)
@@ -118,6 +119,10 @@ class Layout:
     # -- objects
     def spec_path(self, endpoint_id: str) -> Path:
         return self.endpoint_dir(endpoint_id) / "spec"
+
+    def ready_marker(self, endpoint_id: str) -> Path:
+        """An empty directory whose presence says the endpoint is complete."""
+        return self.endpoint_dir(endpoint_id) / "ready"
 
     def map_path(self, scope: str, owner: str, name: str) -> Path:
         base = self._scope_dir(scope, owner)
