@@ -28,6 +28,13 @@ def ns():
     name = f"nkt-{secrets.token_hex(4)}"
     netns.create(name)
     try:
+        try:
+            with NetdevFamily(name) as fam:
+                has_queue_get = "queue-get" in fam.ops()
+        except NotSupported as e:
+            pytest.skip(f"{e} (the netdev family is Linux 6.3+)")
+        if not has_queue_get:
+            pytest.skip("netdev queue-get needs Linux 6.8+")
         yield name
     finally:
         netns.delete(name)
