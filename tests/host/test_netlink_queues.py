@@ -32,7 +32,7 @@ def ns():
             with NetdevFamily(name) as fam:
                 has_queue_get = "queue-get" in fam.ops()
         except NotSupported as e:
-            pytest.skip(f"{e} (the netdev family is Linux 6.3+)")
+            pytest.skip(str(e))
         if not has_queue_get:
             pytest.skip("netdev queue-get needs Linux 6.8+")
         yield name
