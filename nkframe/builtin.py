@@ -114,7 +114,9 @@ def open_device(ctx: EndpointContext) -> None:
     dev = ctx.device
     assert dev is not None
     if dev.kind is DeviceKind.NETKIT:
-        policy = netkit.NetkitPolicy(ctx.spec.options.get("netkit_policy", "pass") == "drop" and 2 or 0)
+        # With programs attached the policy only matters if they are all detached later; the
+        # spec may keep it closed ("netkit_policy": "drop") to fail closed in that case.
+        policy = netkit.NetkitPolicy.DROP if ctx.spec.options.get("netkit_policy") == "drop" else netkit.NetkitPolicy.PASS
         netkit.set_policy(dev.node_ifname, policy=policy, peer_policy=policy, netns=ctx.node_netns)
     links.set_up(dev.node_ifname, netns=ctx.node_netns)
     if dev.pod_ifname:

@@ -26,7 +26,7 @@ import attrs
 
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.netlink import links as _links
-from nkframe.netlink._rtnl import extack, where
+from nkframe.netlink._rtnl import extack, kernel_error, where
 from nkframe.netlink.links import LinkPair, validate_ifname
 
 __all__ = [
@@ -512,3 +512,46 @@ def _create_error(e: Any, spec: NetkitSpec, what: str) -> Exception:
     from nkframe.netlink._rtnl import kernel_error
 
     return kernel_error(e, what)
+
+
+def encode_set_policy(ifindex: int, policy: NetkitPolicy | None, peer_policy: NetkitPolicy | None) -> Any:
+    """The RTM_NEWLINK (no NLM_F_CREATE) that changes the default policies of an existing pair."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    register_link_kind()
+    data: list[tuple[str, Any]] = []
+    if policy is not None:
+        data.append(("IFLA_NETKIT_POLICY", int(policy)))
+    if peer_policy is not None:
+        data.append(("IFLA_NETKIT_PEER_POLICY", int(peer_policy)))
+    msg = ifinfmsg()
+    msg["family"] = 0
+    msg["index"] = ifindex
+    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "netkit"), ("IFLA_INFO_DATA", {"attrs": data})]})]
+    return msg
+
+
+def set_policy(
+    name: str,
+    *,
+    policy: NetkitPolicy | str | None = None,
+    peer_policy: NetkitPolicy | str | None = None,
+    netns: str | None = None,
+) -> None:
+    """Change what a pair does with packets when no program is attached.
+
+    Only the primary can change settings (the kernel answers EACCES on the peer); mode and peer
+    info are fixed at creation, the two policies are not.  ``None`` leaves one as it is.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    pol = _opt_policy(policy)
+    peer_pol = _opt_policy(peer_policy)
+    what = f"set netkit policy of {name!r} in {where(netns)}"
+    with _links._session(netns) as ipr:
+        idx = _links.ifindex(name, netns, ipr=ipr)
+        msg = encode_set_policy(idx, pol, peer_pol)
+        try:
+            _links.request(ipr, msg, _links.RTM_NEWLINK, _links.NLM_F_REQUEST | _links.NLM_F_ACK)
+        except NetlinkError as e:
+            raise kernel_error(e, what) from None

@@ -358,3 +358,29 @@ def test_verifier_rejection_shows_the_log_and_leaves_nothing(node, bpffs_root):
     assert "verifier log" in str(err.value)
     assert _kernel_snapshot(node) == before
     assert not os.path.exists(f"{bpffs_root}/endpoints/badprog")
+
+
+@pytest.mark.netkit
+def test_netkit_endpoint_is_born_closed_and_opened_after_attach(node, bpffs_root):
+    """netkit pairs are created with policy drop and opened only once programs are attached."""
+    from nkframe.netlink import netkit
+
+    if not probe.features().supported("netkit"):
+        pytest.skip(f"netkit unsupported here: {probe.features()['netkit'].reason}")
+    seen = {}
+
+    class Peek(Counting):
+        @hookimpl
+        def nkframe_endpoint_configure(self, ctx):
+            info = netkit.get_netkit(ctx.device.node_ifname, netns=ctx.node_netns)
+            seen["during"] = (info.policy, info.peer_policy)
+
+    eng = _engine(node, bpffs_root, Peek())
+    ep = eng.add_endpoint(EndpointSpec(id="nk-a", netns=node.pod(), addresses=["10.98.0.30/32"]))
+    assert ep.device_kind is DeviceKind.NETKIT
+    assert set(ep.mechanism.values()) == {Mechanism.NETKIT}
+    assert seen["during"] == (netkit.NetkitPolicy.DROP, netkit.NetkitPolicy.DROP)
+    info = netkit.get_netkit(ep.spec.node_ifname, netns=node.netns)
+    assert (info.policy, info.peer_policy) == (netkit.NetkitPolicy.PASS, netkit.NetkitPolicy.PASS)
+    assert info.mode == netkit.NetkitMode.L3
+    eng.remove_endpoint("nk-a")

@@ -114,3 +114,25 @@ def test_program_spec_validation():
         ProgramSpec(name="a", object="/x", program="a", hook=Hook.TO_POD, maps={"m": "node"})
     s = _p("a")
     assert attrs.evolve(s, order=1).order == 1
+
+
+def test_netkit_set_policy_encoding():
+    """RTM_NEWLINK body: ifinfomsg(index) + IFLA_LINKINFO{KIND "netkit", DATA{POLICY, PEER_POLICY}}."""
+    import struct as st_
+
+    from nkframe.netlink import netkit
+
+    msg = netkit.encode_set_policy(7, netkit.NetkitPolicy.PASS, netkit.NetkitPolicy.DROP)
+    msg.encode()
+    body = bytes(msg.data[16:])
+    ifinfo = st_.pack("<BxHiII", 0, 0, 7, 0, 0)
+    kind = st_.pack("<HH", 4 + 7, 1) + b"netkit\0" + b"\0"  # IFLA_INFO_KIND, padded to 4
+    pol = st_.pack("<HHI", 8, 3, 0) + st_.pack("<HHI", 8, 4, 2)  # POLICY=PASS, PEER_POLICY=DROP
+    data = st_.pack("<HH", 4 + len(pol), 2) + pol  # IFLA_INFO_DATA
+    linkinfo = st_.pack("<HH", 4 + len(kind) + len(data), 18) + kind + data  # IFLA_LINKINFO
+    assert body[:16] == ifinfo
+    # pyroute2 may or may not set NLA_F_NESTED on nests; compare with the flag masked off.
+    got = bytearray(body[16:])
+    for off in (0, 4 + len(kind)):
+        got[off + 2 : off + 4] = (int.from_bytes(got[off + 2 : off + 4], "little") & 0x7FFF).to_bytes(2, "little")
+    assert bytes(got) == linkinfo
