@@ -200,6 +200,9 @@ def configure(ctx: EndpointContext, *, l2: bool) -> None:
     spec, dev = ctx.spec, ctx.device
     node_ns, pod_ns = ctx.node_netns, spec.netns
     opts = Options.from_spec(spec)
+    # Before anything changes: a node route or map entry of another endpoint must not be
+    # replaced (and then deleted by our rollback).
+    _check_addresses_free(ctx.maps[ENDPOINTS_MAP], spec)
     enable_forwarding(node_ns)
 
     if l2:
@@ -258,16 +261,22 @@ def configure(ctx: EndpointContext, *, l2: bool) -> None:
     m = ctx.maps[ENDPOINTS_MAP]
     for a in spec.addresses:
         key = layout.endpoint_key(a.ip)
-        old = m.lookup(key)
-        if old is not None:
-            prev = EndpointEntry.unpack(old)
-            if prev.owner != entry.owner:
-                raise EndpointExists(
-                    f"address {a.ip} already belongs to another endpoint (node-side ifindex "
-                    f"{prev.ifindex}); remove that endpoint first or pick another address"
-                )
         m.update(key, entry.pack())
         ctx.undo.push(f"forget {a.ip}", _entry_deleter(m, key, entry.owner))
+
+
+def _check_addresses_free(m, spec: EndpointSpec) -> None:
+    owner = layout.owner_tag(spec.id)
+    for a in spec.addresses:
+        old = m.lookup(layout.endpoint_key(a.ip))
+        if old is None:
+            continue
+        prev = EndpointEntry.unpack(old)
+        if prev.owner != owner:
+            raise EndpointExists(
+                f"address {a.ip} already belongs to another endpoint (node-side ifindex "
+                f"{prev.ifindex}); remove that endpoint first or pick another address"
+            )
 
 
 def _route_deleter(ip: str, dev: str, node_ns: str | None):
