@@ -169,6 +169,7 @@ class PolicyMaps:
         self._seen_change = -1
         self._next_slot = 0
         self._next_rule = 0
+        self._touched = False  # did the current change write to the kernel yet?
         self._dir_fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             with self._flock():
@@ -244,13 +245,16 @@ class PolicyMaps:
         with self._flock():
             if self._change_count() != self._seen_change:
                 self._sync()
+            self._touched = False
             try:
                 yield
             finally:
-                # Bumped even after a failure: the kernel state may have moved.
-                count = self._change_count() + 1
-                self._maps["nk_pol_meta"].update(bytes(4), struct.pack("=Q", count))
-                self._seen_change = count
+                # Bumped after any write, failed changes included (the kernel state moved);
+                # rejected input leaves even the counter alone.
+                if self._touched:
+                    count = self._change_count() + 1
+                    self._maps["nk_pol_meta"].update(bytes(4), struct.pack("=Q", count))
+                    self._seen_change = count
 
     def _refresh(self) -> None:
         with self._lock:
@@ -302,6 +306,7 @@ class PolicyMaps:
     def _drop_stale(self) -> None:
         # Entries of generations no packet reads (left by a crash): no wait needed.
         lpm = self._maps["nk_pol_lpm"]
+        self._touched = self._touched or bool(self._stale)
         while self._stale:
             lpm.delete(self._stale.pop())
             self._lpm_in_use -= 1
@@ -348,6 +353,7 @@ class PolicyMaps:
         return out
 
     def _reserve(self, endpoint_id: str, slot: int) -> _Endpoint:
+        self._touched = True
         key = layout.SLOT_KEY.pack(slot)
         self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
         stats = self._maps["nk_pol_stats"]
@@ -421,6 +427,7 @@ class PolicyMaps:
                     f"(the old and new policy coexist during a change)"
                 )
             # ---- nothing in the kernel has changed up to here ----
+            self._touched = True
             self._drop_stale()
             created = ep is None
             if created:
@@ -468,6 +475,7 @@ class PolicyMaps:
             ep = self._eps.get(endpoint_id)
             if ep is None:
                 return
+            self._touched = True
             key = layout.SLOT_KEY.pack(ep.slot)
             self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
             self._wait_for_programs()
@@ -546,6 +554,20 @@ class PolicyMaps:
         The caller owns the returned programs (attach, then close)."""
         egress, ingress = self._load(PROGRAMS, self.program_globals(endpoint_id, l3_offset))
         return egress, ingress
+
+    def program_specs(self, endpoint_id: str, l3_offset: int = 14, order: int = 100) -> list:
+        """ProgramSpecs for the engine: policy_egress on packets the pod sends (FROM_POD),
+        policy_ingress on packets to the pod (TO_POD), all maps shared ("global" scope, so
+        the engine must pin them in this object's ``pin_dir``)."""
+        from nkframe.types import Hook, ProgramSpec
+
+        globals_ = self.program_globals(endpoint_id, l3_offset)
+        maps = {name: "global" for name in MAP_NAMES}
+        return [
+            ProgramSpec(name=prog, object=self.object_file, program=prog, hook=hook,
+                        order=order, globals=globals_, maps=maps, plugin="nkframe_policy")
+            for prog, hook in (("policy_egress", Hook.FROM_POD), ("policy_ingress", Hook.TO_POD))
+        ]
 
     def load_baseline(self) -> bpf.Program:
         """An empty tc program from the same object: the baseline for cost figures."""

@@ -35,7 +35,7 @@ def policy_maps(pin_dir):
 def snapshot(pm):
     """Everything the policy keeps in the kernel, as comparable Python values."""
     out = {}
-    for name in ("nk_pol_lpm", "nk_pol_gen", "nk_pol_owner"):
+    for name in ("nk_pol_lpm", "nk_pol_gen", "nk_pol_owner", "nk_pol_meta"):
         out[name] = sorted(pm.maps[name].items())
     return out
 
@@ -243,3 +243,17 @@ def test_too_many_rules_for_the_map(policy_maps):
         ingress.close()
     policy_maps.remove("big")
     assert not list(policy_maps.maps["nk_pol_lpm"].keys())
+
+
+def test_program_specs_for_the_engine(policy_maps):
+    from nkframe.types import Hook
+
+    specs = policy_maps.program_specs("pod", l3_offset=0)
+    slot = policy_maps.slot("pod")
+    assert [(s.program, s.hook) for s in specs] == [("policy_egress", Hook.FROM_POD),
+                                                    ("policy_ingress", Hook.TO_POD)]
+    for s in specs:
+        assert s.globals == {"ENDPOINT_SLOT": slot.to_bytes(4, "little"),
+                             "L3_OFFSET": bytes(4)}
+        assert set(s.maps.values()) == {"global"} and "nk_pol_lpm" in s.maps
+        assert os.path.isfile(s.object)
