@@ -60,11 +60,13 @@ def _print_json(doc: Any) -> None:
 @click.option("--netns", "node_netns", envvar="NKFRAME_NODE_NETNS", default=None, help="Node network namespace (default: the current one).")
 @click.option("--bpffs-root", envvar="NKFRAME_BPFFS_ROOT", default="/sys/fs/bpf/nkframe", show_default=True, help="Where nkframe pins maps and links.")
 @click.option("--attach", "attach_mode", envvar="NKFRAME_ATTACH", default="auto", type=click.Choice(["auto", "netkit", "tcx", "tc"]), show_default=True, help="Force an attach mechanism.")
+@click.option("--agent-socket", envvar="NKFRAME_AGENT_SOCKET", default=None, help="The agent's socket (default /run/nkframe/agent.sock); endpoint add/del/ls and gc go through a running agent.")
+@click.option("--no-agent", is_flag=True, envvar="NKFRAME_NO_AGENT", help="Act on bpffs and the kernel directly even when an agent runs.")
 @click.version_option(package_name="nkframe")
 @click.pass_context
-def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode: str) -> None:
+def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode: str, agent_socket: str | None, no_agent: bool) -> None:
     """nkframe: BPF dataplanes on the Linux netkit device."""
-    ctx.obj = {"node_netns": node_netns, "bpffs_root": bpffs_root, "attach": attach_mode}
+    ctx.obj = {"node_netns": node_netns, "bpffs_root": bpffs_root, "attach": attach_mode, "agent_socket": agent_socket, "no_agent": no_agent}
 
 
 def _engine(ctx: click.Context):
@@ -72,6 +74,20 @@ def _engine(ctx: click.Context):
 
     o = ctx.obj
     return Engine(o["node_netns"], o["bpffs_root"], attach=o["attach"])
+
+
+def _api(ctx: click.Context):
+    """The running agent (nkframe.agent.client.AgentClient, same verbs) if one answers on the
+    socket and --no-agent is not given; else an Engine."""
+    o = ctx.obj
+    if not o.get("no_agent"):
+        from nkframe.agent import client
+
+        c = client.connect(o.get("agent_socket"), node_netns=o["node_netns"], bpffs_root=o["bpffs_root"], attach=o["attach"],
+                           warn=lambda m: click.echo(f"nkframe: {m}", err=True))
+        if c is not None:
+            return c
+    return _engine(ctx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +150,7 @@ def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mo
         id=endpoint_id, netns=pod_netns, addresses=addresses, ifname=ifname, host_ifname=host_ifname,
         mode=mode, device=device, mac=mac, mtu=mtu,
     )
-    ep = _engine(ctx).add_endpoint(spec)
+    ep = _api(ctx).add_endpoint(spec)
     if as_json:
         _print_json(endpoint_doc(ep))
     else:
@@ -147,7 +163,7 @@ def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mo
 @click.pass_context
 def endpoint_del(ctx, endpoint_id) -> None:
     """Remove endpoint ENDPOINT_ID and everything built for it."""
-    _engine(ctx).remove_endpoint(endpoint_id)
+    _api(ctx).remove_endpoint(endpoint_id)
     click.echo(f"endpoint {endpoint_id} removed")
 
 
@@ -156,7 +172,7 @@ def endpoint_del(ctx, endpoint_id) -> None:
 @click.pass_context
 def endpoint_ls(ctx, as_json) -> None:
     """List endpoints (read from bpffs and the kernel)."""
-    eps = _engine(ctx).endpoints()
+    eps = _api(ctx).endpoints()
     if as_json:
         _print_json([endpoint_doc(e) for e in eps])
         return
@@ -234,7 +250,7 @@ def attached(ctx, device, as_json) -> None:
 @click.pass_context
 def reconcile(ctx, as_json) -> None:
     """Compare bpffs with the kernel and clean up endpoints whose netns or device vanished."""
-    rep = _engine(ctx).reconcile()
+    rep = _api(ctx).reconcile()
     doc = {"healthy": list(rep.healthy), "removed": list(rep.removed), "problems": list(rep.problems)}
     if as_json:
         _print_json(doc)
@@ -245,6 +261,10 @@ def reconcile(ctx, as_json) -> None:
 
 
 cli.add_command(reconcile, name="gc")
+
+from nkframe.agent.cli import agent as _agent_group  # noqa: E402 - registered next to its peers
+
+cli.add_command(_agent_group)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,414 @@
+"""The agent: one long-running process owning the :class:`~nkframe.engine.Engine` of one node.
+
+It keeps no state of its own.  On start it takes the socket's lock file, reconciles the Engine
+from bpffs (finishing off whatever a killed predecessor left half-done) and then serves the
+protocol of :mod:`nkframe.agent.protocol` on a Unix socket.  Programs stay attached through
+their pinned links whether an agent runs or not, so killing it (even with SIGKILL) and starting
+another loses no packet; the new one rebuilds the same view from the pins.
+
+Security: the socket is created mode 0600 in a directory that must belong to the agent's user
+and be writable by nobody else; each connection's peer credentials (SO_PEERCRED) are checked
+against ``allowed_uids`` (root only by default); every request is validated like CLI input; a
+request naming another node, or a pod namespace outside the allowed roots or equal to the node's
+own namespace, is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import socketserver
+import stat
+import struct
+import threading
+import time
+from typing import Any, Iterable
+
+from nkframe import errors, netns, specstore
+from nkframe.agent import DEFAULT_SOCKET, protocol
+from nkframe.agent.protocol import Refused, Request
+
+log = logging.getLogger("nkframe.agent")
+
+# Where pod namespaces may live when given as a path: iproute2's and the container runtimes'
+# directories.  /proc/<pid>/ns/net (what CNI passes for a process) is allowed separately.
+DEFAULT_NETNS_ROOTS = ("/run/netns", "/var/run/netns")
+_PROC_NETNS = re.compile(r"^/proc/[1-9][0-9]*/(task/[1-9][0-9]*/)?ns/net$")
+
+
+class AgentRunning(errors.NkframeError):
+    """Another agent already serves this socket."""
+
+
+def _ns_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _netns_file(name_or_path: str) -> str:
+    return name_or_path if "/" in name_or_path else netns.netns_path(name_or_path)
+
+
+def check_socket_dir(path: str) -> None:
+    """The directory holding the socket must be ours and writable by nobody else.
+
+    A socket's own mode is only as good as its directory: someone who can write there can
+    replace the socket with their own.  A missing directory is created mode 0700.
+    """
+    d = os.path.dirname(os.path.abspath(path)) or "/"
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.stat(d)
+    if st.st_uid != os.geteuid():
+        raise Refused(f"socket directory {d} belongs to uid {st.st_uid}, not to the agent's uid {os.geteuid()}; use a directory of your own (e.g. {os.path.dirname(DEFAULT_SOCKET)})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise Refused(f"socket directory {d} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); use a directory only root can write, e.g. {os.path.dirname(DEFAULT_SOCKET)}")
+
+
+class Agent:
+    """Serve one Engine on a Unix socket.
+
+    :param engine: the node's Engine (its node netns and bpffs root are the ones served).
+    :param socket_path: where to listen; its directory must be root-only.
+    :param netns_roots: directories a pod namespace given as a path may live under.
+    :param allow_proc_netns: also accept ``/proc/<pid>/ns/net`` paths (what CNI passes).
+    :param allowed_uids: peer uids allowed to talk to the agent (default: root only).
+    """
+
+    def __init__(
+        self,
+        engine,
+        socket_path: str = DEFAULT_SOCKET,
+        *,
+        netns_roots: Iterable[str] = DEFAULT_NETNS_ROOTS,
+        allow_proc_netns: bool = True,
+        allowed_uids: Iterable[int] = (0,),
+    ):
+        self.engine = engine
+        self.socket_path = os.path.abspath(socket_path)
+        self.netns_roots = tuple(os.path.normpath(r) for r in netns_roots)
+        self.allow_proc_netns = allow_proc_netns
+        self.allowed_uids = frozenset(allowed_uids)
+        self.started_at = 0.0
+        self.startup: dict[str, Any] = {}
+        self._server: _Server | None = None
+        self._lock_fd = -1
+        self._serving = False
+        self._admit = threading.Lock()  # address check + add, atomically
+        self._inflight = 0
+        self._idle = threading.Condition()
+        # The namespaces a pod may never be put in: the node's and the agent's own.
+        self._own_ns = _ns_key("/proc/self/ns/net")
+        self._node_ns = _ns_key(_netns_file(engine.node_netns)) if engine.node_netns else self._own_ns
+
+    # ------------------------------------------------------------------------------------------
+    # life cycle
+    # ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Lock, reconcile from the pins, bind the socket.  Returns when requests can be served."""
+        t0 = time.monotonic()
+        check_socket_dir(self.socket_path)
+        self._take_lock()
+        try:
+            t1 = time.monotonic()
+            report = self.engine.reconcile()
+            t2 = time.monotonic()
+            self._bind()
+        except BaseException:
+            self._release_lock()
+            raise
+        self.started_at = time.time()
+        self.startup = {
+            "reconcile": protocol.report_to_dict(report),
+            "reconcile_seconds": round(t2 - t1, 6),
+            "start_seconds": round(time.monotonic() - t0, 6),
+        }
+        log.info(
+            "serving %s for node %s, bpffs %s: %d endpoint(s) healthy, %d cleaned up, reconcile %.1f ms",
+            self.socket_path, self.engine.node_netns or "(own netns)", self.engine.layout.root,
+            len(report.healthy), len(report.removed), 1000 * (t2 - t1),
+        )
+        for p in report.problems:
+            log.warning("reconcile: %s", p)
+
+    def _take_lock(self) -> None:
+        # flock, not a pid file: the kernel drops it when the holder dies, SIGKILL included.
+        path = self.socket_path + ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentRunning(f"another agent (pid {holder}) serves {self.socket_path}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _bind(self) -> None:
+        # We hold the lock, so a socket file left here is a dead agent's: replace it.
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                raise Refused(f"{self.socket_path} exists and is not a socket; remove it or pick another path")
+            os.unlink(self.socket_path)
+        old = os.umask(0o177)  # born 0600: no window in which others could connect
+        try:
+            self._server = _Server(self.socket_path, self)
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+
+    def serve_forever(self) -> None:
+        assert self._server is not None, "start() first"
+        self._serving = True
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._serving = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``timeout``), remove the socket."""
+        srv, self._server = self._server, None
+        if srv is None:
+            return
+        if self._serving:
+            srv.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
+        srv.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._release_lock()
+
+    # ------------------------------------------------------------------------------------------
+    # requests
+    # ------------------------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> bytes:
+        """One request line in, one response line out.  Never raises."""
+        rid = None
+        with self._idle:
+            self._inflight += 1
+        t0 = time.monotonic()
+        method = "?"
+        try:
+            try:
+                req = protocol.parse_request(line)
+            except errors.NkframeError as e:
+                rid = _best_effort_id(line)
+                log.info("request %r refused: %s", rid, e)
+                return protocol.fail(rid, e)
+            rid, method = req.id, req.method
+            try:
+                self._check_target(req)
+                result = self.dispatch(req)
+            except errors.NkframeError as e:
+                log.info("%s %r failed after %.1f ms: %s", method, rid, 1000 * (time.monotonic() - t0), e)
+                return protocol.fail(rid, e)
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the agent
+                log.exception("%s %r: internal error", method, rid)
+                return protocol.fail(rid, errors.NkframeError(f"internal error in the agent ({type(e).__name__}: {e}); see the agent's log"))
+            log.info("%s %r done in %.1f ms", method, rid, 1000 * (time.monotonic() - t0))
+            return protocol.ok(rid, result)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _check_target(self, req: Request) -> None:
+        root = req.target.get("bpffs_root")
+        if root is not None and os.path.normpath(root) != os.path.normpath(str(self.engine.layout.root)):
+            raise Refused(f"this agent serves bpffs root {self.engine.layout.root}, not {root}; talk to that node's agent or use --no-agent")
+        node = req.target.get("node_netns")
+        if node is not None:
+            try:
+                key = _ns_key(_netns_file(node))
+            except errors.InvalidSpec:
+                key = None
+            if key is None or key != self._node_ns:
+                raise Refused(f"this agent serves node namespace {self.engine.node_netns or '(its own)'}, not {node}; talk to that node's agent or use --no-agent")
+
+    def check_pod_netns(self, value: str) -> None:
+        """A pod namespace must be a name, a path under an allowed root, or /proc/<pid>/ns/net,
+        and never the node's (or the agent's) own namespace."""
+        if value.startswith("/"):
+            norm = os.path.normpath(value)
+            if norm != value or "//" in value:
+                raise Refused(f"pod netns path {value!r} is not normalised (no '..', '.', '//' or trailing '/')")
+            under = any(value.startswith(r + "/") and "/" not in value[len(r) + 1:] for r in self.netns_roots)
+            if not under and not (self.allow_proc_netns and _PROC_NETNS.match(value)):
+                roots = ", ".join(self.netns_roots) + (", /proc/<pid>/ns/net" if self.allow_proc_netns else "")
+                raise Refused(f"pod netns path {value} is outside the allowed roots ({roots})")
+            path = value
+        else:
+            path = netns.netns_path(value)
+        key = _ns_key(path)
+        if key is not None and key in (self._node_ns, self._own_ns):
+            raise Refused(f"pod netns {value} is the node's own network namespace; a pod needs a namespace of its own")
+
+    def dispatch(self, req: Request) -> Any:
+        eng, p = self.engine, req.params
+        m = req.method
+        if m == "ping":
+            return {
+                "protocol": protocol.VERSION,
+                "version": _version(),
+                "pid": os.getpid(),
+                "node_netns": eng.node_netns,
+                "bpffs_root": str(eng.layout.root),
+                "socket": self.socket_path,
+                "started_at": self.started_at,
+                "uptime": round(time.time() - self.started_at, 3),
+                "endpoints": len(eng.layout.endpoint_ids()),
+                "startup": self.startup,
+            }
+        if m == "endpoint.add":
+            spec = p["spec"]
+            self.check_pod_netns(spec.netns)
+            with self._admit:
+                self._check_addresses(spec)
+                return {"endpoint": protocol.endpoint_to_dict(eng.add_endpoint(spec))}
+        if m == "endpoint.del":
+            eng.remove_endpoint(p["id"])
+            return {"id": p["id"]}
+        if m == "endpoint.get":
+            return {"endpoint": protocol.endpoint_to_dict(eng.get_endpoint(p["id"]))}
+        if m == "endpoint.list":
+            return {"endpoints": [protocol.endpoint_to_dict(e) for e in eng.endpoints()]}
+        if m == "endpoint.switch":
+            return {"endpoint": protocol.endpoint_to_dict(eng.switch_mechanism(p["id"], p["attach"]))}
+        if m == "upgrade":
+            return {"endpoints": [protocol.endpoint_to_dict(e) for e in eng.upgrade(p.get("ids"))]}
+        if m in ("reconcile", "gc"):
+            return protocol.report_to_dict(eng.reconcile())
+        raise protocol.ProtocolError(f"method {m} has no handler")  # METHODS and this list differ: a bug
+
+    def _check_addresses(self, spec) -> None:
+        mine = {a.ip for a in spec.addresses}
+        if not mine:
+            return
+        layout = self.engine.layout
+        for eid in layout.endpoint_ids():
+            if eid == spec.id:
+                continue  # the engine reports the duplicate id itself
+            try:
+                other = specstore.load(layout.spec_path(eid))
+            except (errors.NkframeError, OSError):
+                continue  # half-built or half-removed; reconcile deals with it
+            clash = mine & {a.ip for a in other.addresses}
+            if clash:
+                raise protocol.AddressInUse(f"address(es) {', '.join(sorted(map(str, clash)))} already belong to endpoint {eid}; remove it first or pick another address")
+
+
+def _best_effort_id(line: bytes) -> Any:
+    try:
+        rid = json.loads(line).get("id")
+    except Exception:  # noqa: BLE001 - only for echoing the id back
+        return None
+    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nkframe")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# socket plumbing
+# ----------------------------------------------------------------------------------------------
+
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process on the other end, as the kernel saw it at connect()."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    rbufsize = 65536
+
+    def handle(self) -> None:
+        agent: Agent = self.server.agent  # type: ignore[attr-defined]
+        pid, uid, _gid = peer_credentials(self.request)
+        if uid not in agent.allowed_uids:
+            log.warning("refused connection from pid %d uid %d", pid, uid)
+            self._send(protocol.fail(None, Refused(f"uid {uid} may not use the nkframe agent (root only)")))
+            return
+        while True:
+            try:
+                line = self.rfile.readline(protocol.MAX_LINE + 1)
+            except (ConnectionError, OSError):
+                return
+            if not line:
+                return
+            if len(line) > protocol.MAX_LINE:
+                self._send(protocol.fail(None, protocol.ProtocolError(f"request longer than {protocol.MAX_LINE} bytes; closing the connection")))
+                return
+            if not line.strip():
+                continue
+            if not self._send(agent.handle_line(line)):
+                return
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.wfile.write(data)
+            return True
+        except (BrokenPipeError, ConnectionError):
+            return False
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True  # an idle client connection must not hold up shutdown
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, path: str, agent: Agent):
+        self.agent = agent
+        super().__init__(path, _Handler)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run(agent: Agent) -> int:
+    """Start and serve until SIGTERM or SIGINT; then finish requests in flight and exit 0."""
+    agent.start()
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("signal %d: stopping", signum)
+        # shutdown() waits for serve_forever, which runs in this (the main) thread: ask from another.
+        threading.Thread(target=agent._server.shutdown if agent._server else (lambda: None), daemon=True).start()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        agent.serve_forever()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        agent.stop()
+    return 0
+

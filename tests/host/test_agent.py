@@ -1,0 +1,339 @@
+"""The agent's API against the real kernel: lifecycle, errors, refusals, CLI routing, gc,
+32 concurrent adds and removes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from click.testing import CliRunner
+from test_agent_support import OUR_OBJECT_NAMES, Counting, version_count, wire
+
+from nkframe import netns
+from nkframe.agent import kobjects, protocol
+from nkframe.agent.client import AgentClient
+from nkframe.agent.protocol import AddressInUse, AgentUnavailable, Refused
+from nkframe.agent.server import Agent, AgentRunning
+from nkframe.cli import cli
+from nkframe.engine import Engine
+from nkframe.errors import EndpointExists, EndpointNotFound, InvalidSpec, NetnsNotFound
+from nkframe.netlink import links
+from nkframe.testing import udp_probe
+from nkframe.types import EndpointSpec
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def sockdir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    return d
+
+
+@pytest.fixture
+def agent(node, bpffs_root, sockdir):
+    """An agent in this process (a thread serves the socket), with the Counting plugin."""
+    eng = Engine(node.netns, bpffs_root, plugin_objects=[Counting()], autoload=False)
+    ag = Agent(eng, str(sockdir / "agent.sock"))
+    ag.start()
+    t = threading.Thread(target=ag.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield ag
+    finally:
+        ag.stop()
+        t.join(10)
+        for eid in eng.layout.endpoint_ids():  # whatever a failed test left
+            try:
+                eng.remove_endpoint(eid)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _raw(path: str, *lines: bytes) -> list[dict]:
+    """Send raw lines on one connection; one decoded answer per line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(path)
+        f = s.makefile("rb")
+        out = []
+        for line in lines:
+            s.sendall(line)
+            out.append(json.loads(f.readline()))
+        return out
+
+
+def test_socket_is_root_only_and_ping_answers(agent, node, bpffs_root):
+    st = os.stat(agent.socket_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == 0
+    assert stat.S_IMODE(os.stat(os.path.dirname(agent.socket_path)).st_mode) & 0o077 == 0
+    with AgentClient(agent.socket_path) as c:
+        info = c.ping()
+    assert info["pid"] == os.getpid()
+    assert info["node_netns"] == node.netns and info["bpffs_root"] == bpffs_root
+    assert info["protocol"] == protocol.VERSION
+    assert info["startup"]["reconcile"] == {"healthy": [], "removed": [], "repaired": [], "problems": []}
+
+
+def test_lifecycle_through_the_api_with_traffic(agent, node, bpffs_root):
+    pa, pb = node.pod(), node.pod()
+    with AgentClient(agent.socket_path, node_netns=node.netns, bpffs_root=bpffs_root) as c:
+        a = c.add_endpoint(EndpointSpec(id="pod-a", netns=pa, addresses=["10.77.1.10/32"]))
+        b = c.add_endpoint(EndpointSpec(id="pod-b", netns=pb, addresses=["10.77.1.11/32"]))
+        assert [p.name for p in a.programs] == ["count_out", "count_in"]
+        wire(node.netns, pa, a.spec)
+        wire(node.netns, pb, b.spec)
+        assert udp_probe(pa, pb, "10.77.1.11", count=3) == 3
+        assert version_count(bpffs_root, "pod-a", 1) >= 3 and version_count(bpffs_root, "pod-b", 1) >= 3
+        assert c.get_endpoint("pod-a") == Engine(node.netns, bpffs_root, autoload=False).get_endpoint("pod-a")
+        assert sorted(e.id for e in c.endpoints()) == ["pod-a", "pod-b"]
+        with pytest.raises(EndpointExists):
+            c.add_endpoint(EndpointSpec(id="pod-a", netns=pa))
+        c.remove_endpoint("pod-a")
+        with pytest.raises(EndpointNotFound):
+            c.remove_endpoint("pod-a")
+        with pytest.raises(EndpointNotFound):
+            c.get_endpoint("pod-a")
+        with pytest.raises(NetnsNotFound):
+            c.add_endpoint(EndpointSpec(id="pod-x", netns="nkt-no-such-netns"))
+        c.remove_endpoint("pod-b")
+        assert c.endpoints() == []
+    assert not os.path.exists(f"{bpffs_root}/endpoints/pod-a")
+    assert not links.link_exists(a.spec.node_ifname, netns=node.netns)
+
+
+def test_requests_are_validated_like_cli_input(agent):
+    answers = _raw(
+        agent.socket_path,
+        b"not json\n",
+        b'{"id": 2, "method": "endpoint.explode"}\n',
+        b'{"id": 3, "method": "endpoint.del", "params": {"id": "x", "force": true}}\n',
+        b'{"id": 4, "method": "endpoint.del"}\n',
+        b'{"id": 5, "method": "endpoint.del", "params": {"id": "../../etc"}}\n',
+        b'{"id": 6, "method": "endpoint.add", "params": {"spec": {"id": "a", "netns": "p", "host_ifname": "sixteen-bytes-xx"}}}\n',
+        b'{"id": 7, "method": "endpoint.add", "params": {"spec": {"id": "a", "netns": "p", "addresses": ["10.0.0.999/32"]}}}\n',
+        b'{"id": 8, "method": "endpoint.add", "params": {"spec": {"id": "a", "netns": "p", "colour": "red"}}}\n',
+        b'{"id": 9, "v": 99, "method": "ping"}\n',
+        b'{"id": 10, "method": "ping", "extra": 1}\n',
+        b'[1, 2]\n',
+        b'{"id": 12, "method": "ping"}\n',  # the connection survived all of the above
+    )
+    *bad, good = answers
+    for a in bad:
+        assert a["ok"] is False, a
+        assert a["error"]["code"] == 2, a
+        assert a["error"]["type"] in ("ProtocolError", "InvalidSpec"), a
+    assert [a["id"] for a in bad] == [None, 2, 3, 4, 5, 6, 7, 8, 9, 10, None]
+    assert "unknown method" in bad[1]["error"]["message"]
+    assert "force" in bad[2]["error"]["message"]
+    assert "required" in bad[3]["error"]["message"]
+    assert "endpoint id" in bad[4]["error"]["message"]
+    assert "at most 15" in bad[5]["error"]["message"]
+    assert "not an IP address" in bad[6]["error"]["message"]
+    assert "colour" in bad[7]["error"]["message"]
+    assert good["ok"] is True and good["id"] == 12
+    # An over-long line is refused and the connection closed (memory stays bounded).
+    [big] = _raw(agent.socket_path, b'{"id": 1, "method": "ping", "params": {"x": "' + b"a" * protocol.MAX_LINE + b'"}}\n')
+    assert big["ok"] is False and "longer than" in big["error"]["message"]
+
+
+def test_refuses_other_nodes_outside_paths_and_the_node_namespace(agent, node, bpffs_root, make_netns):
+    other = make_netns("othernode")
+    pod = node.pod()
+    with AgentClient(agent.socket_path, node_netns=other) as c:
+        with pytest.raises(Refused, match="serves node namespace"):
+            c.endpoints()
+    with AgentClient(agent.socket_path, bpffs_root=bpffs_root + "/../elsewhere") as c:
+        with pytest.raises(Refused, match="serves bpffs root"):
+            c.endpoints()
+    host_proc = subprocess.Popen(["sleep", "60"])  # a process in the agent's own (the host's) netns
+    with host_proc, AgentClient(agent.socket_path, node_netns=node.netns, bpffs_root=bpffs_root) as c:
+        assert c.endpoints() == []
+        for bad, why in [
+            ("/tmp/some-netns", "outside the allowed roots"),
+            (f"/run/netns/../netns/{pod}", "not normalised"),
+            ("/run/netns/sub/dir", "outside the allowed roots"),
+            ("/proc/self/ns/net", "outside the allowed roots"),
+            (node.netns, "node's own network namespace"),
+            (f"/run/netns/{node.netns}", "node's own network namespace"),
+            (f"/proc/{host_proc.pid}/ns/net", "node's own network namespace"),
+        ]:
+            with pytest.raises(Refused, match=why):
+                c.add_endpoint(EndpointSpec(id="sneaky", netns=bad))
+        # Allowed forms: a name, /run/netns/<name>, /proc/<pid>/ns/net of a process in the pod.
+        ep = c.add_endpoint(EndpointSpec(id="by-path", netns=f"/run/netns/{pod}"))
+        c.remove_endpoint(ep.id)
+        host_proc.kill()
+    assert os.listdir(f"{bpffs_root}/endpoints") == []
+    assert links.list_links(netns=node.netns) and all(l.name in ("lo", node.uplink) for l in links.list_links(netns=node.netns))
+
+
+def test_non_root_callers_are_refused(node, bpffs_root):
+    # Layer 1: the socket is 0600, so another uid cannot even connect.
+    # Layer 2: were the mode loosened, SO_PEERCRED still says who calls and the agent refuses.
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="nkt-agent-", dir="/run")
+    os.chmod(d, 0o755)  # traversable by others, writable only by root: the agent accepts it
+    ag = Agent(Engine(node.netns, bpffs_root, autoload=False), os.path.join(d, "agent.sock"))
+    ag.start()
+    t = threading.Thread(target=ag.serve_forever, daemon=True)
+    t.start()
+    prog = (
+        "import os, socket, sys, json\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "try:\n"
+        "    s.connect(sys.argv[1])\n"
+        "except PermissionError:\n"
+        "    print('EACCES'); sys.exit(0)\n"
+        "s.sendall(b'{\"id\": 1, \"method\": \"endpoint.list\"}\\n')\n"
+        "print(s.makefile('rb').readline().decode())\n"
+    )
+    try:
+        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "EACCES", r.stderr
+        os.chmod(ag.socket_path, 0o666)
+        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=30)
+        answer = json.loads(r.stdout)
+        assert answer["ok"] is False and answer["error"]["type"] == "Refused" and "uid 65534" in answer["error"]["message"]
+    finally:
+        ag.stop()
+        t.join(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_socket_directory_and_single_agent_checks(node, bpffs_root, tmp_path, agent):
+    eng = Engine(node.netns, bpffs_root, autoload=False)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    with pytest.raises(Refused, match="writable by group or others"):
+        Agent(eng, str(loose / "a.sock")).start()
+    assert not os.path.exists(loose / "a.sock")
+    with pytest.raises(AgentRunning, match=f"pid {os.getpid()}"):
+        Agent(eng, agent.socket_path).start()
+    with AgentClient(agent.socket_path) as c:  # the running one is untouched
+        assert c.ping()["pid"] == os.getpid()
+
+
+def test_addresses_are_unique_across_endpoints(agent, node):
+    pa, pb = node.pod(), node.pod()
+    with AgentClient(agent.socket_path) as c:
+        c.add_endpoint(EndpointSpec(id="first", netns=pa, addresses=["10.77.2.1/32", "fd00:77::1/128"]))
+        with pytest.raises(AddressInUse, match="already belong to endpoint first"):
+            c.add_endpoint(EndpointSpec(id="second", netns=pb, addresses=["10.77.2.2/32", "fd00:77::1/128"]))
+        c.remove_endpoint("first")
+        c.add_endpoint(EndpointSpec(id="second", netns=pb, addresses=["10.77.2.2/32", "fd00:77::1/128"]))
+        c.remove_endpoint("second")
+
+
+def _cli(agent_socket, node, bpffs_root, *args):
+    return CliRunner().invoke(cli, ["--netns", node.netns, "--bpffs-root", bpffs_root, "--agent-socket", agent_socket, *args])
+
+
+def test_cli_goes_through_the_agent_and_can_bypass_it(agent, node, bpffs_root):
+    pod = node.pod()
+    r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "add", "cli-a", "--pod-netns", pod, "--address", "10.77.3.1/32", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    # Only the agent has the Counting plugin (no plugin is installed for the CLI's own Engine).
+    assert [p["name"] for p in doc["programs"]] == ["count_out", "count_in"]
+    r = _cli(agent.socket_path, node, bpffs_root, "--no-agent", "endpoint", "ls", "--json")
+    assert r.exit_code == 0 and [e["id"] for e in json.loads(r.output)] == ["cli-a"]
+    r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "del", "nope")
+    assert r.exit_code == 5 and "no endpoint 'nope'" in r.output
+    r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "add", "cli-b", "--pod-netns", pod, "--address", "10.77.3.1/32")
+    assert r.exit_code == 2 and "already belong to endpoint cli-a" in r.output
+    r = CliRunner().invoke(cli, ["--netns", node.pod(), "--bpffs-root", bpffs_root, "--agent-socket", agent.socket_path, "endpoint", "ls"])
+    assert r.exit_code == 2 and "serves node namespace" in r.output
+    r = _cli(agent.socket_path, node, bpffs_root, "agent", "status", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["endpoints"] == 1
+    r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "del", "cli-a")
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_works_without_an_agent_behind_a_stale_socket(node, bpffs_root, sockdir):
+    path = str(sockdir / "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()  # a socket file nobody listens on: what a SIGKILLed agent leaves
+    r = _cli(path, node, bpffs_root, "endpoint", "ls", "--json")
+    assert r.exit_code == 0, r.output
+    assert "stale socket" in r.output and "working without the agent" in r.output
+    r = _cli(path, node, bpffs_root, "agent", "status")
+    assert r.exit_code == 4 and "no agent listens" in r.output
+
+
+def test_gc_through_the_agent_cleans_vanished_namespaces(agent, node, bpffs_root, make_netns):
+    keep, lose = node.pod(), make_netns("gone")
+    with AgentClient(agent.socket_path) as c:
+        c.add_endpoint(EndpointSpec(id="keep", netns=keep))
+        gone = c.add_endpoint(EndpointSpec(id="lose", netns=lose))
+    netns.delete(lose)
+    r = _cli(agent.socket_path, node, bpffs_root, "gc", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["removed"] == ["lose"] and doc["healthy"] == ["keep"]
+    assert not links.link_exists(gone.spec.node_ifname, netns=node.netns)
+    with AgentClient(agent.socket_path) as c:
+        assert [e.id for e in c.endpoints()] == ["keep"]
+        c.remove_endpoint("keep")
+
+
+def test_32_concurrent_adds_and_removes(agent, node, bpffs_root, make_netns):
+    n = 32
+    pods = [make_netns(f"c{i}") for i in range(n)]
+    before = kobjects.Census.take()
+    node_links = sorted(l.name for l in links.list_links(netns=node.netns))
+
+    def add(i):
+        with AgentClient(agent.socket_path) as c:
+            return c.add_endpoint(EndpointSpec(id=f"conc-{i:02d}", netns=pods[i], addresses=[f"10.77.8.{i + 1}/32"]))
+
+    def remove(i):
+        with AgentClient(agent.socket_path) as c:
+            c.remove_endpoint(f"conc-{i:02d}")
+            return i
+
+    with ThreadPoolExecutor(n) as pool:
+        # The first half is added; then the second half is added while the first is removed.
+        first = list(pool.map(add, range(n // 2)))
+        futures = [pool.submit(add, i) for i in range(n // 2, n)] + [pool.submit(remove, i) for i in range(n // 2)]
+        results = [f.result() for f in futures]  # re-raises any failure
+    second = results[: n // 2]
+    added = first + second
+    assert len({e.spec.node_ifname for e in added}) == n
+    assert len({e.node_ifindex for e in added}) == n
+    assert len({str(a) for e in added for a in e.spec.addresses}) == n
+    with AgentClient(agent.socket_path) as c:
+        assert sorted(e.id for e in c.endpoints()) == [f"conc-{i:02d}" for i in range(n // 2, n)]
+    # A racing duplicate: eight adds of one address, exactly one wins.
+    def dup(i):
+        try:
+            with AgentClient(agent.socket_path) as c:
+                c.add_endpoint(EndpointSpec(id=f"dup-{i}", netns=pods[i], addresses=["10.77.9.9/32"]))
+            return "ok"
+        except AddressInUse:
+            return "in use"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(dup, range(8)))
+    assert sorted(outcomes) == ["in use"] * 7 + ["ok"]
+    with ThreadPoolExecutor(n) as pool:
+        ids = [f"conc-{i:02d}" for i in range(n // 2, n)] + [f"dup-{outcomes.index('ok')}"]
+        list(pool.map(lambda eid: AgentClient(agent.socket_path).remove_endpoint(eid), ids))
+    # Nothing leaked: devices, pins, kernel objects.
+    assert sorted(l.name for l in links.list_links(netns=node.netns)) == node_links
+    assert os.listdir(f"{bpffs_root}/endpoints") == []
+    assert kobjects.settle(before, names=OUR_OBJECT_NAMES) == {}
