@@ -124,7 +124,48 @@ def test_vng_command(tmp_path):
     assert argv[argv.index("--rwdir") + 1] == "/r"
     assert "-v" in argv  # without it the guest's output never reaches the console
     assert argv[-2:] == ["--exec", "/bin/sh /r/guest-run.sh"]
-    assert "--disable-kvm" not in vm.build_vng_command(k, script=Path("/s"), rwdirs=[], kvm=True)
+    assert "--force-9p" in argv
+    assert not any(a.startswith("--qemu-opts") for a in argv)
+    kvm = vm.build_vng_command(k, script=Path("/s"), rwdirs=[], kvm=True, disk=Path("/i.img"))
+    assert "--disable-kvm" not in kvm and "--disable-microvm" in kvm
+    (opts,) = [a for a in kvm if a.startswith("--qemu-opts=")]  # one word: "-drive" is no option
+    assert "file=/i.img," in opts and "readonly=on" in opts
+    assert f"serial={vm.FAST_IMAGE_SERIAL}" in opts
+
+
+def _debugfs_ls(image: Path, path: str) -> set[str]:
+    r = subprocess.run(["debugfs", "-R", f"ls -p {path}", str(image)],
+                       capture_output=True, text=True, check=True)
+    # -p: /inode/mode/uid/gid/name/size/
+    return {f.split("/")[5] for f in r.stdout.splitlines() if f.count("/") >= 6} - {".", ".."}
+
+
+def test_fast_image_holds_the_paths(tmp_path):
+    stdlib = tmp_path / "py" / "lib" / "python3.11"
+    for d in ("json", "site-packages/big", "test", "config-3.11-x86_64-linux-gnu"):
+        (stdlib / d).mkdir(parents=True)
+    (stdlib / "os.py").write_text("# os")
+    (stdlib / "json" / "__init__.py").write_text("# json")
+    exe = tmp_path / "py" / "python3.11"
+    exe.write_bytes(b"\x7fELF")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(exe)
+    img = vm.build_fast_image([tmp_path / "venv", stdlib, exe, tmp_path / "missing"],
+                              tmp_path / "out" / "f.img", stdlib=stdlib)
+    assert img.mounts == (("0", str(tmp_path / "venv")), ("1", str(stdlib)), ("2", str(exe)))
+    assert _debugfs_ls(img.path, "/1") == {"json", "os.py"}  # no site-packages, test, config
+    assert _debugfs_ls(img.path, "/0/bin") == {"python"}
+    assert "2" in _debugfs_ls(img.path, "/")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "f.img"]  # staging gone
+
+
+def test_guest_script_binds_fast_paths(tmp_path):
+    script = vm.guest_script("true", status_path=tmp_path / "s", cwd=tmp_path,
+                             fast_mounts=[("0", "/work/main/.venv"), ("1", "/a b/lib")])
+    assert "mount --bind /run/nkframe-fast/0 /work/main/.venv" in script
+    assert "mount --bind /run/nkframe-fast/1 '/a b/lib'" in script
+    assert vm.FAST_IMAGE_SERIAL in script
+    assert "nkframe-fast" not in vm.guest_script("true", status_path=tmp_path / "s", cwd=tmp_path)
 
 
 def test_guest_script_records_status_even_after_exit(tmp_path):
@@ -145,17 +186,16 @@ def test_guest_script_quotes_argv(tmp_path):
     assert "mount -t bpf bpf /sys/fs/bpf" in script
 
 
-def test_pytest_command_defaults_and_paths(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_pytest_command_defaults_and_paths(tmp_path):
     venv = Path("/repo/.venv")
-    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["-k", "smoke"])
+    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["-k", "smoke"], cwd=tmp_path)
     assert argv[:3] == ["/repo/.venv/bin/python", "-m", "pytest"]
     assert argv[argv.index("-m", 3) + 1] == "root"
     assert "--junitxml=/res/junit.xml" in argv
     assert argv[-3:] == ["tests", "-k", "smoke"]
     assert "-p" in argv and vm.PLUGIN in argv
     (tmp_path / "t.py").write_text("")
-    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["t.py::test_x"])
+    argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["t.py::test_x"], cwd=tmp_path)
     assert "tests" not in argv and argv[-1] == "t.py::test_x"
 
 
