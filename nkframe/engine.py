@@ -628,6 +628,17 @@ class Engine:
         st = links.get_link(ifname, netns=self.node_netns)
         return list_attached(st.ifindex, netns_name=self.node_netns, netkit=st.kind == "netkit")
 
+    # ------------------------------------------------------------------------------------------
+    # upgrade (issue 6; the work lives in nkframe/engine_upgrade.py, owned with nkframe/agent)
+    # ------------------------------------------------------------------------------------------
+
+    def upgrade(self, endpoint_ids: Iterable[str] | None = None) -> list[Endpoint]:
+        """Replace endpoints' programs with what the plugins give now, in place, without a gap;
+        maps carry over.  See :mod:`nkframe.engine_upgrade`."""
+        from nkframe import engine_upgrade
+
+        return engine_upgrade.upgrade(self, endpoint_ids)
+
 
 def list_attached(ifindex: int, *, netns_name: str | None, netkit: bool) -> list[AttachedProgram]:
     out: list[AttachedProgram] = []

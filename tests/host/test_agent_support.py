@@ -177,9 +177,12 @@ class AgentProcess:
 
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.args, env=self.env, stderr=subprocess.PIPE, text=True)
+        self.started_at = t0
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited {self.proc.returncode}: {self.proc.stderr.read()}")
+                err = self.proc.stderr.read()
+                self.proc.stderr.close()
+                raise RuntimeError(f"agent exited {self.proc.returncode}: {err}")
             try:
                 with AgentClient(self.socket_path, timeout=5) as c:
                     info = c.ping()
@@ -203,6 +206,8 @@ class AgentProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
 
     def terminate(self) -> int:
         if self.proc and self.proc.poll() is None:
@@ -215,8 +220,6 @@ class AgentProcess:
 
     def __exit__(self, *exc) -> None:
         self.kill()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
 
 
 def _agent_main(node_netns: str, bpffs_root: str, socket_path: str, version: str) -> int:
