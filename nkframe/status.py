@@ -107,7 +107,7 @@ class EndpointStatus:
     addresses: tuple[str, ...]
     node_ifname: str
     pod_ifname: str
-    attach: Mapping[str, str] = attrs.field(converter=dict)  # hook -> mechanism
+    attach: Mapping[str, str] = attrs.field(factory=dict, converter=dict)  # hook -> mechanism
     programs: tuple[ProgramStatus, ...] = ()
     node: DeviceEnd | None = None
     pod: DeviceEnd | None = None
