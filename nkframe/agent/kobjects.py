@@ -113,14 +113,61 @@ class Census:
         return out
 
 
-def settle(before: Census, *, names=None, timeout: float = 5.0) -> dict[str, list[tuple[int, str]]]:
+    def new_of_object(self, before: "Census", object_name: str) -> dict[str, list[tuple[int, str]]]:
+        """New objects that came from one BPF object file, told apart from everyone else's by
+        the file's name: libbpf names its internal maps ``<object name>.rodata`` (cut to 15
+        bytes), every program of the file uses them, and a link runs a program.  So: those
+        maps, the programs using them, the other maps those programs use, their links.
+
+        Give each test its own copy of an object file (a unique file name) and concurrent
+        users of the same program on the machine are not counted.
+        """
+        from nkframe import bpf
+
+        tag = object_name[:8] + "."
+        fresh_maps = {m: _name("map", m) for m in self.map - before.map}
+        ours_maps = {m for m, n in fresh_maps.items() if n and n.startswith(tag)}
+        progs: dict[int, str] = {}
+        used: set[int] = set()
+        for pid in self.prog - before.prog:
+            try:
+                with bpf.Program.from_id(pid) as p:
+                    info = p.info()
+            except KernelError:
+                continue
+            if ours_maps & set(info.map_ids):
+                progs[pid] = info.name
+                used |= set(info.map_ids)
+        out: dict[str, list[tuple[int, str]]] = {}
+        maps = sorted((m, fresh_maps[m] or "") for m in (ours_maps | (used & set(fresh_maps))) if fresh_maps.get(m) is not None)
+        if maps:
+            out["map"] = maps
+        if progs:
+            out["prog"] = sorted(progs.items())
+        links = []
+        for lid in self.link - before.link:
+            try:
+                with bpf.Link.from_id(lid) as link:
+                    if link.info().prog_id in progs:
+                        links.append((lid, progs[link.info().prog_id]))
+            except KernelError:
+                continue
+        if links:
+            out["link"] = sorted(links)
+        return out
+
+
+def settle(before: Census, *, names=None, object_name: str | None = None, timeout: float = 5.0) -> dict[str, list[tuple[int, str]]]:
     """Wait (up to ``timeout``) until no object of ours created since ``before`` is alive.
 
-    Returns what is still alive at the end (empty when nothing leaked).
+    "Ours" is by ``names`` (see :meth:`Census.new_since`) or by BPF object file
+    (``object_name``, see :meth:`Census.new_of_object`).  Returns what is still alive at the
+    end (empty when nothing leaked).
     """
     deadline = time.monotonic() + timeout
     while True:
-        left = Census.take().new_since(before, names=names)
+        now = Census.take()
+        left = now.new_of_object(before, object_name) if object_name else now.new_since(before, names=names)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)

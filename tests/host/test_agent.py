@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
-from test_agent_support import OUR_OBJECT_NAMES, Counting, version_count, wire
+from test_agent_support import Counting, count_obj, version_count, wire  # noqa: F401 - fixture
 
 from nkframe import netns
 from nkframe.agent import kobjects, protocol
@@ -291,7 +291,7 @@ def test_gc_through_the_agent_cleans_vanished_namespaces(agent, node, bpffs_root
         c.remove_endpoint("keep")
 
 
-def test_32_concurrent_adds_and_removes(agent, node, bpffs_root, make_netns):
+def test_32_concurrent_adds_and_removes(count_obj, agent, node, bpffs_root, make_netns):
     n = 32
     pods = [make_netns(f"c{i}") for i in range(n)]
     before = kobjects.Census.take()
@@ -336,4 +336,4 @@ def test_32_concurrent_adds_and_removes(agent, node, bpffs_root, make_netns):
     # Nothing leaked: devices, pins, kernel objects.
     assert sorted(l.name for l in links.list_links(netns=node.netns)) == node_links
     assert os.listdir(f"{bpffs_root}/endpoints") == []
-    assert kobjects.settle(before, names=OUR_OBJECT_NAMES) == {}
+    assert kobjects.settle(before, object_name=count_obj) == {}

@@ -27,6 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 GW = "10.77.0.1"
 
+import pytest
+
 from nkframe import hookimpl, objects
 from nkframe.types import Hook, ProgramSpec
 
@@ -37,9 +39,12 @@ class Counting:
     ``verdict`` for the from-pod program: -1 continue, 2 drop (a deny-everything policy).
     """
 
-    def __init__(self, version: int = 1, verdict: int = -1):
+    def __init__(self, version: int = 1, verdict: int = -1, obj: str | None = None):
         self.version = version
         self.verdict = verdict
+        # A private copy of count.o (see the count_obj fixture) makes our kernel objects
+        # countable apart from other tests' on the same machine.
+        self.obj = obj or os.environ.get(OBJ_ENV) or objects.path("count")
 
     @property
     def slots(self) -> tuple[int, int]:
@@ -47,7 +52,7 @@ class Counting:
 
     @hookimpl
     def nkframe_programs_collect(self, ctx):
-        obj = objects.path("count")
+        obj = self.obj
         out_slot, in_slot = self.slots
         return [
             ProgramSpec(name="count_out", object=obj, program="count", hook=Hook.FROM_POD, globals={"SLOT": struct.pack("<I", out_slot), "VERDICT": struct.pack("<i", self.verdict)}, maps={"counts": "endpoint"}, plugin="counting"),
@@ -55,8 +60,21 @@ class Counting:
         ]
 
 
-# Names of the kernel objects the Counting plugin and the engine make (for leak censuses).
-OUR_OBJECT_NAMES = frozenset({"count", "counts", "nk_spec", "count.rodata"})
+OBJ_ENV = "NKT_COUNT_OBJ"
+
+
+@pytest.fixture
+def count_obj(tmp_path, monkeypatch):
+    """A copy of count.o under a unique name for this test (children inherit it through the
+    environment); its name tells our BPF objects apart: kobjects.settle(object_name=...)."""
+    import shutil
+    import uuid
+
+    name = "k" + uuid.uuid4().hex[:6]
+    path = tmp_path / f"{name}.o"
+    shutil.copyfile(objects.path("count"), path)
+    monkeypatch.setenv(OBJ_ENV, str(path))
+    return name
 
 
 def counts(bpffs_root: str, eid: str, slot: int) -> int:
