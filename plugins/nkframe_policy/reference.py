@@ -105,15 +105,20 @@ def parse(data: bytes, l3_offset: int = ETH_HLEN) -> Parsed:
         off += 40
         later = False
         for _ in range(IPV6_MAX_EXT_HEADERS):
+            # An extension header must be complete (all of its stated length present).
             if proto in _EXT_GENERIC:
                 if len(data) < off + 2:
                     return MALFORMED
                 proto, hlen = data[off], (data[off + 1] + 1) * 8
+                if len(data) < off + hlen:
+                    return MALFORMED
                 off += hlen
             elif proto == _EXT_AH:
                 if len(data) < off + 2:
                     return MALFORMED
                 proto, hlen = data[off], (data[off + 1] + 2) * 4
+                if len(data) < off + hlen:
+                    return MALFORMED
                 off += hlen
             elif proto == _EXT_FRAGMENT:
                 if len(data) < off + 8:

@@ -75,6 +75,12 @@ def test_parse_ipv6_extension_headers():
     assert nine.kind is Kind.MALFORMED
     cut = pk.build("fd00::1", "fd00::2", pk.IPPROTO_TCP, ext=(pk.IPPROTO_HOPOPTS,), truncate=41)
     assert parse(cut).kind is Kind.MALFORMED
+    # An extension header cut short is malformed even when the protocol after it has no
+    # L4 header we check (found by the 6.1 VM run of the verdict test).
+    for ext in (pk.IPPROTO_DSTOPTS, pk.IPPROTO_AH):
+        whole = pk.build("fd00::1", "fd00::2", 47, ext=(ext,), l2=False)
+        assert parse(whole, 0).kind is Kind.IP
+        assert parse(whole[:40 + 7], 0).kind is Kind.MALFORMED
 
 
 POLICY = Policy(
