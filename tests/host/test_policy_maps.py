@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nkframe.errors import InvalidSpec
-from nkframe_policy import Action, Direction, Policy, PolicyError, Rule, layout, verdict
+from nkframe_policy import Direction, Policy, PolicyError, Rule, layout, verdict
 from nkframe_policy import packet as pk
 from nkframe_policy.maps import PolicyMaps
 from nkframe_policy.strategies import bench_policy

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from nkframe.errors import KernelError
 from nkframe_policy import Action, Direction, parse, verdict
 from nkframe_policy.maps import PolicyMaps
-from nkframe_policy.reference import Kind
 from nkframe_policy.strategies import build_policy, policies, random_packet
 
 pytestmark = pytest.mark.root

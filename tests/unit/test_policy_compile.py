@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nkframe_policy import Action, Direction, Policy, PolicyError, Rule, compile_policy, layout
+from nkframe_policy import Direction, Policy, PolicyError, Rule, compile_policy, layout
 from nkframe_policy.compile import decode_entries, policy_from_entries
 from nkframe_policy.strategies import bench_policy
 
