@@ -1,0 +1,293 @@
+"""Control plane: endpoint add/remove latency through the Engine API, the agent API and (when it
+exists) nkframe's CNI plugin, beside the reference ``ptp`` CNI plugin with ``host-local`` IPAM
+invoked the way a runtime invokes it; then 1,000 endpoints on one node through the agent: total
+time, agent RSS, and the reconcile after an agent restart.
+
+Rounds are interleaved (ptp, engine, agent, ptp, engine, agent, ...) so drift on the machine
+hits every front end alike.  Each round measures every operation's own latency; a round's p50
+and p99 are one run, and the figure is the median of the runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import attrs
+
+from nkbench.core import Figure, Recorder, Stat, percentile
+from nkbench.topo import Node, Scope, cni_invoke, have_cni, ptp_config, wait_for
+
+
+@attrs.frozen
+class Sizes:
+    rounds: int = 3  # repeated runs behind each latency figure
+    seq: int = 30  # endpoints per sequential round
+    conc: int = 48  # endpoints per concurrent round
+    workers: int = 16
+    big: int = 1000  # the "1,000 endpoints on one node" test
+    restarts: int = 3  # agent restarts behind the reconcile figure
+
+
+QUICK = Sizes(rounds=1, seq=3, conc=4, workers=2, big=8, restarts=1)
+
+
+def _addr(i: int) -> str:
+    return f"10.1.{i // 250}.{i % 250 + 1}/32"
+
+
+# ------------------------------------------------------------------------------------------
+# front ends: each has add(i, pod) and delete(i, pod), safe to call from several threads
+
+
+class EngineFront:
+    name = "engine"
+
+    def __init__(self, scope: Scope):
+        from nkframe.engine import Engine
+
+        self.node = Node(scope, prefix="ne")
+        self.engine = Engine(self.node.netns, scope.bpffs(), plugins=["l3"], uplink=self.node.uplink)
+        self.engine.setup_uplink()
+
+    def add(self, i: int, pod: str) -> None:
+        from nkframe.types import EndpointSpec
+
+        self.engine.add_endpoint(EndpointSpec(id=f"ep{i}", netns=pod, addresses=[_addr(i)]))
+
+    def delete(self, i: int, pod: str) -> None:
+        self.engine.remove_endpoint(f"ep{i}")
+
+
+class AgentFront:
+    """An agent in its own process, as deployed (``nkframe agent run``), talked to by clients."""
+
+    name = "agent"
+
+    def __init__(self, scope: Scope):
+        self.scope = scope
+        self.node = Node(scope, prefix="na")
+        self.bpffs = scope.bpffs()
+        rundir = scope.tmpdir("nkbench-agent-")
+        os.chmod(rundir, 0o700)
+        self.socket = os.path.join(rundir, "agent.sock")
+        self.errlog = os.path.join(rundir, "agent.log")
+        self.proc: subprocess.Popen | None = None
+        self._local = threading.local()
+        self._clients: list = []
+        self.start()
+
+    def argv(self) -> list[str]:
+        exe = os.path.join(os.path.dirname(sys.executable), "nkframe")
+        return [exe, "--netns", self.node.netns, "--bpffs-root", self.bpffs, "agent", "run",
+                "--socket", self.socket, "--plugin", "l3", "--uplink", self.node.uplink]
+
+    def start(self, timeout: float = 120) -> dict:
+        """Start the agent and wait for its first answer; returns its ping (startup figures)."""
+        from nkframe.agent.client import AgentClient
+        from nkframe.agent.protocol import AgentUnavailable
+
+        t0 = time.monotonic()
+        with open(self.errlog, "a") as err:
+            self.proc = self.scope.popen(self.argv(), stdout=subprocess.DEVNULL, stderr=err)
+        info: dict = {}
+
+        def up() -> bool:
+            nonlocal info
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode}: {open(self.errlog).read()[-2000:]}")
+            try:
+                with AgentClient(self.socket, timeout=timeout) as c:
+                    info = c.ping()
+                return info.get("pid") == self.proc.pid
+            except (AgentUnavailable, OSError):
+                return False
+
+        wait_for(up, timeout, "agent start")
+        info["ready_seconds"] = time.monotonic() - t0
+        return info
+
+    def stop(self) -> None:
+        self.close_clients()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        raise RuntimeError("no VmRSS")
+
+    def client(self):
+        from nkframe.agent.client import AgentClient
+
+        c = getattr(self._local, "client", None)
+        if c is None:
+            c = AgentClient(self.socket, node_netns=self.node.netns, bpffs_root=self.bpffs, timeout=300)
+            self._local.client = c
+            self._clients.append(c)
+        return c
+
+    def close_clients(self) -> None:
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        self._local = threading.local()
+
+    def add(self, i: int, pod: str) -> None:
+        from nkframe.types import EndpointSpec
+
+        self.client().add_endpoint(EndpointSpec(id=f"ep{i}", netns=pod, addresses=[_addr(i)]))
+
+    def delete(self, i: int, pod: str) -> None:
+        self.client().remove_endpoint(f"ep{i}")
+
+
+class CniFront:
+    """A CNI plugin binary from /usr/lib/cni, run exactly as a runtime runs it."""
+
+    def __init__(self, scope: Scope, plugin: str = "ptp", config: dict | None = None):
+        self.name = plugin
+        self.node = Node(scope, prefix="nc")
+        self.data_dir = scope.tmpdir("nkbench-ipam-")
+        self.config = config or ptp_config(self.data_dir)
+
+    def _call(self, cmd: str, i: int, pod: str) -> None:
+        cni_invoke(cmd, self.config, container_id=f"nkbench-{i}", pod_netns=pod, node_netns=self.node.netns)
+
+    def add(self, i: int, pod: str) -> None:
+        self._call("ADD", i, pod)
+
+    def delete(self, i: int, pod: str) -> None:
+        self._call("DEL", i, pod)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[int, str], None], i: int, pod: str) -> float:
+    t = time.perf_counter()
+    fn(i, pod)
+    return time.perf_counter() - t
+
+
+def round_latencies(front, pods: Sequence[str], workers: int) -> tuple[list[float], list[float], float, float]:
+    """Add an endpoint in every pod, then remove them all: each operation's latency (s) and the
+    wall time of all adds and of all removes.  workers=1 is sequential."""
+    idx = list(range(len(pods)))
+    if workers <= 1:
+        t0 = time.perf_counter()
+        adds = [_timed(front.add, i, pods[i]) for i in idx]
+        t1 = time.perf_counter()
+        dels = [_timed(front.delete, i, pods[i]) for i in idx]
+        t2 = time.perf_counter()
+        return adds, dels, t1 - t0, t2 - t1
+    with ThreadPoolExecutor(workers) as ex:
+        t0 = time.perf_counter()
+        adds = list(ex.map(lambda i: _timed(front.add, i, pods[i]), idx))
+        t1 = time.perf_counter()
+        dels = list(ex.map(lambda i: _timed(front.delete, i, pods[i]), idx))
+        t2 = time.perf_counter()
+    return adds, dels, t1 - t0, t2 - t1
+
+
+def run(rec: Recorder, scope: Scope, *, quick: bool = False, sizes: Sizes | None = None) -> None:
+    sizes = sizes or (QUICK if quick else Sizes())
+    rec.section = "control"
+    rec.log(f"control plane: {sizes.rounds} rounds of {sizes.seq} sequential and {sizes.conc} "
+            f"concurrent ({sizes.workers} workers) adds/removes per front end")
+    if not have_cni("ptp") or not have_cni("host-local"):
+        rec.skip("control plane yardstick", "ptp/host-local not in /usr/lib/cni (apt-get install containernetworking-plugins)")
+        return
+    pods = [scope.netns("p") for _ in range(max(sizes.seq, sizes.conc))]
+    fronts = [CniFront(scope), EngineFront(scope), AgentFront(scope)]
+    cni = nkframe_cni_front(scope, rec)
+    if cni is not None:
+        fronts.append(cni)
+    # per (front, mode): {"add": [p50 per round], ...}
+    runs: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in range(sizes.rounds):
+        for mode, n, workers in (("seq", sizes.seq, 1), (f"c{sizes.workers}", sizes.conc, sizes.workers)):
+            for front in fronts:
+                adds, dels, _, _ = round_latencies(front, pods[:n], workers)
+                d = runs.setdefault((front.name, mode), {})
+                for verb, xs in (("add", adds), ("del", dels)):
+                    d.setdefault(f"{verb}.p50", []).append(percentile(xs, 50) * 1000)
+                    d.setdefault(f"{verb}.p99", []).append(percentile(xs, 99) * 1000)
+                rec.log(f"round {r + 1}/{sizes.rounds} {mode:4s} {front.name:7s} add p50 {percentile(adds, 50) * 1000:7.1f} ms, del p50 {percentile(dels, 50) * 1000:7.1f} ms")
+    for mode in ("seq", f"c{sizes.workers}"):
+        m = "" if mode == "seq" else f".{mode}"
+        for key in ("add.p50", "add.p99", "del.p50", "del.p99"):
+            verb, pct = key.split(".")
+            base = rec.add(f"ptp.{verb}{m}.{pct}", Stat.of(runs[("ptp", mode)][key]), "ms")
+            for front in fronts[1:]:
+                rec.add(f"endpoint.{verb}{m}.{pct}.{front.name}", Stat.of(runs[(front.name, mode)][key]), "ms", baseline=base)
+    big(rec, scope, fronts[2], fronts[0], sizes)
+
+
+def nkframe_cni_front(scope: Scope, rec: Recorder):
+    """nkframe's own CNI plugin, once it is installed as /usr/lib/cni/nkframe (its rows join)."""
+    if not have_cni("nkframe"):
+        rec.skip("endpoint.*.cni rows", "no nkframe CNI plugin in /usr/lib/cni yet")
+        return None
+    return None
+
+
+def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Sizes) -> None:
+    """1,000 endpoints on one node through the agent (16 clients), ptp the same way beside it."""
+    n, w = sizes.big, sizes.workers
+    # The same restarts with no endpoint first: what a restart costs with nothing to reconcile.
+    empty = []
+    for _ in range(sizes.restarts):
+        agent.stop()
+        empty.append(agent.start()["startup"]["reconcile_seconds"])
+    rss0 = agent.rss_mb()
+    rec.log(f"{n} endpoints: creating {n} pod namespaces")
+    pods = [scope.netns("q") for _ in range(n)]
+    rec.log(f"{n} endpoints through ptp ({w} concurrent)")
+    _, _, ptp_add, ptp_del = round_latencies(ptp, pods, w)
+    rec.log(f"ptp: add {ptp_add:.1f} s, del {ptp_del:.1f} s; now through the agent")
+    idx = list(range(n))
+    with ThreadPoolExecutor(w) as ex:
+        t0 = time.perf_counter()
+        list(ex.map(lambda i: agent.add(i, pods[i]), idx))
+        add_total = time.perf_counter() - t0
+    rss = agent.rss_mb()
+    rec.log(f"agent: {n} adds in {add_total:.1f} s, RSS {rss:.0f} MB (idle {rss0:.0f} MB); restarting {sizes.restarts}x")
+    rec.add(f"ptp.n{n}.add.total", Stat.of([ptp_add]), "s")
+    rec.add(f"endpoint.n{n}.add.total.agent", Stat.of([add_total]), "s", baseline=rec.get(f"ptp.n{n}.add.total"))
+    base_rss = rec.add("agent.rss.idle", Stat.of([rss0]), "MB")
+    rec.add(f"agent.rss.n{n}", Stat.of([rss]), "MB", baseline=base_rss)
+    # Restart: a fresh agent reconciles from the pins.  Its own startup figure is the reconcile.
+    recs, readys, rss_after = [], [], []
+    for _ in range(sizes.restarts):
+        agent.stop()
+        info = agent.start()
+        recs.append(info["startup"]["reconcile_seconds"])
+        readys.append(info["ready_seconds"])
+        rss_after.append(agent.rss_mb())
+        healthy = len(info["startup"]["reconcile"]["healthy"])
+        if healthy != n:
+            rec.skip("agent restart", f"reconcile found {healthy} healthy endpoints, expected {n}")
+    rec.add("agent.restart.reconcile.n0", Stat.of(empty), "s")
+    # Nothing else reconciles, so the yardstick is the goal (a baseline of n=0: not measured).
+    goal = Figure("goal.reconcile", Stat(5.0, 0.0, 0), "s")
+    rec.add(f"agent.restart.reconcile.n{n}", Stat.of(recs), "s", baseline=goal)
+    rec.add(f"agent.restart.ready.n{n}", Stat.of(readys), "s")
+    rec.add(f"agent.rss.after_restart.n{n}", Stat.of(rss_after), "MB", baseline=base_rss)
+    rec.log(f"removing {n} endpoints through the agent")
+    with ThreadPoolExecutor(w) as ex:
+        t0 = time.perf_counter()
+        list(ex.map(lambda i: agent.delete(i, pods[i]), idx))
+        del_total = time.perf_counter() - t0
+    rec.add(f"ptp.n{n}.del.total", Stat.of([ptp_del]), "s")
+    rec.add(f"endpoint.n{n}.del.total.agent", Stat.of([del_total]), "s", baseline=rec.get(f"ptp.n{n}.del.total"))
+    agent.stop()

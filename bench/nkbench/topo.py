@@ -1,0 +1,181 @@
+"""Namespaces, bpffs mounts, processes and CNI invocations, all owned by one :class:`Scope`
+that takes everything down again (newest first) even when a section fails.
+
+Topology of a node (the same shape as ``nkframe demo`` and the test fixtures)::
+
+    outside netns                node netns                       pod netns
+    ext0 192.0.2.2/24 ──veth── up0 192.0.2.1/24  ── pair ──  eth0 <pod address>
+
+The machine's own interfaces, routes and bpffs are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+from nkframe import netns, pins
+from nkframe.netlink import links
+
+OUT_V4, NODE_V4 = "192.0.2.2", "192.0.2.1"
+CNI_PATH = "/usr/lib/cni"
+
+
+class Scope:
+    """Owns what a section creates.  ``close()`` undoes it all, newest first, and never raises."""
+
+    def __init__(self, log: Callable[[str], None] = lambda s: None):
+        self.tag = uuid.uuid4().hex[:5]
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._n = 0
+        self.log = log
+
+    def defer(self, what: str, fn: Callable[[], None]) -> None:
+        self._undo.append((what, fn))
+
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"nkb-{prefix}{self._n}-{self.tag}"
+
+    def netns(self, prefix: str) -> str:
+        name = self.name(prefix)
+        netns.create(name)
+        self.defer(f"netns {name}", lambda: netns.delete(name))
+        return name
+
+    def tmpdir(self, prefix: str = "nkbench-") -> str:
+        d = tempfile.mkdtemp(prefix=prefix)
+        self.defer(f"dir {d}", lambda: shutil.rmtree(d, ignore_errors=True))
+        return d
+
+    def bpffs(self) -> str:
+        d = tempfile.mkdtemp(prefix="nkbench-bpffs-")
+        pins.mount_bpffs(d)
+
+        def undo() -> None:
+            pins.umount(d)
+            os.rmdir(d)
+
+        self.defer(f"bpffs {d}", undo)
+        return d
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(list(argv), **kw)
+
+        def undo() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+        self.defer(f"process {proc.pid}", undo)
+        return proc
+
+    def close(self) -> None:
+        while self._undo:
+            what, fn = self._undo.pop()
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - keep cleaning
+                self.log(f"cleanup {what}: {e}")
+
+    def __enter__(self) -> "Scope":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def in_netns(ns: str, *argv: str) -> list[str]:
+    """argv run in a network namespace only (nsenter --net; /sys and mounts stay ours)."""
+    return ["nsenter", f"--net={netns.netns_path(ns)}", *argv]
+
+
+class Node:
+    """A node netns with an uplink to an outside netns, routes to ``pod_net`` via the node."""
+
+    def __init__(self, scope: Scope, pod_nets: Sequence[str] = ("10.0.0.0/8",), prefix: str = "node"):
+        self.scope = scope
+        self.netns = scope.netns(prefix)
+        self.outside = scope.netns("out")
+        self.uplink = "up0"
+        links.create_veth(links.VethSpec(name=self.uplink, peer_name="ext0", peer_netns=self.outside), netns=self.netns)
+        links.add_address(self.uplink, f"{NODE_V4}/24", netns=self.netns)
+        links.add_address("ext0", f"{OUT_V4}/24", netns=self.outside)
+        for ns, dev in ((self.netns, self.uplink), (self.outside, "ext0")):
+            links.set_up("lo", netns=ns)
+            links.set_up(dev, netns=ns)
+        for net in pod_nets:
+            links.add_route(net, via=NODE_V4, netns=self.outside)
+        links.sysctl("net.ipv4.ip_forward", 1, netns=self.netns)
+
+    def pod(self, prefix: str = "pod") -> str:
+        return self.scope.netns(prefix)
+
+
+def veth_pair(scope: Scope, a_ip: str = "198.18.0.1", b_ip: str = "198.18.0.2") -> tuple[str, str]:
+    """Two namespaces joined by one veth: the machine's limit for one hop."""
+    a, b = scope.netns("va"), scope.netns("vb")
+    links.create_veth(links.VethSpec(name="eth0", peer_name="eth0", peer_netns=b), netns=a)
+    links.add_address("eth0", f"{a_ip}/24", netns=a)
+    links.add_address("eth0", f"{b_ip}/24", netns=b)
+    for ns in (a, b):
+        links.set_up("lo", netns=ns)
+        links.set_up("eth0", netns=ns)
+    return a, b
+
+
+# ------------------------------------------------------------------------------------------
+# CNI, invoked the way a container runtime does it
+
+
+class CniError(RuntimeError):
+    pass
+
+
+def ptp_config(data_dir: str, subnet: str = "10.77.0.0/16") -> dict:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "benchnet",
+        "type": "ptp",
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
+    }
+
+
+def cni_invoke(command: str, config: dict, *, container_id: str, pod_netns: str, node_netns: str,
+               ifname: str = "eth0", plugin_dir: str = CNI_PATH, timeout: float = 60) -> dict:
+    """Run the plugin named by ``config["type"]`` from CNI_PATH inside the node's netns, with
+    the CNI_* environment and the configuration on stdin.  Returns the parsed result (ADD)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns.netns_path(pod_netns),
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": plugin_dir,
+    }
+    binary = os.path.join(plugin_dir, config["type"])
+    r = subprocess.run(in_netns(node_netns, binary), input=json.dumps(config), env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise CniError(f"{config['type']} {command} {container_id}: exit {r.returncode}: {r.stdout.strip() or r.stderr.strip()}")
+    out = r.stdout.strip()
+    return json.loads(out) if out else {}
+
+
+def have_cni(plugin: str) -> bool:
+    return os.access(os.path.join(CNI_PATH, plugin), os.X_OK)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(step)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""``make bench``: every figure beside its baseline, measured in the same run.
+
+Prints one JSON object per figure on stdout as it is measured, progress and a summary table on
+stderr, and writes ``bench/results/<date-time>.jsonl``, ``<date-time>.png`` and
+``docs/benchmarks.md``.  ``--quick`` runs every section at tiny sizes (the smoke test uses it;
+its figures mean nothing).  Needs root: it makes network namespaces and a private bpffs mount,
+and removes them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from nkbench import report  # noqa: E402
+from nkbench.core import Recorder  # noqa: E402
+from nkbench.topo import Scope  # noqa: E402
+
+SECTIONS = ("perpacket", "control", "throughput", "afxdp", "vm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the machine")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--results", type=Path, default=HERE / "results", help="where <date-time>.jsonl and .png go")
+    p.add_argument("--docs", type=Path, default=None, help="the Markdown report (default docs/benchmarks.md; with --quick: next to the results)")
+    p.add_argument("--vm-inner", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench needs root (network namespaces, BPF, bpffs)", file=sys.stderr)
+        return 2
+    if args.vm_inner:
+        from nkbench import vmtier
+
+        return vmtier.inner(quick=args.quick)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = set(sections) - set(SECTIONS)
+    if bad:
+        p.error(f"unknown section(s): {', '.join(sorted(bad))}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.results.mkdir(parents=True, exist_ok=True)
+    jsonl = args.results / f"{stamp}.jsonl"
+    png = args.results / f"{stamp}.png"
+    docs = args.docs or (args.results / f"{stamp}.md" if args.quick else HERE.parent / "docs" / "benchmarks.md")
+    out = open(jsonl, "w")
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    rec = Recorder(emit=emit)
+    machine = report.machine_info()
+    started = time.time()
+    try:
+        for name in SECTIONS:
+            if name not in sections:
+                continue
+            run_section(name, rec, quick=args.quick)
+    finally:
+        out.close()
+    rec.log("writing the report")
+    report.write_all(rec, machine=machine, started=started, jsonl=jsonl, png=png, docs=docs, quick=args.quick)
+    print(report.table(rec), file=sys.stderr)
+    print(f"\nresults: {jsonl}\nplot:    {png}\nreport:  {docs}", file=sys.stderr)
+    return 0
+
+
+def run_section(name: str, rec: Recorder, *, quick: bool) -> None:
+    """One section inside its own Scope: whatever it made is gone when it returns or fails.
+    A failing section is reported and the others still run."""
+    import importlib
+    import traceback
+
+    mod = importlib.import_module(f"nkbench.{name if name != 'vm' else 'vmtier'}")
+    t0 = time.monotonic()
+    with Scope(log=rec.log) as scope:
+        try:
+            mod.run(rec, scope, quick=quick)
+        except Exception as e:  # noqa: BLE001 - a broken section must not hide the others
+            rec.skip(f"section {name}", f"failed: {type(e).__name__}: {e}")
+            traceback.print_exc()
+    rec.log(f"section {name} done in {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
