@@ -197,6 +197,38 @@ static __always_inline int nk_to_endpoint(struct __sk_buff *skb, struct nk_ep_in
 	return nk_redirect_result(skb, bpf_redirect(ep->ifindex, 0), NK_DP_LOCAL);
 }
 
+/* The length the FIB's MTU check must see (bpf_fib_lookup's tot_len).
+ *
+ * A GSO skb is a train of segments of gso_size payload each; it is never sent whole.  Passing
+ * the train's length would make every GSO skb "too big", and passing 0 lets the helper fall
+ * back to is_skb_forwardable(), which waves every GSO skb through whatever the egress MTU —
+ * the segments would then leave the uplink larger than its MTU.  So for GSO the length is one
+ * segment: IP header + L4 header + gso_size.  For other L4 protocols (tunnels) we do not know
+ * the segment's headers: the train's length sends the skb to the stack, which segments right.
+ * The kernel's check runs before its neighbour lookup, so it holds for NO_NEIGH results too.
+ * l3_len: the IP header length; l4_off: its offset from skb->data. */
+static __always_inline __u32 nk_mtu_len(struct __sk_buff *skb, __u32 pkt_len, __u8 proto, __u32 l3_len, __u32 l4_off)
+{
+	__u32 gso = skb->gso_size;
+	void *data, *end;
+	__u8 *l4;
+
+	if (!gso)
+		return pkt_len;
+	if (proto == 17) /* UDP (UDP_SEGMENT) */
+		return l3_len + 8 + gso;
+	if (proto != NK_IPPROTO_TCP)
+		return pkt_len;
+	if (l4_off > NK_ETH_HLEN + 60 || nk_dp_linear(skb, l4_off + 20))
+		return pkt_len;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	l4 = data + l4_off;
+	if (NK_NEED(l4, 20, end))
+		return pkt_len;
+	return l3_len + (__u32)(l4[12] >> 4) * 4 + gso;
+}
+
 /* IPv4 forwarding from a pod.  node_ifindex: the endpoint's node-side device, the FIB's
  * input interface (so ip rules with iif and its forwarding setting apply as for the stack). */
 static __always_inline int nk_forward4(struct __sk_buff *skb, __u32 node_ifindex)
@@ -229,11 +261,17 @@ static __always_inline int nk_forward4(struct __sk_buff *skb, __u32 node_ifindex
 	fib.family = NK_AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->proto;
-	fib.tot_len = 0; /* 0: the helper checks the MTU with is_skb_forwardable(), GSO-aware */
 	fib.ifindex = node_ifindex;
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 	__u32 daddr = ip->daddr;
+	__u32 ihl = (__u32)(ip->vihl & 0xf) * 4;
+	__u32 len = bpf_ntohs(ip->tot_len);
+	/* BIG TCP (> 64 KiB GSO) writes tot_len 0: use the skb's own length then. */
+	if (!len)
+		len = skb->len - NK_ETH_HLEN;
+	len = nk_mtu_len(skb, len, ip->proto, ihl, NK_IP4_OFF + ihl);
+	fib.tot_len = len > 0xffff ? 0xffff : len;
 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != NK_FIB_SUCCESS && rc != NK_FIB_NO_NEIGH) {
@@ -308,11 +346,14 @@ static __always_inline int nk_forward6(struct __sk_buff *skb, __u32 node_ifindex
 	fib.family = NK_AF_INET6;
 	fib.flowinfo = ip->vtcfl & bpf_htonl(0x0FFFFFFF);
 	fib.l4_protocol = ip->nexthdr;
-	fib.tot_len = 0;
 	fib.ifindex = node_ifindex;
 	__builtin_memcpy(fib.ipv6_src, ip->saddr, 16);
 	__builtin_memcpy(fib.ipv6_dst, ip->daddr, 16);
 	__builtin_memcpy(daddr, ip->daddr, 16);
+	/* payload_len 0 is a jumbogram / BIG TCP: the skb's length tells */
+	__u32 len = ip->payload_len ? 40 + (__u32)bpf_ntohs(ip->payload_len) : skb->len - NK_ETH_HLEN;
+	len = nk_mtu_len(skb, len, ip->nexthdr, 40, NK_L4_OFF6);
+	fib.tot_len = len > 0xffff ? 0xffff : len;
 
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != NK_FIB_SUCCESS && rc != NK_FIB_NO_NEIGH) {

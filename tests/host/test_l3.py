@@ -318,3 +318,72 @@ def test_l3_and_l2_pods_on_one_node(outside_routes, bpffs_root):
         eng.remove_endpoint(eid)
     eng.teardown_uplink()
     assert nkframe_l3.endpoint_entries(bpffs_root) == {}
+
+
+def _bulk(src_ns, dst_ns, dst, port, size=4 << 20, timeout=20.0) -> bool:
+    """Push ``size`` bytes over TCP and check they arrive intact (GSO/GRO-sized skbs on the way)."""
+    import hashlib
+    import threading
+
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with netns.enter(dst_ns):
+        srv = socket.socket(fam, socket.SOCK_STREAM)
+    with netns.enter(src_ns):
+        cli = socket.socket(fam, socket.SOCK_STREAM)
+    payload = os.urandom(1 << 20) * (size >> 20)
+    got = hashlib.sha256()
+    received = [0]
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(timeout)
+            while received[0] < size:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                got.update(chunk)
+                received[0] += len(chunk)
+
+    try:
+        srv.bind((dst, port))
+        srv.listen(1)
+        srv.settimeout(timeout)
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        cli.settimeout(timeout)
+        cli.connect((dst, port))
+        cli.sendall(payload)
+        cli.shutdown(socket.SHUT_WR)
+        t.join(timeout)
+        return received[0] == size and got.digest() == hashlib.sha256(payload).digest()
+    finally:
+        cli.close()
+        srv.close()
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
+def test_bulk_tcp_and_a_smaller_uplink_mtu(outside_routes, bpffs_root, family):
+    """Megabytes in large (GSO) skbs pod -> pod and pod -> outside, the latter out of an uplink
+    with a smaller MTU than the path's ends: oversized packets go to the stack, whose ICMP "too
+    big" lets the pod's TCP shrink its segments (path MTU discovery through the datapath)."""
+    node = outside_routes
+    eng = _engine(node, bpffs_root)
+    eng.setup_uplink()
+    pa, pb = node.pod(), node.pod()
+    eng.add_endpoint(_spec(pa))
+    eng.add_endpoint(_spec(pb, id="pod-b", v4=B4, v6=B6))
+    _wait_dad(pa, pb)
+    assert _bulk(pa, pb, B4 if family == 4 else B6, 7300)
+    assert nkframe_l3.endpoint_stats(bpffs_root, "pod-a")["local"][0] > 10
+    # Only the node's side shrinks: the outside still advertises a 1460-byte MSS, so the pod
+    # sends segments the uplink cannot carry until the stack's ICMP tells it otherwise.
+    links.set_mtu(node.uplink, 1300, netns=node.netns)
+    before = nkframe_l3.endpoint_stats(bpffs_root, "pod-a")
+    assert _bulk(pa, node.outside, "192.0.2.2" if family == 4 else "2001:db8:ff::2", 7301)
+    after = nkframe_l3.endpoint_stats(bpffs_root, "pod-a")
+    assert after["neigh"][0] - before["neigh"][0] > 10
+    assert after["stack"][0] > before["stack"][0], "the first too-big segment went to the stack"
+    eng.remove_endpoint("pod-a")
+    eng.remove_endpoint("pod-b")
+    eng.teardown_uplink()

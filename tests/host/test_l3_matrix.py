@@ -24,7 +24,8 @@ from nkframe import netns
 from nkframe.engine import Engine
 from nkframe.netlink import links
 from nkframe.testing import tcp_connect, udp_probe
-from nkframe.types import EndpointSpec, Mechanism
+from nkframe.netlink.netkit import get_netkit as netkit_info
+from nkframe.types import DeviceKind, EndpointSpec, Mechanism
 
 pytestmark = pytest.mark.root
 
@@ -144,6 +145,22 @@ def test_mechanism_is_the_one_asked_for(bed):
             assert set(ep.mechanism.values()) == {Mechanism.TC}
         assert [p.name for p in ep.programs] == [f"{bed.mode}_fwd"]
     assert [p.name for p in bed.uplink] == ["dp_uplink"]
+
+
+@pytest.mark.netkit
+def test_auto_uses_netkit_where_the_kernel_has_it(bed):
+    """On a netkit kernel the matrix above runs over netkit devices (L3 or L2 mode) with native
+    netkit links; elsewhere this has nothing to check."""
+    from nkframe import probe
+
+    if not probe.features().supported("netkit"):
+        pytest.skip(f"no netkit: {probe.features()['netkit'].reason}")
+    for ep in bed.eps.values():
+        assert ep.device_kind is DeviceKind.NETKIT
+        if bed.attach == "auto":
+            assert set(ep.mechanism.values()) == {Mechanism.NETKIT}
+    info = netkit_info(bed.eps["a"].spec.node_ifname, netns=bed.node)
+    assert info.mode.name.lower() == bed.mode
 
 
 @FAMILIES
