@@ -37,6 +37,7 @@ PODS = {
     "pod-c": ("10.0.1.12", "fd00:1::12"),
 }
 POD_NET_V4, POD_NET_V6 = "10.0.1.0/24", "fd00:1::/64"
+DEMO_PLUGINS = ["l3", "policy"]
 
 
 def pod_b_policy() -> dict:
@@ -101,14 +102,14 @@ class Demo:
         links.create_veth(links.VethSpec(name="up0", peer_name="ext0", peer_netns=self.out_ns), netns=self.node_ns)
         for ns, dev, v4, v6 in ((self.node_ns, "up0", NODE_V4, NODE_V6), (self.out_ns, "ext0", OUT_V4, OUT_V6)):
             links.add_address(dev, f"{v4}/24", netns=ns)
-            links.add_address(dev, f"{v6}/64", netns=ns)
+            links.add_address(dev, f"{v6}/64", netns=ns, nodad=True)
             links.set_up("lo", netns=ns)
             links.set_up(dev, netns=ns)
-        links.add_route(POD_NET_V4, gateway=NODE_V4, netns=self.out_ns)
-        links.add_route(POD_NET_V6, gateway=NODE_V6, netns=self.out_ns)
+        links.add_route(POD_NET_V4, via=NODE_V4, netns=self.out_ns)
+        links.add_route(POD_NET_V6, via=NODE_V6, netns=self.out_ns)
         self.bpffs = tempfile.mkdtemp(prefix="nkdemo-bpffs-")
         pins.mount_bpffs(self.bpffs)
-        self.engine = Engine(self.node_ns, self.bpffs, attach=self.attach, plugins=["l3", "policy"], uplink="up0")
+        self.engine = Engine(self.node_ns, self.bpffs, attach=self.attach, plugins=DEMO_PLUGINS, uplink="up0")
         self.log("uplink programs")
         self.engine.setup_uplink()
         for name, (v4, v6) in PODS.items():
@@ -131,7 +132,8 @@ class Demo:
         dst_ip, dst_ns = self.addr(c.dst, c.family)
         _src_ip, src_ns = self.addr(c.src, c.family)
         if c.proto == "tcp":
-            ok = tcp_connect(src_ns, dst_ns, dst_ip, c.port, timeout=1.0)
+            # 2.5 s covers one SYN retransmission (1 s) should the first be lost to neighbour resolution
+            ok = tcp_connect(src_ns, dst_ns, dst_ip, c.port, timeout=2.5)
         else:
             ok = udp_probe(src_ns, dst_ns, dst_ip, c.port, count=2, timeout=0.8) > 0
         return "delivered" if ok else "dropped"

@@ -90,8 +90,8 @@ class Node:
         links.create_veth(links.VethSpec(name=self.uplink, peer_name="ext0", peer_netns=self.outside), netns=self.netns)
         links.add_address(self.uplink, "192.0.2.1/24", netns=self.netns)
         links.add_address("ext0", "192.0.2.2/24", netns=self.outside)
-        links.add_address(self.uplink, "2001:db8:ff::1/64", netns=self.netns)
-        links.add_address("ext0", "2001:db8:ff::2/64", netns=self.outside)
+        links.add_address(self.uplink, "2001:db8:ff::1/64", netns=self.netns, nodad=True)
+        links.add_address("ext0", "2001:db8:ff::2/64", netns=self.outside, nodad=True)
         for ns, dev in ((self.netns, self.uplink), (self.outside, "ext0")):
             links.set_up("lo", netns=ns)
             links.set_up(dev, netns=ns)
