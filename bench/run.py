@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
 
     rec = Recorder(emit=emit)
-    machine = report.machine_info()
+    machine = dict(report.machine_info(), load_start=report._load())
     started = time.time()
     try:
         for name in SECTIONS:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import re
 import os
 import platform
 import subprocess
 import time
+from typing import Callable, Iterable
 from pathlib import Path
 
 from nkbench.core import Figure, Recorder
@@ -100,17 +101,275 @@ def machine_info() -> dict:
 
 
 def write_all(rec: Recorder, *, machine: dict, started: float, jsonl: Path, png: Path, docs: Path, quick: bool) -> None:
+    machine = dict(machine, load_end=_load())
     try:
         plot(rec, png)
     except Exception as e:  # noqa: BLE001 - no matplotlib: say so, keep the rest
         rec.skip("plot", f"{type(e).__name__}: {e} (pip install matplotlib)")
+        png = None
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text(markdown(rec, machine=machine, started=started, jsonl=jsonl, png=png, docs=docs, quick=quick))
 
 
+def _load() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ------------------------------------------------------------------------------------------
+# goals
+
+
+class Goal:
+    """A target from the issue: which figures it reads and the test each must pass."""
+
+    def __init__(self, text: str, pattern: str, test: Callable[[Figure], tuple[bool, str]], limit: str = ""):
+        self.text, self.pattern, self.test, self.limit = text, re.compile(pattern), test, limit
+
+    def evaluate(self, figures: Iterable[Figure]) -> list[tuple[Figure, bool, str]]:
+        return [(f, *self.test(f)) for f in figures if self.pattern.fullmatch(f.name)]
+
+
+def _ratio_le(k: float):
+    return lambda f: (f.ratio is not None and f.ratio <= k, f"{_fmt(f.value)} {f.unit} = {f.ratio:.2f} × {_fmt(f.baseline.value)} (goal ≤ {k})" if f.ratio is not None else "no baseline")
+
+
+def _ratio_ge(k: float):
+    return lambda f: (f.ratio is not None and f.ratio >= k, f"{_fmt(f.value)} {f.unit} = {f.ratio:.2f} × {_fmt(f.baseline.value)} (goal ≥ {k})" if f.ratio is not None else "no baseline")
+
+
+def _over_le(k: float):
+    def test(f: Figure):
+        over = f.value - f.baseline.value
+        return over <= k, f"{_fmt(f.value)} − {_fmt(f.baseline.value)} = +{over:.0f} ns (goal ≤ +{k:.0f})"
+    return test
+
+
+def _value_le(k: float):
+    return lambda f: (f.value <= k, f"{_fmt(f.value)} {f.unit} (goal ≤ {k:g})")
+
+
+# What limits a missed goal, from profiling this code on this machine (bench/profile.py
+# reproduces the control-plane profile).  Shown only next to a goal that missed.
+LIMITS = {
+    "add": (
+        "Profiled with py-spy (`bench/profile.py`): an add spends most of its time in pyroute2, "
+        "not in the kernel. Every netlink helper in `nkframe.netlink` opens a fresh `IPRoute` "
+        "(pyroute2 0.9 builds an asyncio event loop per socket, ~1.5 ms) and each request goes "
+        "through pyroute2's async core (~3 ms for one `link get`, against ~0.05 ms for the same "
+        "request on a raw netlink socket). One add makes a few dozen such requests "
+        "(name check, device create + read back, up, addresses, routes, neighbours, sysctls). "
+        "The fix belongs to the netlink layer (one session per add, or raw netlink for the hot "
+        "requests); BPF load/attach and bpffs pinning are a small share."
+    ),
+    "n1000": (
+        "The same per-add cost as above, times 1,000: the agent serialises adds behind one "
+        "Engine lock, so 16 concurrent clients overlap only their own share."
+    ),
+    "policy": (
+        "A packet that matches a rule pays for the LPM trie walk (the kernel's trie is walked "
+        "node by node, one cache miss per level; 10,000 prefixes make a deeper trie than 10) "
+        "plus the rule-set lookup and the per-CPU counter update. A packet that matches no "
+        "prefix stays near the 10-rule cost."
+    ),
+}
+
+
+GOALS = [
+    Goal("Endpoint add p50 through the agent ≤ 0.5 × ptp's ADD p50", r"endpoint\.add\.p50\.agent", _ratio_le(0.5), "add"),
+    Goal("pod → outside throughput with nkframe ≥ 1.05 × kernel routing without BPF", r"tput\.pod-out\.p\d+\.(tcx|tc)", _ratio_ge(1.05)),
+    Goal("pod → outside throughput with nkframe ≥ 0.95 × the direct veth limit", r"tput\.pod-out\.p\d+\.(tcx|tc)\.vs-veth", _ratio_ge(0.95)),
+    Goal("Policy with 10,000 rules adds ≤ 60 ns per packet over the empty program", r"pkt\.policy\.r10000\.[a-z0-9-]+", _over_le(60), "policy"),
+    Goal("1,000 endpoints added in ≤ 60 s", r"endpoint\.n1000\.add\.total\.agent", _value_le(60), "n1000"),
+    Goal("Reconcile after an agent restart ≤ 5 s", r"agent\.restart\.reconcile\.n1000", _value_le(5)),
+    Goal("Agent RSS ≤ 200 MB", r"agent\.rss\.(n1000|after_restart\.n1000)", _value_le(200)),
+]
+
+
+def goal_rows(rec: Recorder) -> list[tuple[str, str, str, str]]:
+    """(goal, verdict, details, what limits it)"""
+    out = []
+    for g in GOALS:
+        res = g.evaluate(f for f in rec.figures if not f.name.endswith(".empty"))
+        if not res:
+            out.append((g.text, "not measured", "", ""))
+            continue
+        ok = all(r[1] for r in res)
+        some = any(r[1] for r in res)
+        verdict = "**holds**" if ok else ("**partly**" if some else "**missed**")
+        details = "<br>".join(f"`{f.name}`: {d} {'✓' if good else '✗'}" for f, good, d in res)
+        out.append((g.text, verdict, details, "" if ok else LIMITS.get(g.limit, "")))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Markdown
+
+SECTIONS = {
+    "control": ("Control plane", """Endpoint add and remove through the **Engine API** (in-process), the **agent API** (`nkframe agent run` in its own process, `AgentClient` over its Unix socket) and, once it exists, nkframe's CNI plugin, each beside the reference **`ptp` CNI plugin with `host-local` IPAM** from Debian's containernetworking-plugins, invoked the way a runtime invokes it (`CNI_COMMAND=ADD|DEL`, `CNI_CONTAINERID`, `CNI_NETNS=/run/netns/<pod>`, `CNI_IFNAME=eth0`, `CNI_PATH=/usr/lib/cni`, the network configuration on stdin, run inside the node's namespace). Every front end has a node namespace of its own and adds into the same pod namespaces, one round after another (ptp, Engine, agent, ptp, ...). A round adds an endpoint in each pod and then removes them all; its p50 and p99 over those operations are one run. `c16`: 16 operations in flight (16 threads; for the agent 16 client connections). `n1000`: 1,000 endpoints on one node through the agent with 16 clients (one run: it is the longest test), ptp the same way; then the agent is restarted (SIGTERM, a new process) and its start-up reconcile over the 1,000 pinned endpoints is timed by the agent itself; `ready` is from exec to the first answer, Python start-up included."""),
+    "perpacket": ("Per-packet cost", """`BPF_PROG_TEST_RUN` nanoseconds per packet (the kernel's own average over 250 repetitions; a run is the median of 300 such calls) of the real programs: `l3`/`l2` are the `l3_fwd`/`l2_fwd` programs of endpoints an Engine built on a node (their maps hold real entries, their FIB lookups see the node's routes: the test runs execute in the node's namespace), `out-pod` is the uplink's `dp_uplink_in`, `policy.rN` is `policy_egress` against a compiled policy of N rules per direction (`v4-rule`/`v6-rule`: the packet matches a rule's prefix; `v4-norule`: it matches none). Each return value is checked first (7 = redirect for forwarding; the policy verdict against the reference evaluator), so a figure is the path its name says. The baseline is an empty `tc` program (`return -1`), measured interleaved with each figure. Forwarding rewrites the packet in place (TTL − 1), which is why one call repeats only 250 times from TTL 255."""),
+    "throughput": ("Throughput", """iperf3 (TCP, `-t 3 -O 1`: the first second, slow start, is left out; receiver's rate), one stream (`p1`) and four (`p4`). `veth`: one veth between two namespaces, the machine's limit for one hop. `routing`: the node routes between veths with no BPF, built by the ptp CNI plugin (what ptp gives). `tcx` / `tc`: nkframe's L3 datapath with every program (pod egress `l3_fwd`, uplink `dp_uplink_in`) attached through TCX or through tc cls_bpf. nkframe rows have the routing figure as baseline, and a `.vs-veth` twin against the one-hop limit. All topologies exist side by side and every round runs every case once, rotating the order. On this host the pods get veth pairs (no netkit in the kernel)."""),
+    "afxdp": ("AF_XDP", """A veth pair in copy mode (veth has no zero-copy), 64-byte UDP frames. The sender is `BPF_PROG_TEST_RUN` in live-frames mode with an `XDP_TX` program on the sending end (the method xdp-trafficgen uses; Debian's xdp-tools 1.3.1 does not load on this kernel). `afxdp.kernel`: an XDP program on the receiving end counts and drops, the kernel-only rate. `afxdp.rx.python`: the receiver's program redirects to an AF_XDP socket and a Python loop (`nkframe.xsk.XskSocket.recv`, 64 per batch) counts; `afxdp.rx.offered` is what the XDP program saw meanwhile (the sender slows down when the receiver's ring is full). `afxdp.tx.python`: a Python loop sends through an AF_XDP socket (`XskSocket.send`, 64 per batch) and the receiver's count-and-drop program counts arrivals."""),
+    "vm": ("netkit VM tier (informative only)", """Inside QEMU with Debian's 6.12 kernel (CONFIG_NETKIT=y) under TCG, i.e. a software-emulated CPU: nkframe with netkit pairs and netkit links beside nkframe with veth pairs and TCX, iperf3 one stream, `-t 2 -O 1`. Emulation distorts absolute speed, and unevenly (the more instructions a path runs, the more it loses), so only the ratio says something."""),
+}
+
+
+def _fig_row(f: Figure) -> str:
+    b = f.baseline
+    base = f"`{b.name}`" if b else ""
+    bval = f"{_fmt(b.value)}" + (f" ± {_fmt(b.stat.spread)}" if b and b.stat.n > 1 else "") if b else ""
+    ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
+    spread = f" ± {_fmt(f.stat.spread)}" if f.stat.n > 1 else ""
+    return f"| `{f.name}` | {_fmt(f.value)}{spread} {f.unit} | {f.stat.n} | {base} | {bval} | {ratio} |"
+
+
+def markdown(rec: Recorder, *, machine: dict, started: float, jsonl: Path, png: Path | None, docs: Path, quick: bool) -> str:
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, docs.parent)
+
+    L = ["# Benchmarks", ""]
+    if quick:
+        L += ["> **Quick run** (`--quick`): tiny sizes that only check the harness; these figures say nothing about nkframe.", ""]
+    L += [
+        f"Generated by `make bench` (`bench/run.py`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; "
+        f"it took {(time.time() - started) / 60:.1f} minutes. Raw figures: [`{jsonl.name}`]({rel(jsonl)})"
+        + (f", plot: [`{png.name}`]({rel(png)})" if png else "") + ". This file is written by the harness; edit `bench/nkbench/report.py` instead.",
+        "",
+        "Each figure is the **median** of `n` repeated runs, **± the spread** (max − min of those runs, same unit); "
+        "**ratio** = value / baseline value, both measured in the same run. Lower is better for time, latency and ns; higher for Gbit/s and Mpps.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    labels = [("cpu", "CPU"), ("cpus", "CPUs"), ("memory_mb", "memory (MB)"), ("virt", "virtualisation"), ("kernel", "kernel"),
+              ("distro", "distribution"), ("python", "Python"), ("libbpf", "libbpf"), ("libxdp", "libxdp"), ("iperf3", "iperf3"),
+              ("cni_plugins", "containernetworking-plugins"), ("commit", "nkframe commit"), ("load_start", "load average at start"),
+              ("load_end", "load average at end")]
+    for k, label in labels:
+        if machine.get(k) not in (None, ""):
+            L.append(f"| {label} | {machine[k]} |")
+    if png:
+        L += ["", f"![benchmark figures]({rel(png)})"]
+    L += ["", "## Goals", "", "| goal | verdict | figures |", "|---|---|---|"]
+    limits = []
+    for text, verdict, details, limit in goal_rows(rec):
+        L.append(f"| {text} | {verdict} | {details} |")
+        if limit:
+            limits.append((text, limit))
+    if limits:
+        L += ["", "### What limits the misses", ""]
+        for text, limit in limits:
+            L += [f"- **{text}.** {limit}"]
+    for key, (title, text) in SECTIONS.items():
+        figs = [f for f in rec.figures if f.section == key]
+        if not figs:
+            continue
+        L += ["", f"## {title}", "", text, "", "| figure | value | n | baseline | baseline value | ratio |", "|---|---|---|---|---|---|"]
+        L += [_fig_row(f) for f in figs if not _is_baseline_only(f, figs)]
+    if rec.notes:
+        L += ["", "## Skipped or limited", ""] + [f"- {n}" for n in rec.notes]
+    return "\n".join(L) + "\n"
+
+
+def _is_baseline_only(f: Figure, figs: list[Figure]) -> bool:
+    """Per-figure empty-program rows are shown as their figure's baseline, not on their own."""
+    return f.name.endswith(".empty") and f.name != "pkt.empty"
+
+
+# ------------------------------------------------------------------------------------------
+# plot
+
+
+def _err(f: Figure):
+    runs = f.stat.runs or (f.value,)
+    return [[f.value - min(runs)], [max(runs) - f.value]]
+
+
 def plot(rec: Recorder, png: Path) -> None:
-    pass
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def markdown(rec: Recorder, **kw) -> str:
-    return table(rec)
+    figs = {f.name: f for f in rec.figures}
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10.5))
+    fig.suptitle("nkframe benchmarks: each figure beside its baseline (median of runs, bars = min..max)", fontsize=12)
+
+    # (a) control plane latency
+    ax = axes[0][0]
+    keys = [k for k in ("add.p50", "add.p99", "del.p50", "del.p99") ]
+    modes = [""] + sorted({m.group(1) for n in figs if (m := re.match(r"ptp\.add\.(c\d+)\.p50$", n))})
+    groups = [(f"{k.split('.')[0]}{'.' + m if m else ''}.{k.split('.')[1]}") for m in modes for k in keys]
+    fronts = [("ptp", "ptp.{g}"), ("engine", "endpoint.{g}.engine"), ("agent", "endpoint.{g}.agent"), ("cni", "endpoint.{g}.cni")]
+    fronts = [(lbl, pat) for lbl, pat in fronts if any(pat.format(g=g) in figs for g in groups)]
+    width = 0.8 / max(1, len(fronts))
+    for i, (lbl, pat) in enumerate(fronts):
+        xs, ys, errs = [], [[], []], []
+        for j, g in enumerate(groups):
+            f = figs.get(pat.format(g=g))
+            if f:
+                xs.append(j + i * width)
+                e = _err(f)
+                errs.append(f.value)
+                ys[0].append(e[0][0])
+                ys[1].append(e[1][0])
+        ax.bar(xs, errs, width, yerr=ys, label=lbl, capsize=2)
+    ax.set_xticks([j + width * (len(fronts) - 1) / 2 for j in range(len(groups))], groups, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("ms per endpoint operation")
+    ax.set_title("control plane: add/remove latency (c16 = 16 in flight)")
+    ax.legend(fontsize=8)
+
+    # (b) per-packet ns
+    ax = axes[0][1]
+    pk = [f for f in rec.figures if f.name.startswith("pkt.") and f.baseline is not None]
+    ys = range(len(pk))
+    ax.barh([y + 0.2 for y in ys], [f.value for f in pk], 0.4, xerr=[[_err(f)[0][0] for f in pk], [_err(f)[1][0] for f in pk]], label="program", capsize=2)
+    ax.barh([y - 0.2 for y in ys], [f.baseline.value for f in pk], 0.4, label="empty program", color="lightgray")
+    ax.set_yticks(list(ys), [f.name[4:] for f in pk], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ns per packet (BPF_PROG_TEST_RUN)")
+    ax.set_title("per-packet cost vs an empty tc program")
+    ax.legend(fontsize=8)
+
+    # (c) throughput
+    ax = axes[1][0]
+    cases = sorted({(m.group(1), m.group(2)) for n in figs if (m := re.match(r"tput\.([a-z-]+)\.(p\d+)\.(routing|tcx|tc)$", n))},
+                   key=lambda c: (c[1], c[0]))
+    confs = [c for c in ("veth", "routing", "tcx", "tc") if c == "veth" or any(f"tput.{d}.{s}.{c}" in figs for d, s in cases)]
+    width = 0.8 / max(1, len(confs))
+    for i, c in enumerate(confs):
+        xs, vals, lo, hi = [], [], [], []
+        for j, (d, s) in enumerate(cases):
+            f = figs.get(f"tput.veth.{s}" if c == "veth" else f"tput.{d}.{s}.{c}")
+            if f:
+                xs.append(j + i * width)
+                vals.append(f.value)
+                e = _err(f)
+                lo.append(e[0][0])
+                hi.append(e[1][0])
+        ax.bar(xs, vals, width, yerr=[lo, hi], label=c, capsize=2)
+    ax.set_xticks([j + width * (len(confs) - 1) / 2 for j in range(len(cases))], [f"{d} {s}" for d, s in cases], rotation=20, fontsize=8)
+    ax.set_ylabel("Gbit/s (iperf3, receiver)")
+    ax.set_title("throughput (veth = one hop, the machine's limit)")
+    ax.legend(fontsize=8)
+
+    # (d) AF_XDP and the VM tier
+    ax = axes[1][1]
+    other = [f for f in rec.figures if f.name.startswith(("afxdp.", "vm.")) or re.match(r"(endpoint|ptp)\.n\d+\.", f.name)]
+    if other:
+        ys = range(len(other))
+        ax.barh(list(ys), [f.value for f in other], xerr=[[_err(f)[0][0] for f in other], [_err(f)[1][0] for f in other]], capsize=2,
+                color=["tab:green" if f.name.startswith("afxdp") else "tab:purple" if f.name.startswith("vm") else "tab:orange" for f in other])
+        ax.set_yticks(list(ys), [f"{f.name} ({f.unit})" for f in other], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        for y, f in zip(ys, other):
+            ax.text(f.value, y, f"  {_fmt(f.value)}" + (f"  ×{f.ratio:.2f}" if f.ratio is not None else ""), va="center", fontsize=7)
+    ax.set_title("AF_XDP (Mpps), 1,000 endpoints (s), netkit VM (Gbit/s, informative)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

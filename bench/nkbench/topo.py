@@ -144,7 +144,9 @@ def ptp_config(data_dir: str, subnet: str = "10.77.0.0/16") -> dict:
         "cniVersion": "1.0.0",
         "name": "benchnet",
         "type": "ptp",
-        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
+        # A default route, as every real ptp configuration has: without it the pod reaches only
+        # its own subnet.
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir, "routes": [{"dst": "0.0.0.0/0"}]},
     }
 
 
