@@ -219,6 +219,8 @@ def error_doc(exc: BaseException) -> dict:
     doc: dict[str, Any] = {"type": type(exc).__name__ if type(exc).__name__ in ERROR_TYPES else _known_base(exc), "code": code_for(exc), "message": str(exc)}
     if isinstance(exc, OSError) and exc.errno:
         doc["errno"] = exc.errno
+    if isinstance(exc, errors.KernelError):
+        doc["what"] = exc.what  # the message without the errno text, to rebuild it exactly
     if isinstance(exc, errors.NotSupported):
         doc["feature"], doc["reason"] = exc.feature, exc.reason
     if isinstance(exc, errors.NetnsNotFound):
@@ -249,13 +251,12 @@ def error_from_doc(doc: dict) -> BaseException:
     if cls is errors.NetnsNotFound:
         return errors.NetnsNotFound(doc.get("netns", "?"))
     if cls is errors.VerifierError:
-        e = errors.VerifierError(doc.get("errno", 22), msg, doc.get("log", ""))
-        return e
+        return errors.VerifierError(doc.get("errno", 22), doc.get("what", msg), doc.get("log", ""))
     if issubclass(cls, errors.KernelError):
-        e = errors.KernelError(doc.get("errno", 5), msg)
-        # KernelError appends the errno text; the message already has it.
-        e.strerror = msg
-        e.args = (e.errno, msg)
+        if "what" in doc:
+            return cls(doc.get("errno", 5), doc["what"])
+        e = cls(doc.get("errno", 5), msg)
+        e.strerror = msg  # no "what": keep the message as sent, without a second errno text
         return e
     return cls(msg)
 
