@@ -66,3 +66,24 @@ def agent_status(ctx, socket_path, as_json) -> None:
         f"{info['endpoints']} endpoint(s), up {info['uptime']:.0f} s, "
         f"start-up reconcile {1000 * info['startup'].get('reconcile_seconds', 0):.1f} ms"
     )
+
+
+@agent.command("upgrade")
+@click.argument("endpoint_ids", nargs=-1)
+@click.option("--socket", "socket_path", default=None, help="The agent's socket.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def agent_upgrade(ctx, endpoint_ids, socket_path, as_json) -> None:
+    """Ask the agent to reload every endpoint's (or ENDPOINT_IDS') programs from its plugins and
+    replace them in place, without a gap; maps carry over."""
+    from nkframe.agent import protocol
+    from nkframe.agent.client import AgentClient
+
+    o = ctx.obj
+    with AgentClient(socket_path or o.get("agent_socket"), node_netns=o["node_netns"], bpffs_root=o["bpffs_root"]) as c:
+        eps = c.upgrade(list(endpoint_ids) or None)
+    if as_json:
+        click.echo(json.dumps([protocol.endpoint_to_dict(e) for e in eps], indent=2))
+        return
+    for e in eps:
+        click.echo(f"endpoint {e.id}: " + ", ".join(f"{p.name}#{p.prog_id}" for p in e.programs))

@@ -259,6 +259,13 @@ def test_cli_goes_through_the_agent_and_can_bypass_it(agent, node, bpffs_root):
     assert r.exit_code == 2 and "serves node namespace" in r.output
     r = _cli(agent.socket_path, node, bpffs_root, "agent", "status", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["endpoints"] == 1
+    before = {p["name"]: p["prog_id"] for p in doc["programs"]}
+    r = _cli(agent.socket_path, node, bpffs_root, "agent", "upgrade", "cli-a", "--json")
+    assert r.exit_code == 0, r.output
+    after = {p["name"]: p["prog_id"] for p in json.loads(r.output)[0]["programs"]}
+    assert after.keys() == before.keys() and not set(after.values()) & set(before.values())
+    r = _cli(agent.socket_path, node, bpffs_root, "agent", "upgrade", "nope")
+    assert r.exit_code == 5
     r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "del", "cli-a")
     assert r.exit_code == 0, r.output
 
