@@ -21,7 +21,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 
 from nkbench import report  # noqa: E402
-from nkbench.core import KEYS, Figure, Recorder, Stat, percentile  # noqa: E402
+from nkbench.core import KEYS, Recorder, Stat, percentile  # noqa: E402
 
 IN_VM = os.environ.get("NKFRAME_VM") == "1"
 
