@@ -48,7 +48,11 @@ def pod_b_policy() -> dict:
         "ingress": [
             {"action": "allow", "cidr": f"{a4}/32", "proto": "tcp", "ports": 8080},
             {"action": "allow", "cidr": f"{a6}/128", "proto": "tcp", "ports": 8080},
-            {"action": "allow", "cidr": "192.0.2.0/24"},  # replies from the outside
+            # The policy is stateless: replies to pod-b's own connections come back as ingress
+            # to its ephemeral ports, so they are allowed explicitly (pod-c still can't reach 8080).
+            {"action": "allow", "cidr": POD_NET_V4, "proto": "tcp", "ports": "32768-60999"},
+            {"action": "allow", "cidr": POD_NET_V6, "proto": "tcp", "ports": "32768-60999"},
+            {"action": "allow", "cidr": "192.0.2.0/24"},  # the outside (replies included)
             {"action": "allow", "cidr": "2001:db8:ff::/64"},
         ],
     }
@@ -139,24 +143,19 @@ class Demo:
         return "delivered" if ok else "dropped"
 
     def counters(self) -> dict:
-        from nkframe_policy import PolicyMaps
+        """Policy counters of pod-b that moved: drops by reason, packets per rule."""
+        from nkframe_policy import plugin as policy_plugin
 
-        out = {}
-        try:
-            with PolicyMaps(self.engine.layout.globals_dir() / "maps") as pm:
-                out["pod-b"] = pm.counters_doc(self.engine_endpoint_id("pod-b"))
-        except Exception as e:  # noqa: BLE001 - counters are reporting, not the verdict
-            out["error"] = str(e)
-        return out
-
-    def engine_endpoint_id(self, name: str) -> int:
-        from nkframe_policy.plugin import endpoint_number
-
-        return endpoint_number(self.engine, name)
+        c = policy_plugin.counters(str(self.engine.layout.root), "pod-b")
+        drops = {reason: cnt.packets for reason, cnt in c.drops.items() if cnt.packets}
+        rules = {f"{r.direction.value}[{r.index}]": r.packets for r in c.rules if r.packets}
+        return {"pod-b": {"drops": drops, "rules": rules}}
 
     # -- tear down
     def cleanup(self) -> None:
         if self.engine is not None:
+            from nkframe_policy import plugin as policy_plugin
+
             for ep in list(self.engine.layout.endpoint_ids()):
                 try:
                     self.engine.remove_endpoint(ep)
@@ -166,6 +165,7 @@ class Demo:
                 self.engine.teardown_uplink()
             except Exception as e:  # noqa: BLE001
                 self.log(f"cleanup uplink: {e}")
+            policy_plugin.forget(str(self.engine.layout.root))
         for ns in (*self.pod_ns.values(), self.out_ns, self.node_ns):
             netns.delete(ns)
         if self.bpffs:
@@ -189,11 +189,10 @@ def run(*, keep: bool = False, attach: str = "auto", as_json: bool = False) -> i
     t0 = time.monotonic()
     try:
         demo.build()
-        eps = {e.id: e for e in demo.engine.endpoints()}
-        a = eps["pod-a"]
-        doc["device_kind"] = str(a.device_kind)
-        doc["attach"] = {h: str(m) for h, m in a.mechanism.items()}
-        built = demo.engine.get_endpoint("pod-a")
+        eps = demo.engine.endpoints()
+        kinds = sorted({str(e.device_kind) for e in eps})
+        doc["device_kind"] = kinds[0] if len(kinds) == 1 else kinds
+        doc["attach"] = {e.id: {h: str(m) for h, m in sorted(e.mechanism.items())} for e in eps}
         doc["why"] = _why(demo)
         results = []
         for c in checks():
@@ -203,7 +202,6 @@ def run(*, keep: bool = False, attach: str = "auto", as_json: bool = False) -> i
         doc["passed"] = all(r["expected"] == r["observed"] for r in results)
         doc["counters"] = demo.counters()
         doc["seconds"] = round(time.monotonic() - t0, 1)
-        del built
     finally:
         if keep:
             doc["kept"] = {"node": demo.node_ns, "outside": demo.out_ns, "pods": demo.pod_ns, "bpffs": demo.bpffs}
@@ -232,7 +230,9 @@ def _why(demo: Demo) -> str:
 def _print(console, doc: dict) -> None:
     from rich.table import Table
 
-    console.print(f"[bold]device[/]: {doc.get('device_kind')}   [bold]attach[/]: {doc.get('attach')}")
+    console.print(f"[bold]device[/]: {doc.get('device_kind')}")
+    for ep, hooks in (doc.get("attach") or {}).items():
+        console.print(f"  {ep}: " + ", ".join(f"{h} via {m}" for h, m in hooks.items()))
     console.print(f"[bold]why[/]: {doc.get('why')}")
     t = Table(title="connectivity: expected vs observed")
     for col in ("src", "dst", "proto", "port", "expected", "observed", ""):
