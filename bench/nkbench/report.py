@@ -289,6 +289,11 @@ def _err(f: Figure):
     return [[f.value - min(runs)], [max(runs) - f.value]]
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
 def plot(rec: Recorder, png: Path) -> None:
     import matplotlib
 
@@ -321,7 +326,7 @@ def plot(rec: Recorder, png: Path) -> None:
     ax.set_xticks([j + width * (len(fronts) - 1) / 2 for j in range(len(groups))], groups, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("ms per endpoint operation")
     ax.set_title("control plane: add/remove latency (c16 = 16 in flight)")
-    ax.legend(fontsize=8)
+    _legend(ax)
 
     # (b) per-packet ns
     ax = axes[0][1]
@@ -333,7 +338,7 @@ def plot(rec: Recorder, png: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ns per packet (BPF_PROG_TEST_RUN)")
     ax.set_title("per-packet cost vs an empty tc program")
-    ax.legend(fontsize=8)
+    _legend(ax)
 
     # (c) throughput
     ax = axes[1][0]
@@ -355,7 +360,7 @@ def plot(rec: Recorder, png: Path) -> None:
     ax.set_xticks([j + width * (len(confs) - 1) / 2 for j in range(len(cases))], [f"{d} {s}" for d, s in cases], rotation=20, fontsize=8)
     ax.set_ylabel("Gbit/s (iperf3, receiver)")
     ax.set_title("throughput (veth = one hop, the machine's limit)")
-    ax.legend(fontsize=8)
+    _legend(ax)
 
     # (d) AF_XDP and the VM tier
     ax = axes[1][1]
