@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Where an endpoint add spends its time (root): ``bench/profile.py [--adds N] [--top K]``.
+"""Where the time goes, for the goals docs/benchmarks.md reports as missed (root).
+
+``bench/profile.py [--adds N] [--top K]``: an endpoint add.
 
 Builds a node in namespaces the way the control-plane benchmark does, then adds and removes N
 endpoints through the Engine under py-spy (``pip install py-spy``) and prints the frames with
@@ -7,6 +9,10 @@ the largest inclusive share of ``Engine.add_endpoint`` / ``remove_endpoint``, pl
 pyroute2 netlink sockets and requests one add makes.  Counting wraps pyroute2's constructor and
 request sender and changes nothing else.  The figures in docs/benchmarks.md's "what limits the
 misses" come from this tool.
+
+``bench/profile.py --policy N``: the policy program with N rules per direction, run with
+BPF_PROG_TEST_RUN in a loop under ``perf record`` (software clock; this machine has no hardware
+counters); prints which kernel functions the test-run samples end in.
 """
 
 from __future__ import annotations
@@ -98,6 +104,75 @@ def buckets(raw: str, within: str) -> list[tuple[float, str]]:
     return [(100.0 * v / max(total, 1), k) for k, v in got.most_common()]
 
 
+def policy_child(rules: int, seconds: float) -> int:
+    import random
+
+    from nkframe import pins
+    from nkframe_policy.maps import PolicyMaps
+    from nkframe_policy.strategies import bench_policy
+
+    from nkbench.perpacket import packet
+
+    d = tempfile.mkdtemp(prefix="nkbench-bpffs-")
+    pins.mount_bpffs(d)
+    try:
+        with PolicyMaps(os.path.join(d, "p")) as pm:
+            pol = bench_policy(rules, seed=7)
+            pm.apply("prof", pol)
+            egress, ingress = pm.load_programs("prof")
+            r4 = random.Random(rules).choice([r for r in pol.egress if r.version == 4])
+            data = packet("10.1.1.1", str(r4.cidr.network_address))
+            ns = min(egress.test_run(data, repeat=100_000).duration_ns for _ in range(5))
+            print(f"policy_egress, {rules} rules per direction, {len(pol.egress)} egress: {ns} ns per run", flush=True)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                egress.test_run(data, repeat=1_000_000)
+            egress.close()
+            ingress.close()
+            pm.remove("prof")
+    finally:
+        pins.umount(d)
+        os.rmdir(d)
+    return 0
+
+
+def perf_leaves(data: str, within: str = "bpf_test_run") -> list[tuple[float, str]]:
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym"], capture_output=True, text=True).stdout
+    stacks, cur = [], None
+    for line in out.splitlines():
+        if not line.strip():
+            if cur:
+                stacks.append(cur)
+            cur = None
+            continue
+        if cur is None:
+            cur = []
+        parts = line.split(None, 1)
+        cur.append(parts[1].strip() if len(parts) > 1 else "?")
+    if cur:
+        stacks.append(cur)
+    inside = [s for s in stacks if any(f.startswith(within) for f in s)]
+    leaves = collections.Counter(re.sub(r"^bpf_prog_[0-9a-f]+_", "bpf_prog_", s[0]) for s in inside)
+    return [(100.0 * v / max(len(inside), 1), k) for k, v in leaves.most_common(8)]
+
+
+def profile_policy(rules: int) -> int:
+    if not shutil.which("perf"):
+        print("no perf (apt-get install linux-perf)", file=sys.stderr)
+        return 1
+    tmp = tempfile.mkdtemp(prefix="nkbench-profile-")
+    try:
+        data = os.path.join(tmp, "perf.data")
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "5000", "-g", "-o", data, "--",
+                        sys.executable, __file__, "--policy-child", str(rules)], check=True)
+        print("test-run samples by the function they end in:")
+        for share, sym in perf_leaves(data):
+            print(f"  {share:5.1f}%  {sym}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def micro(n: int = 200) -> dict[str, float]:
     """ms per netlink operation: a pyroute2 session, a pyroute2 ``link get``, and the same
     RTM_GETLINK on a raw netlink socket (socket created and closed each time)."""
@@ -150,13 +225,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adds", type=int, default=40)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--policy", type=int, default=None, metavar="N", help="profile the policy program with N rules instead")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--policy-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.adds, args.child)
+    if args.policy_child:
+        return policy_child(args.policy_child, 4.0)
     if os.geteuid() != 0:
         print("profile needs root", file=sys.stderr)
         return 2
+    if args.policy:
+        return profile_policy(args.policy)
     tmp = tempfile.mkdtemp(prefix="nkbench-profile-")
     try:
         out, raw = os.path.join(tmp, "counts.json"), os.path.join(tmp, "stacks.txt")

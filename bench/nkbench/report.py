@@ -169,10 +169,14 @@ LIMITS = {
         "Engine lock, so 16 concurrent clients overlap only their own share."
     ),
     "policy": (
-        "A packet that matches a rule pays for the LPM trie walk (the kernel's trie is walked "
-        "node by node, one cache miss per level; 10,000 prefixes make a deeper trie than 10) "
-        "plus the rule-set lookup and the per-CPU counter update. A packet that matches no "
-        "prefix stays near the 10-rule cost."
+        "Profiled with perf (`bench/profile.py --policy 10000`, software clock): 74% of the "
+        "test-run samples end in the kernel's `trie_lookup_elem` (54% with 10 rules), 12% in the "
+        "program itself. The policy keeps one LPM trie for every endpoint, generation, direction "
+        "and family, keyed by 96 fixed bits plus the address, so a lookup walks a deep trie with "
+        "long keys, one dependent load per level; a packet that matches no prefix stops early and "
+        "stays near the 10-rule cost. Shallower lookups would need a different layout (the policy "
+        "plugin's): e.g. one trie per endpoint, direction and family in a map-in-map with "
+        "address-only keys, or an exact-match hash for /32 and /128 rules in front of the trie."
     ),
 }
 
