@@ -48,7 +48,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: some features on purpose and the tests say what they need.
 GUEST_MODULES = ("veth", "sch_ingress", "cls_bpf", "act_bpf", "dummy", "tun")
 
+#: One boot's time limit (NKFRAME_VM_TIMEOUT overrides it for the test tiers).
 DEFAULT_TIMEOUT = 900.0
+#: What a boot, the module loads and the fast-path image mount may take before pytest starts.
+BOOT_ALLOWANCE = 150.0
 
 
 class VmError(NkframeError):
@@ -325,6 +328,7 @@ def _download_and_unpack(package: str, release: str, target: Path, log: Log) -> 
 
 STATUS_FILE = "exit-status"
 CONSOLE_LOG = "console.log"
+DMESG_FILE = "dmesg.txt"
 GUEST_SCRIPT = "guest-run.sh"
 BEGIN_MARK = "nkframe-vm: begin"
 END_MARK = "nkframe-vm: end"
@@ -518,6 +522,8 @@ def guest_script(
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
     mods = " ".join(shlex.quote(m) for m in modules)
     status = shlex.quote(str(status_path))
+    dmesg = f"dmesg > {shlex.quote(str(status_path.with_name(DMESG_FILE)))} 2>/dev/null\n" \
+        if prepare else ""
     fast = ""
     if fast_mounts:
         binds = "\n".join(
@@ -537,6 +543,9 @@ else
 fi
 """
     setup = f"""echo "nkframe-vm: guest kernel $(uname -r)"
+# Kernel chatter (link up, ...) would interleave with the command's output on the one console:
+# only errors and worse go there now; the whole log is saved next to the status file.
+dmesg -n 4 2>/dev/null
 # The guest's root is the host's, seen read-only with tmpfs overlays: bpffs and /run/netns are
 # the guest's own.  ip-netns wants /run/netns writable; tests mount private bpffs too.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf \\
@@ -557,7 +566,7 @@ echo "{BEGIN_MARK} (guest uptime $(cut -d' ' -f1 /proc/uptime) s)"
 {cmd}
 )
 rc=$?
-echo "{END_MARK} rc=$rc (guest uptime $(cut -d' ' -f1 /proc/uptime) s)"
+{dmesg}echo "{END_MARK} rc=$rc (guest uptime $(cut -d' ' -f1 /proc/uptime) s)"
 echo "$rc" > {status}.tmp && mv {status}.tmp {status}
 sync
 """
@@ -830,8 +839,8 @@ def tier_result(name: str, junit: Path, exit_code: int | None, what: str,
         problem = what
     elif exit_code == 5 or counts.total == 0:
         problem = "no tests were collected"
-    elif exit_code != 0 and counts.bad == 0:
-        problem = f"pytest exited {exit_code} without a failing test: {what}"
+    elif exit_code not in (0, 1) or (exit_code == 1 and counts.bad == 0):
+        problem = f"pytest exited {exit_code}: {what}"
     if problem is not None and counts.bad == 0:
         counts = counts + TestCounts(failed=1)
     return TierResult(name, counts, problem, wall_time)
@@ -845,6 +854,11 @@ PLUGIN_DIR = REPO_ROOT / "tests" / "vm"
 PLUGIN = "pytest_nkframe_vm"
 
 
+def names_paths(pytest_args: Sequence[str], cwd: Path = REPO_ROOT) -> bool:
+    """Whether ``pytest_args`` name test paths (then they, not the default suite, are run)."""
+    return any(not a.startswith("-") and (cwd / a.split("::")[0]).exists() for a in pytest_args)
+
+
 def pytest_command(
     venv: Path,
     junit: Path,
@@ -856,14 +870,14 @@ def pytest_command(
     """The guest's pytest argv: the root tier, our VM plugin, results to ``junit``.
 
     The suite's own paths are used unless ``pytest_args`` names paths of its own; later options
-    win in pytest, so ``-m`` in ``pytest_args`` overrides the marker.
+    win in pytest, so ``-m`` in ``pytest_args`` overrides the marker.  ``tests/unit`` holds no
+    root tests by the tiers' rule, and collecting it (hypothesis strategies, every module
+    imported) took over a minute under TCG, so the default leaves it out.
     """
     argv = [str(venv / "bin" / "python"), "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider",
-            "-m", marker, f"--junitxml={junit}"]
-    names_paths = any(not a.startswith("-") and (cwd / a.split("::")[0]).exists()
-                      for a in pytest_args)
-    if not names_paths:
-        argv.append("tests")
+            "-m", marker, f"--junitxml={junit}", "--durations=15"]
+    if not names_paths(pytest_args, cwd):
+        argv += ["tests", "--ignore=tests/unit"]
     return argv + list(pytest_args)
 
 
@@ -891,8 +905,11 @@ def run_pytest(
     """Boot the kernel ``version`` once and run the root tests (``pytest -m root``) in it.
 
     On 6.12 ``NKFRAME_REQUIRE_NETKIT=1`` is set: our pytest plugin turns a skipped ``netkit``
-    test into a failure there.  JUnit XML and the console log go to ``results``
-    (``results/vm-<series>/`` by default).
+    test into a failure there.  Unless ``pytest_args`` name paths, only the kernel-dependent
+    tests run (``NKFRAME_VM_SELECT=kernel``; set it to ``all`` in the environment for the whole
+    root suite).  pytest gets the boot's time budget less :data:`BOOT_ALLOWANCE` and is then
+    interrupted (SIGINT), so a run that is too slow still leaves JUnit XML for the tests it
+    finished.  JUnit XML and the console log go to ``results`` (``results/vm-<series>/``).
     """
     t0 = time.monotonic()
     try:
@@ -913,22 +930,32 @@ def run_pytest(
         "NKFRAME_VM_SERIES": series.name,
         "NKFRAME_VM_RELEASE": kernel.release,
         "NKFRAME_REQUIRE_NETKIT": "1" if series.name == "6.12" else "0",
+        "NKFRAME_VM_SELECT": ("all" if names_paths(pytest_args)
+                              else os.environ.get("NKFRAME_VM_SELECT", "kernel")),
         "PYTHONPATH": str(PLUGIN_DIR),
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "TERM": "dumb",
     }
-    cmd = probe_command(venv) + "\n" + shlex.join(pytest_command(venv, junit, pytest_args))
-    log(f"nkframe-vm: booting {kernel.release} for the {name} tier")
+    timeout = timeout or float(os.environ.get("NKFRAME_VM_TIMEOUT", DEFAULT_TIMEOUT))
+    budget = max(60, int(timeout - BOOT_ALLOWANCE))
+    # coreutils timeout: SIGINT makes pytest stop and still write its report; exit 124 then.
+    cmd = (probe_command(venv) + "\n" + f"timeout -s INT -k 60 {budget} "
+           + shlex.join(pytest_command(venv, junit, pytest_args)))
+    log(f"nkframe-vm: booting {kernel.release} for the {name} tier "
+        f"(time limit {timeout:.0f} s, pytest {budget} s)")
     try:
-        res = run(kernel, cmd, rwdir=results, env=env, echo=echo, log=log,
-                  timeout=timeout or float(os.environ.get("NKFRAME_VM_TIMEOUT", DEFAULT_TIMEOUT)))
+        res = run(kernel, cmd, rwdir=results, env=env, echo=echo, log=log, timeout=timeout)
     except VmError as e:
         return TierResult(name, TestCounts(failed=1), str(e), time.monotonic() - t0)
     log(f"nkframe-vm: {name} boot+tests took {res.wall_time:.0f} s ({res.describe()})")
+    what = res.describe()
+    if res.exit_code == 124:
+        what = (f"pytest used up its {budget} s in the guest and was interrupted: the results "
+                f"are partial (raise NKFRAME_VM_TIMEOUT, now {timeout:.0f} s)")
     if res.exit_code is None:
         _show_tail(res.console_log, log)
-    return tier_result(name, junit, res.exit_code, res.describe(), time.monotonic() - t0)
+    return tier_result(name, junit, res.exit_code, what, time.monotonic() - t0)
 
 
 def _show_tail(path: Path, log: Log, n: int = 25) -> None:

@@ -192,11 +192,12 @@ def test_pytest_command_defaults_and_paths(tmp_path):
     assert argv[:3] == ["/repo/.venv/bin/python", "-m", "pytest"]
     assert argv[argv.index("-m", 3) + 1] == "root"
     assert "--junitxml=/res/junit.xml" in argv
-    assert argv[-3:] == ["tests", "-k", "smoke"]
+    assert argv[-4:] == ["tests", "--ignore=tests/unit", "-k", "smoke"]
     assert "-p" in argv and vm.PLUGIN in argv
     (tmp_path / "t.py").write_text("")
     argv = vm.pytest_command(venv, Path("/res/junit.xml"), ["t.py::test_x"], cwd=tmp_path)
     assert "tests" not in argv and argv[-1] == "t.py::test_x"
+    assert "--ignore=tests/unit" not in argv
 
 
 def test_probe_command_tolerates_missing_probe(tmp_path):
@@ -319,3 +320,25 @@ def test_plugin_turns_netkit_skips_into_failures(tmp_path, required):
     else:
         assert r.returncode == 0, r.stdout
         assert c == TestCounts(passed=1, skipped=4), r.stdout
+
+
+def test_kernel_selection_prefixes():
+    sys_path_plugin = str(vm.PLUGIN_DIR)
+    import sys
+    sys.path.insert(0, sys_path_plugin)
+    try:
+        import pytest_nkframe_vm as plugin
+    finally:
+        sys.path.remove(sys_path_plugin)
+    prefixes = ["tests/vm/", "tests/host/test_probe.py", "tests/host/test_l3.py::test_ttl"]
+    sel = plugin.selected
+    assert sel("tests/vm/test_guest_smoke.py::test_x", False, prefixes)
+    assert sel("tests/host/test_probe.py::test_a[b]", False, prefixes)
+    assert not sel("tests/host/test_probe_more.py::test_a", False, prefixes)
+    assert sel("tests/host/test_l3.py::test_ttl[v4]", False, prefixes)
+    assert not sel("tests/host/test_l3.py::test_ttl_other", False, prefixes)
+    assert not sel("tests/host/test_soak.py::test_soak", False, prefixes)
+    assert sel("tests/host/test_soak.py::test_soak", True, prefixes)  # netkit always runs
+    # The shipped list names files that exist (a renamed test file must not drop silently).
+    for p in plugin.load_selection():
+        assert (vm.REPO_ROOT / p.split("::")[0]).exists(), p

@@ -4,13 +4,46 @@ In the vm-netkit tier the kernel has netkit by construction, so a ``netkit`` tes
 a broken test or a broken probe, not a kernel without the feature: with
 ``NKFRAME_REQUIRE_NETKIT=1`` such a skip is reported as a failure, with the skip's reason.
 Expected failures (``xfail``) are left alone: pytest reports those as skips too.
+
+With ``NKFRAME_VM_SELECT=kernel`` (what ``nkframe.vm`` sets unless told otherwise) only the
+kernel-dependent tests run: every ``netkit`` test, and those listed in ``kernel-tests.txt``
+beside this file.  The rest are deselected (pytest reports the number).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+SELECTION_FILE = Path(__file__).with_name("kernel-tests.txt")
+
+
+def load_selection(path: Path = SELECTION_FILE) -> list[str]:
+    """Node id prefixes from the selection file (comments and blank lines ignored)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def selected(nodeid: str, is_netkit: bool, prefixes: list[str]) -> bool:
+    """Whether a test belongs to the VM tiers' kernel-dependent selection.
+
+    A prefix is a directory (``tests/vm/``), a file (``tests/host/test_probe.py``) or a test
+    (``file::test``, which covers its parametrized cases too).
+    """
+    if is_netkit:
+        return True
+    for p in prefixes:
+        if p.endswith(".py"):
+            if nodeid.startswith(p + "::"):
+                return True
+        elif "::" in p:
+            if nodeid == p or nodeid.startswith((p + "::", p + "[")):
+                return True
+        elif nodeid.startswith(p.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def _required() -> bool:
@@ -20,8 +53,11 @@ def _required() -> bool:
 def pytest_report_header(config):
     if os.environ.get("NKFRAME_VM") == "1":
         rule = "netkit tests must run" if _required() else "netkit tests may skip"
+        scope = ("kernel-dependent tests only (netkit-marked + tests/vm/kernel-tests.txt; "
+                 "NKFRAME_VM_SELECT=all for everything)"
+                 if os.environ.get("NKFRAME_VM_SELECT") == "kernel" else "all selected tests")
         return (f"nkframe VM tier: kernel {os.uname().release} "
-                f"(series {os.environ.get('NKFRAME_VM_SERIES', '?')}); {rule}")
+                f"(series {os.environ.get('NKFRAME_VM_SERIES', '?')}); {rule}; {scope}")
     return None
 
 
@@ -47,6 +83,15 @@ _RAN = pytest.StashKey[dict]()
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("NKFRAME_VM_SELECT") == "kernel":
+        prefixes = load_selection()
+        keep, drop = [], []
+        for item in items:
+            (keep if selected(item.nodeid, bool(item.get_closest_marker("netkit")), prefixes)
+             else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
     config.stash[_RAN] = {"netkit": sum(1 for i in items if i.get_closest_marker("netkit"))}
 
 
