@@ -344,3 +344,38 @@ def test_32_concurrent_adds_and_removes(count_obj, agent, node, bpffs_root, make
     assert sorted(l.name for l in links.list_links(netns=node.netns)) == node_links
     assert os.listdir(f"{bpffs_root}/endpoints") == []
     assert kobjects.settle(before, object_name=count_obj) == {}
+
+
+def test_nkframe_agent_run_serves_until_sigterm(node, bpffs_root, sockdir):
+    """The real command: `nkframe agent run` (plugins from entry points only), a CLI client,
+    SIGTERM -> exit 0 with the socket removed."""
+    import signal
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "nkframe")
+    sock = str(sockdir / "cli.sock")
+    base = [exe, "--netns", node.netns, "--bpffs-root", bpffs_root, "--agent-socket", sock]
+    proc = subprocess.Popen([*base, "agent", "run", "-v"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.05)
+        pod = node.pod()
+        r = subprocess.run([*base, "endpoint", "add", "run-a", "--pod-netns", pod, "--json"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([*base, "endpoint", "ls", "--json"], capture_output=True, text=True, timeout=60)
+        assert [e["id"] for e in json.loads(r.stdout)] == ["run-a"]
+        r = subprocess.run([*base, "endpoint", "del", "run-a"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log = proc.stderr.read()
+        assert "endpoint.add" in log and "endpoint.del" in log, log
+        assert not os.path.exists(sock)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
