@@ -10,9 +10,13 @@ import struct
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
+from click.testing import CliRunner
 
 from nkframe import attach, bpf, hookimpl, netns, objects, probe, status
+from nkframe.cli import cli
 from nkframe.engine import Engine
 from nkframe.netlink import links
 from nkframe.testing import udp_probe
@@ -65,11 +69,12 @@ def built(node, bpffs_root):
 
 
 def _cli(node, bpffs_root, *args, check=True):
-    env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
-    return subprocess.run(
-        [sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "--bpffs-root", bpffs_root, *args],
-        capture_output=True, text=True, env=env, timeout=60, check=check,
-    )
+    """The CLI in-process (a fresh interpreter costs many seconds per start in the VM tiers)."""
+    r = CliRunner().invoke(cli, ["--netns", node.netns, "--bpffs-root", bpffs_root, *args],
+                           env={"NKFRAME_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    if check and r.exit_code != 0:
+        raise AssertionError(f"nkframe {' '.join(args)} exited {r.exit_code}: {r.stderr} {r.exception!r}")
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 def test_status_shows_chain_device_and_counters(node, bpffs_root, built):
@@ -117,7 +122,10 @@ def test_status_json_and_plain_output_from_the_cli(node, bpffs_root, built):
     r = _cli(node, bpffs_root, "status", "no-such-pod", check=False)
     assert r.returncode == 5 and "no-such-pod" in r.stderr
     # Piped output is plain text: section headers, aligned columns, no box drawing or colour.
-    out = _cli(node, bpffs_root, "status").stdout
+    # A real process with a real pipe for this one.
+    env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
+    out = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "--bpffs-root", bpffs_root, "status"],
+                         capture_output=True, text=True, env=env, timeout=120, check=True).stdout
     assert "# endpoints" in out and "# programs" in out and "# interface counters" in out
     assert "pod-s" in out and "count_out" in out and "counts[0]" in out
     assert not any(ch in out for ch in "│┃━─\x1b")
