@@ -239,7 +239,9 @@ def configure(ctx: EndpointContext, *, l2: bool) -> None:
         if not noarp and not l2:
             # veth in L3 mode: the pod never asks for the gateway's MAC.
             links.add_neighbour(dev.pod_ifname, str(gw), node_mac, netns=pod_ns)
-        links.add_route(dst, via=str(gw), dev=dev.pod_ifname, onlink=gw.version == 4, netns=pod_ns, replace=True)
+        # A link-local IPv6 gateway is on-link by definition; anything else needs the flag.
+        onlink = not (gw.version == 6 and gw.is_link_local)
+        links.add_route(dst, via=str(gw), dev=dev.pod_ifname, onlink=onlink, netns=pod_ns, replace=True)
 
     # Node: a host route per pod address through the node-side device, and (ARP-capable
     # devices) a permanent neighbour, so the node never has to ask the pod either.

@@ -31,8 +31,8 @@ def _engine(node, root):
     return Engine(node.netns, root, plugin_objects=[nkframe_l3, nkframe_l2], autoload=False, uplink=node.uplink)
 
 
-def _spec(pod, id="pod-a", v4=A4, v6=A6, **kw):
-    return EndpointSpec(id=id, netns=pod, mode="l2", addresses=[f"{v4}/32", f"{v6}/128"], **kw)
+def _spec(pod, id="pod-a", v4=A4, v6=A6, mode="l2", **kw):
+    return EndpointSpec(id=id, netns=pod, mode=mode, addresses=[f"{v4}/32", f"{v6}/128"], **kw)
 
 
 def _stat(root, eid, name):
@@ -114,18 +114,22 @@ def test_only_the_gateway_is_answered(node, bpffs_root):
     eng.remove_endpoint("pod-a")
 
 
-def test_custom_gateways(node, bpffs_root):
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+@pytest.mark.parametrize("gw6", ["fe80::beef", "fd00:ffff::1"], ids=["link-local", "global"])
+def test_custom_gateways(node, bpffs_root, mode, gw6):
+    """Other gateway addresses, in both datapaths; a global IPv6 gateway is routed on-link."""
     eng = _engine(node, bpffs_root)
     pod = node.pod()
     links.add_address("lo", "10.231.0.1/32", netns=node.netns)
     links.add_address("lo", "fd00:231::1/128", netns=node.netns, nodad=True)
-    eng.add_endpoint(_spec(pod, options={"datapath": {"gateway4": "10.255.255.1", "gateway6": "fe80::beef"}}))
+    ep = eng.add_endpoint(_spec(pod, mode=mode, options={"datapath": {"gateway4": "10.255.255.1", "gateway6": gw6}}))
     assert udp_probe(pod, node.netns, "10.231.0.1", count=2) == 2
     assert udp_probe(pod, node.netns, "fd00:231::1", count=2) == 2
-    neigh = links.list_neighbours("eth0", netns=pod)
-    assert "10.255.255.1" in neigh and "fe80::beef" in neigh
-    routes = {r["dst"]: r["via"] for r in links.list_routes(netns=pod)}
-    assert routes["default"] == "10.255.255.1"
+    if ep.device_kind.value == "veth" or mode == "l2":
+        neigh = links.list_neighbours("eth0", netns=pod)
+        assert "10.255.255.1" in neigh and gw6 in neigh
+    assert {r["dst"]: r["via"] for r in links.list_routes(netns=pod)}["default"] == "10.255.255.1"
+    assert {r["dst"]: r["via"] for r in links.list_routes(netns=pod, family=socket.AF_INET6)}["default"] == gw6
     eng.remove_endpoint("pod-a")
 
 
@@ -175,3 +179,54 @@ def test_l2_headers_rewritten_on_redirect(node, bpffs_root, family):
     assert _stat(bpffs_root, "pod-a", "local") >= 1
     for eid in ("pod-a", "pod-b"):
         eng.remove_endpoint(eid)
+
+
+def _ns_packet(target: str, options: bytes) -> bytes:
+    # ICMPv6 neighbour solicitation: type 135, code 0, checksum (the kernel fills it in for raw
+    # ICMPv6 sockets), reserved, target, options
+    return struct.pack("!BBHI", 135, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, target) + options
+
+
+@pytest.mark.parametrize(
+    "options",
+    [b"", b"\x0e\x01" + bytes(6), b"\x01\x01\x02\x00\x00\x00\x00\x01" + b"\x0e\x01" + bytes(6)],
+    # no options (the frame grows), a nonce instead of the link-layer address (same size),
+    # link-layer address and nonce (the frame shrinks)
+    ids=["grow", "same-size", "shrink"],
+)
+def test_solicitations_of_any_shape_get_a_well_formed_advertisement(node, bpffs_root, options):
+    """The program rebuilds the advertisement whole, so solicitations with fewer or other options
+    than the usual source link-layer address still get a 32-byte NA with a correct checksum (the
+    pod's kernel drops ICMPv6 with a bad one before any socket sees it)."""
+    eng = _engine(node, bpffs_root)
+    pod = node.pod()
+    ep = eng.add_endpoint(_spec(pod))
+    node_mac = _mac(node.netns, ep.spec.node_ifname)
+    ifindex = links.get_link("eth0", netns=pod).ifindex
+    with netns.enter(pod):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+        s.bind((A6, 0))
+        before = _stat(bpffs_root, "pod-a", "nd_reply")
+        s.sendto(_ns_packet("fe80::1", options), ("ff02::1:ff00:1", 0, 0, ifindex))
+        deadline = time.monotonic() + 2
+        na = None
+        while na is None and time.monotonic() < deadline:
+            r, _, _ = select.select([s], [], [], 0.2)
+            if r:
+                data, addr = s.recvfrom(2048)
+                if data[0] == 136:
+                    na, src = data, addr[0]
+    finally:
+        s.close()
+    assert na is not None, "a neighbour advertisement reached the pod"
+    assert src == "fe80::1"
+    assert len(na) == 32
+    assert na[4] & 0xE0 == 0xE0, "router, solicited, override"
+    assert socket.inet_ntop(socket.AF_INET6, na[8:24]) == "fe80::1"
+    assert na[24:26] == b"\x02\x01", "target link-layer address option"
+    assert ":".join(f"{b:02x}" for b in na[26:32]) == node_mac
+    assert _stat(bpffs_root, "pod-a", "nd_reply") == before + 1
+    eng.remove_endpoint("pod-a")
