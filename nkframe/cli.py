@@ -313,6 +313,81 @@ def graph(ctx, output, fmt) -> None:
         click.echo(f"wrote {output} ({fmt}, {len(data)} bytes)", err=True)
 
 
+@cli.group()
+def policy() -> None:
+    """L3/L4 allow/deny policies of endpoints (the policy plugin)."""
+
+
+@policy.command("apply")
+@click.argument("endpoint_id")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="The policy, YAML or JSON ('-': standard input).")
+@click.option("--dry-run", is_flag=True, help="Validate the document only; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the policy as applied, as JSON.")
+@click.pass_context
+def policy_apply(ctx, endpoint_id, path, dry_run, as_json) -> None:
+    """Make FILE the policy of ENDPOINT_ID, atomically for packets, and record it in its spec."""
+    try:
+        from nkframe_policy import Policy
+        from nkframe_policy import plugin as policy_plugin
+    except ImportError as e:
+        raise errors.PluginError(f"the policy plugin (nkframe_policy) is not installed: {e}") from None
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.InvalidSpec(f"cannot read policy file {path}: {e}") from None
+    where = "<stdin>" if path == "-" else path
+    try:
+        # JSON is YAML too, so one parser gives line numbers for both.
+        pol = Policy.from_yaml(text)
+    except errors.InvalidSpec as e:
+        raise errors.InvalidSpec(f"{where}: {e}") from None
+    if not dry_run:
+        pol = _apply_policy(_engine(ctx), endpoint_id, pol, policy_plugin)
+    if as_json:
+        _print_json({"endpoint": endpoint_id, "applied": not dry_run, "policy": pol.to_dict()})
+    else:
+        rules = len(pol.ingress) + len(pol.egress)
+        verb = "is valid" if dry_run else f"applied to endpoint {endpoint_id}"
+        click.echo(f"policy {where} ({rules} rule(s)) {verb}")
+
+
+def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
+    """Put ``pol`` in the kernel's policy maps and in the endpoint's stored spec.
+
+    An endpoint created with a policy has the policy programs attached: the maps are switched
+    (atomic for packets), then the spec records it.  One created without gets the policy into
+    the maps first and then its programs through an in-place upgrade of its chain, so the
+    programs never run without a policy.  A failure puts the old spec (and policy) back.
+    """
+    import attrs
+
+    from nkframe import specstore
+
+    if eng.pm.get_plugin("policy") is None:
+        raise errors.PluginError("the policy plugin is not loaded (NKFRAME_PLUGINS or NKFRAME_DISABLE_PLUGIN_AUTOLOAD leave it out)")
+    ep = eng.get_endpoint(endpoint_id)
+    old_spec = ep.spec
+    new_spec = attrs.evolve(old_spec, options={**old_spec.options, "policy": pol.to_dict()})
+    eng.hook.nkframe_endpoint_validate(spec=new_spec)
+    specstore.encode(new_spec)  # too big for the stored spec: refuse before anything changes
+    root, spec_path = str(eng.layout.root), eng.layout.spec_path(endpoint_id)
+    had_policy = old_spec.options.get("policy") is not None
+    policy_plugin.apply(root, endpoint_id, pol)
+    try:
+        specstore.replace(spec_path, new_spec)
+        if not had_policy:
+            eng.upgrade([endpoint_id])
+    except BaseException:
+        specstore.replace(spec_path, old_spec)
+        if had_policy:
+            policy_plugin.apply(root, endpoint_id, old_spec.options["policy"])
+        else:
+            policy_plugin.policy_maps(root).remove(endpoint_id)
+        raise
+    return pol
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the last line of output).")
 @click.option("--keep", is_flag=True, help="Leave the namespaces and pins in place for a look around.")

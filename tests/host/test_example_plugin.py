@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nkframe import status
+from nkframe import probe, status
 from nkframe.engine import Engine
 from nkframe.netlink import links
 from nkframe.testing import tcp_connect, udp_probe
@@ -124,6 +124,9 @@ def test_example_plugin_installs_loads_and_blocks_udp(installed, node, bpffs_roo
         assert drops["portblock_drops[0]"] == 4
         assert drops["portblock_drops[1]"] >= 4 * (20 + 8)
         assert [p.name for p in st["blocked"].programs] == ["portblock"]
+        # On a netkit kernel this ran on a netkit pair (L3 mode): the program's fixed Ethernet
+        # header offset holds there too.
+        assert st["blocked"].device_kind == ("netkit" if probe.features().supported("netkit") else "veth")
     finally:
         for eid in eng.layout.endpoint_ids():
             eng.remove_endpoint(eid)
