@@ -73,7 +73,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def validate_ifname(name: str, what: str = "interface name") -> str:
-    """Check a Linux interface name: 1..15 bytes, no '/', ':' or whitespace."""
+    """Check a Linux interface name as the kernel does (dev_valid_name): 1..15 bytes, not '.'
+    or '..', no '/', ':', NUL or whitespace."""
     if not isinstance(name, str) or not name:
         raise InvalidSpec(f"{what} must be a non-empty string")
     raw = name.encode()
@@ -81,8 +82,11 @@ def validate_ifname(name: str, what: str = "interface name") -> str:
         raise InvalidSpec(
             f"{what} {name!r} is {len(raw)} bytes; Linux allows at most {IFNAMSIZ - 1}"
         )
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise InvalidSpec(f"{what} {name!r} may not be '.', '..' or contain '/', ':' or spaces")
+    if name in (".", ".."):
+        raise InvalidSpec(f"{what} {name!r} is reserved")
+    bad = [c for c in name if c in "/:\0" or c.isspace()]
+    if bad:
+        raise InvalidSpec(f"{what} {name!r} contains {bad[0]!r}; '/', ':' and whitespace are not allowed")
     return name
 
 

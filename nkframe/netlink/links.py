@@ -20,9 +20,9 @@ import attrs
 
 from nkframe import netns as _netns
 from nkframe.errors import InvalidSpec, KernelError
+from nkframe.types import IFNAMSIZ, validate_ifname  # noqa: F401 - re-exported
 from nkframe.netlink._rtnl import kernel_error, request, where
 
-IFNAMSIZ = 16  # includes the trailing NUL: names are at most 15 bytes
 MIN_MTU = 68  # ETH_MIN_MTU, and the IPv4 minimum
 MAX_MTU = 65535  # ETH_MAX_MTU, the most veth and netkit accept
 MAX_QUEUES = 4096  # rtnl_create_link refuses more (and fewer than 1)
@@ -50,23 +50,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # validation
 
 
-def validate_ifname(name: str) -> str:
-    """Check an interface name against the kernel's rules (dev_valid_name) and IFNAMSIZ."""
-    if not isinstance(name, str) or not name:
-        raise InvalidSpec("interface name must be a non-empty string")
-    size = len(name.encode())
-    if size >= IFNAMSIZ:
-        raise InvalidSpec(
-            f"interface name {name!r} is {size} bytes; Linux allows at most {IFNAMSIZ - 1}"
-        )
-    if name in (".", ".."):
-        raise InvalidSpec(f"interface name {name!r} is reserved")
-    bad = [c for c in name if c in "/:\0" or c.isspace()]
-    if bad:
-        raise InvalidSpec(
-            f"interface name {name!r} contains {bad[0]!r}; '/', ':' and whitespace are not allowed"
-        )
-    return name
+# validate_ifname lives with the value types (one definition for specs and netlink).
 
 
 def parse_cidr(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
