@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from nkframe import attach, bpf, hookimpl, netns, objects, probe, status
 from nkframe.cli import cli
 from nkframe.engine import Engine
+from nkframe.hookspecs import hookspec
 from nkframe.netlink import links
 from nkframe.testing import udp_probe
 from nkframe.types import EndpointSpec, Hook, Mechanism, ProgramSpec
@@ -202,3 +203,38 @@ def test_foreign_program_and_missing_device_are_problems(node, bpffs_root, built
     assert any("node-side device" in p and "missing" in p for p in e.problems)
     doc = json.loads(_cli(node, bpffs_root, "status", "--json").stdout)
     assert doc["endpoints"][0]["node"] is None and doc["problems"]
+
+
+class _ProposedCounters:
+    """The hook this module proposes for the contract (not in nkframe.hookspecs yet), declared
+    here so the status side of it is tested: each plugin's counters under its own name."""
+
+    @staticmethod
+    @hookspec
+    def nkframe_endpoint_counters(endpoint, bpffs_root, node_netns):
+        """Counters of one plugin for one endpoint."""
+
+
+def test_plugin_counters_are_attributed_and_isolated(node, bpffs_root, built):
+    eng, ep, pod = built
+
+    class Good:
+        @hookimpl
+        def nkframe_endpoint_counters(self, endpoint, bpffs_root):
+            with bpf.Map.from_pin(f"{bpffs_root}/endpoints/{endpoint.id}/maps/counts") as m:
+                return {"sent": sum(struct.unpack("<Q", v)[0] for v in m.lookup_percpu(struct.pack("<I", 0)))}
+
+    class Broken:
+        @hookimpl
+        def nkframe_endpoint_counters(self, endpoint):
+            raise RuntimeError("map vanished")
+
+    eng.pm.add_hookspecs(_ProposedCounters)
+    eng.pm.register(Good(), name="good")
+    eng.pm.register(Broken(), name="broken")
+    udp_probe(pod, node.netns, NODE_IP, 7005, count=3)
+    e = status.gather(eng).endpoints[0]
+    assert e.counters["good"]["sent"] >= 3
+    assert e.counters["good"]["sent"] == e.counters["maps"]["counts[0]"]
+    assert "broken" not in e.counters
+    assert any("plugin broken: counters unreadable (map vanished)" in p for p in e.problems)
