@@ -10,6 +10,9 @@ pyroute2 netlink sockets and requests one add makes.  Counting wraps pyroute2's 
 request sender and changes nothing else.  The figures in docs/benchmarks.md's "what limits the
 misses" come from this tool.
 
+``bench/profile.py --reconcile --adds N``: a fresh Engine's reconcile over N endpoints (what an
+agent does when it starts).
+
 ``bench/profile.py --policy N``: the policy program with N rules per direction, run with
 BPF_PROG_TEST_RUN in a loop under ``perf record`` (software clock; this machine has no hardware
 counters); prints which kernel functions the test-run samples end in.
@@ -33,8 +36,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def child(adds: int, out: str) -> int:
-    """The profiled process: N adds and removes through the Engine, with counters."""
+def child(adds: int, out: str, reconcile: bool = False) -> int:
+    """The profiled process: N adds and removes through the Engine, with counters (with
+    ``reconcile``: N adds, then a fresh Engine's reconcile is what gets counted)."""
     import pyroute2
     from pyroute2.netlink import nlsocket
 
@@ -69,11 +73,17 @@ def child(adds: int, out: str) -> int:
             eng.add_endpoint(EndpointSpec(id=f"pf{i}", netns=pod, addresses=[f"10.1.0.{i + 1}/32"]))
         t1 = time.perf_counter()
         add_counts = dict(counts)
+        if reconcile:
+            counts.clear()
+            t0 = time.perf_counter()
+            Engine(node.netns, str(eng.layout.root), plugins=["l3"], uplink=node.uplink).reconcile()
+            t1 = time.perf_counter()
+            add_counts = dict(counts)
         counts.clear()
         for i in range(adds):
             eng.remove_endpoint(f"pf{i}")
         t2 = time.perf_counter()
-        doc = {"adds": adds, "add_ms": 1000 * (t1 - t0) / adds, "del_ms": 1000 * (t2 - t1) / adds,
+        doc = {"adds": adds, "reconcile": reconcile, "add_ms": 1000 * (t1 - t0) / adds, "del_ms": 1000 * (t2 - t1) / adds,
                "per_add": {k: v / adds for k, v in add_counts.items()},
                "per_del": {k: v / adds for k, v in counts.items()}}
     Path(out).write_text(json.dumps(doc))
@@ -225,12 +235,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adds", type=int, default=40)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--reconcile", action="store_true", help="profile a fresh Engine's reconcile over --adds endpoints")
     p.add_argument("--policy", type=int, default=None, metavar="N", help="profile the policy program with N rules instead")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--policy-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.adds, args.child)
+        return child(args.adds, args.child, args.reconcile)
     if args.policy_child:
         return policy_child(args.policy_child, 4.0)
     if os.geteuid() != 0:
@@ -241,23 +252,28 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="nkbench-profile-")
     try:
         out, raw = os.path.join(tmp, "counts.json"), os.path.join(tmp, "stacks.txt")
-        cmd = [sys.executable, __file__, "--adds", str(args.adds), "--child", out]
+        cmd = [sys.executable, __file__, "--adds", str(args.adds), "--child", out] + (["--reconcile"] if args.reconcile else [])
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        # --nonblocking: py-spy must not stop the process to sample it; a stop leaves a signal
+        # pending, and the verifier gives up a BPF_PROG_LOAD with EAGAIN when it sees one.
         if os.access(spy, os.X_OK):
-            subprocess.run([spy, "record", "-r", "250", "--format", "raw", "-o", raw, "--", *cmd], check=True,
+            subprocess.run([spy, "record", "--nonblocking", "-r", "250", "--format", "raw", "-o", raw, "--", *cmd], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             print("no py-spy: counts only (pip install py-spy)", file=sys.stderr)
             subprocess.run(cmd, check=True)
         doc = json.loads(Path(out).read_text())
-        print(f"{doc['adds']} adds: {doc['add_ms']:.1f} ms each, removes {doc['del_ms']:.1f} ms each")
-        print(f"per add:    {doc['per_add'].get('sockets', 0):.1f} pyroute2 sockets, {doc['per_add'].get('requests', 0):.1f} netlink requests")
+        if doc["reconcile"]:
+            print(f"reconcile of {doc['adds']} endpoints: {doc['add_ms']:.1f} ms per endpoint")
+        else:
+            print(f"{doc['adds']} adds: {doc['add_ms']:.1f} ms each, removes {doc['del_ms']:.1f} ms each")
+        print(f"per {'endpoint reconciled' if doc['reconcile'] else 'add'}:    {doc['per_add'].get('sockets', 0):.1f} pyroute2 sockets, {doc['per_add'].get('requests', 0):.1f} netlink requests")
         print(f"per remove: {doc['per_del'].get('sockets', 0):.1f} pyroute2 sockets, {doc['per_del'].get('requests', 0):.1f} netlink requests")
         print("\nms per netlink operation (this process, 200 each):")
         for k, v in micro().items():
             print(f"  {v:7.3f} ms  {k}")
         if os.path.exists(raw):
-            for within in ("Engine.add_endpoint", "Engine.remove_endpoint"):
+            for within in (("Engine.reconcile",) if args.reconcile else ("Engine.add_endpoint", "Engine.remove_endpoint")):
                 print(f"\n{within}, by layer (innermost match): " + ", ".join(f"{k} {v:.0f}%" for v, k in buckets(raw, within)))
                 print(f"inclusive share of {within} (py-spy samples):")
                 for share, frame in aggregate(raw, within, args.top):
