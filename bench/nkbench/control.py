@@ -32,10 +32,11 @@ class Sizes:
     conc: int = 48  # endpoints per concurrent round
     workers: int = 16
     big: int = 1000  # the "1,000 endpoints on one node" test
-    restarts: int = 3  # agent restarts behind the reconcile figure
+    restarts: int = 2  # agent restarts behind the reconcile figure
+    probe: int = 10  # sequential adds on the full node
 
 
-QUICK = Sizes(rounds=1, seq=3, conc=4, workers=2, big=8, restarts=1)
+QUICK = Sizes(rounds=1, seq=3, conc=4, workers=2, big=8, restarts=1, probe=2)
 
 
 def _addr(i: int) -> str:
@@ -241,8 +242,26 @@ def nkframe_cni_front(scope: Scope, rec: Recorder):
     return None
 
 
+def _many(fn: Callable[[int, str], None], pods: Sequence[str], workers: int, offset: int = 0) -> float:
+    """fn(i, pod) for every pod with ``workers`` in flight; wall time (s)."""
+    with ThreadPoolExecutor(workers) as ex:
+        t0 = time.perf_counter()
+        list(ex.map(lambda i: fn(offset + i, pods[i]), range(len(pods))))
+        return time.perf_counter() - t0
+
+
+def _probe(front, pods: Sequence[str], offset: int) -> list[float]:
+    """Sequential adds on a full node (removed again at once): does an add slow down as the
+    node fills up?  Latencies in ms."""
+    lat = [_timed(front.add, offset + j, pod) * 1000 for j, pod in enumerate(pods)]
+    for j, pod in enumerate(pods):
+        front.delete(offset + j, pod)
+    return lat
+
+
 def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Sizes) -> None:
-    """1,000 endpoints on one node through the agent (16 clients), ptp the same way beside it."""
+    """1,000 endpoints on one node through the agent (16 clients), ptp the same way beside it;
+    a few sequential adds on the full node; the agent's memory; agent restarts."""
     n, w = sizes.big, sizes.workers
     # The same restarts with no endpoint first: what a restart costs with nothing to reconcile.
     empty = []
@@ -250,20 +269,23 @@ def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Si
         agent.stop()
         empty.append(agent.start()["startup"]["reconcile_seconds"])
     rss0 = agent.rss_mb()
-    rec.log(f"{n} endpoints: creating {n} pod namespaces")
+    rec.log(f"{n} endpoints: creating {n + sizes.probe} pod namespaces")
     pods = [scope.netns("q") for _ in range(n)]
+    extra = [scope.netns("x") for _ in range(sizes.probe)]
     rec.log(f"{n} endpoints through ptp ({w} concurrent)")
-    _, _, ptp_add, ptp_del = round_latencies(ptp, pods, w)
+    ptp_add = _many(ptp.add, pods, w)
+    ptp_probe = _probe(ptp, extra, n)
+    ptp_del = _many(ptp.delete, pods, w)
     rec.log(f"ptp: add {ptp_add:.1f} s, del {ptp_del:.1f} s; now through the agent")
-    idx = list(range(n))
-    with ThreadPoolExecutor(w) as ex:
-        t0 = time.perf_counter()
-        list(ex.map(lambda i: agent.add(i, pods[i]), idx))
-        add_total = time.perf_counter() - t0
+    add_total = _many(agent.add, pods, w)
+    agent_probe = _probe(agent, extra, n)
     rss = agent.rss_mb()
     rec.log(f"agent: {n} adds in {add_total:.1f} s, RSS {rss:.0f} MB (idle {rss0:.0f} MB); restarting {sizes.restarts}x")
     rec.add(f"ptp.n{n}.add.total", Stat.of([ptp_add]), "s")
     rec.add(f"endpoint.n{n}.add.total.agent", Stat.of([add_total]), "s", baseline=rec.get(f"ptp.n{n}.add.total"))
+    # An add on the full node against one on the empty node: per-add cost that grows with n.
+    rec.add(f"ptp.add.p50.at_n{n}", Stat.of([percentile(ptp_probe, 50)]), "ms", baseline=rec.get("ptp.add.p50"))
+    rec.add(f"endpoint.add.p50.agent.at_n{n}", Stat.of([percentile(agent_probe, 50)]), "ms", baseline=rec.get("endpoint.add.p50.agent"))
     base_rss = rec.add("agent.rss.idle", Stat.of([rss0]), "MB")
     rec.add(f"agent.rss.n{n}", Stat.of([rss]), "MB", baseline=base_rss)
     # Restart: a fresh agent reconciles from the pins.  Its own startup figure is the reconcile.
@@ -284,10 +306,7 @@ def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Si
     rec.add(f"agent.restart.ready.n{n}", Stat.of(readys), "s")
     rec.add(f"agent.rss.after_restart.n{n}", Stat.of(rss_after), "MB", baseline=base_rss)
     rec.log(f"removing {n} endpoints through the agent")
-    with ThreadPoolExecutor(w) as ex:
-        t0 = time.perf_counter()
-        list(ex.map(lambda i: agent.delete(i, pods[i]), idx))
-        del_total = time.perf_counter() - t0
+    del_total = _many(agent.delete, pods, w)
     rec.add(f"ptp.n{n}.del.total", Stat.of([ptp_del]), "s")
     rec.add(f"endpoint.n{n}.del.total.agent", Stat.of([del_total]), "s", baseline=rec.get(f"ptp.n{n}.del.total"))
     agent.stop()
