@@ -152,6 +152,19 @@ def nkframe_endpoint_unconfigure(ctx: "EndpointContext") -> None:
     """
 
 
+@hookspec
+def nkframe_endpoint_counters(endpoint: "Endpoint", bpffs_root: str, node_netns: "str | None") -> "dict[str, int] | None":
+    """Report a plugin's counters for one endpoint (``nkframe status``).
+
+    :param endpoint: the endpoint as read back from bpffs and the kernel.
+    :param bpffs_root: the engine's bpffs root, to open the plugin's pinned maps.
+    :param node_netns: the node's network namespace (``None``: the caller's).
+    :returns: counter name -> value (packets, drops by reason...), or ``None`` when the plugin
+        has nothing for this endpoint.  Each implementation is called on its own: its numbers
+        are shown under its plugin name, and one that raises costs a problem line only.
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------

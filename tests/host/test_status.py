@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from nkframe import attach, bpf, hookimpl, netns, objects, probe, status
 from nkframe.cli import cli
 from nkframe.engine import Engine
-from nkframe.hookspecs import hookspec
 from nkframe.netlink import links
 from nkframe.testing import udp_probe
 from nkframe.types import EndpointSpec, Hook, Mechanism, ProgramSpec
@@ -205,16 +204,6 @@ def test_foreign_program_and_missing_device_are_problems(node, bpffs_root, built
     assert doc["endpoints"][0]["node"] is None and doc["problems"]
 
 
-class _ProposedCounters:
-    """The hook this module proposes for the contract (not in nkframe.hookspecs yet), declared
-    here so the status side of it is tested: each plugin's counters under its own name."""
-
-    @staticmethod
-    @hookspec
-    def nkframe_endpoint_counters(endpoint, bpffs_root, node_netns):
-        """Counters of one plugin for one endpoint."""
-
-
 def test_plugin_counters_are_attributed_and_isolated(node, bpffs_root, built):
     eng, ep, pod = built
 
@@ -229,7 +218,6 @@ def test_plugin_counters_are_attributed_and_isolated(node, bpffs_root, built):
         def nkframe_endpoint_counters(self, endpoint):
             raise RuntimeError("map vanished")
 
-    eng.pm.add_hookspecs(_ProposedCounters)
     eng.pm.register(Good(), name="good")
     eng.pm.register(Broken(), name="broken")
     udp_probe(pod, node.netns, NODE_IP, 7005, count=3)
