@@ -124,6 +124,14 @@ def test_example_plugin_installs_loads_and_blocks_udp(installed, node, bpffs_roo
         assert drops["portblock_drops[0]"] == 4
         assert drops["portblock_drops[1]"] >= 4 * (20 + 8)
         assert [p.name for p in st["blocked"].programs] == ["portblock"]
+        # The plugin's own counters, through the CLI of a process that finds it by entry point.
+        env = dict(os.environ, PYTHONPATH=str(installed), NKFRAME_PLUGINS="portblock", NKFRAME_NO_AGENT="1")
+        env.pop("NKFRAME_DISABLE_PLUGIN_AUTOLOAD", None)
+        res = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "--bpffs-root", bpffs_root,
+                              "status", "--json", "blocked"], capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 0, res.stderr
+        (doc,) = json.loads(res.stdout)["endpoints"]
+        assert doc["counters"]["portblock"] == {"dropped_packets": 4, "dropped_bytes": drops["portblock_drops[1]"]}
         # On a netkit kernel this ran on a netkit pair (L3 mode): the program's fixed Ethernet
         # header offset holds there too.
         assert st["blocked"].device_kind == ("netkit" if probe.features().supported("netkit") else "veth")

@@ -7,8 +7,8 @@ Ask for it per endpoint::
 Endpoints without the option get no program at all.  The program (``bpf/portblock.c``) runs on
 the endpoint's ``from-pod`` hook before nkframe's own programs (policy at order 100, forwarding
 at 500) and hands every packet it does not drop on to them.  Drops are counted per endpoint in a
-pinned map that ``nkframe status`` shows as ``portblock_drops[0]`` (datagrams) and
-``portblock_drops[1]`` (bytes).
+pinned map; ``nkframe status`` shows them under "portblock" as ``dropped_packets`` and
+``dropped_bytes``.
 """
 
 from __future__ import annotations
@@ -102,8 +102,17 @@ def nkframe_endpoint_configure(ctx) -> None:
         m.update(struct.pack("=H", port), b"\x01")  # the program looks ports up in host order
 
 
+@hookimpl
+def nkframe_endpoint_counters(endpoint, bpffs_root: str) -> dict[str, int] | None:
+    """What ``nkframe status`` shows under "portblock" for this endpoint."""
+    if not blocked_ports(endpoint.spec):
+        return None
+    packets, nbytes = dropped(bpffs_root, endpoint.id)
+    return {"dropped_packets": packets, "dropped_bytes": nbytes}
+
+
 # ---------------------------------------------------------------------------------------------
-# reading the counters back (tests, scripts)
+# reading the counters back (status, tests, scripts)
 # ---------------------------------------------------------------------------------------------
 
 
