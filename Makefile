@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config \
-                iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static
+                iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz
 KERNEL ?= 6.12
 K ?=
 

@@ -272,7 +272,7 @@ class Engine:
         groups: dict[tuple, list[ProgramSpec]] = defaultdict(list)
         for chain in chains.values():
             for s in chain:
-                groups[(s.object, tuple(sorted(s.globals.items())))].append(s)
+                groups[_group_key(s)].append(s)
         loaded = []
         for (obj_path, globs), members in groups.items():
             obj = bpf.BpfObject.open(obj_path)
@@ -294,10 +294,7 @@ class Engine:
         return loaded
 
     def _attach_chains(self, ctx: EndpointContext, chains, loaded, *, pin_prefix: str = "") -> tuple[AttachedProgram, ...]:
-        progs = {}
-        for obj in loaded:
-            for name, p in obj.programs.items():
-                progs.setdefault((obj.path, name), p)
+        prog_of = programs_by_spec(chains, loaded)
         out: list[AttachedProgram] = []
         with netns.enter(self.node_netns):
             for hook, chain in chains.items():
@@ -305,7 +302,7 @@ class Engine:
                 backend = attach_mod.backend(mech)
                 direction = attach_mod.direction_for(mech, hook)
                 for pos, s in enumerate(chain):
-                    prog = _find_prog(progs, s)
+                    prog = prog_of(s)
                     if mech is Mechanism.TC:
                         prio = _tc_prio(pos)
                         pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, prio)
@@ -726,11 +723,30 @@ def _tc_prio(pos: int) -> int:
     return tc.PRIO_BASE + tc.PRIO_STEP * (pos + 1)
 
 
-def _find_prog(progs: dict, s: ProgramSpec):
-    for (path, name), p in progs.items():
-        if name == s.program and os.path.samefile(path, s.object):
-            return p
-    raise PluginError(f"program {s.name}: no function {s.program!r} in {s.object}")
+def _group_key(s: ProgramSpec) -> tuple:
+    """Specs sharing an object file *and* globals share one load; different globals (say, an
+    endpoint id or a counter slot) need their own."""
+    return (s.object, tuple(sorted(s.globals.items())))
+
+
+def programs_by_spec(chains: dict[str, list[ProgramSpec]], loaded: list):
+    """ProgramSpec -> its loaded program.  :meth:`Engine._load` opens one object per
+    :func:`_group_key`, in first-seen order over the chains; walk them in the same order."""
+    keys: dict[tuple, int] = {}
+    for chain in chains.values():
+        for s in chain:
+            keys.setdefault(_group_key(s), len(keys))
+    if len(keys) != len(loaded):
+        raise PluginError(f"loaded {len(loaded)} objects for {len(keys)} (object, globals) groups")
+
+    def prog_of(s: ProgramSpec):
+        obj = loaded[keys[_group_key(s)]]
+        try:
+            return obj.programs[s.program]
+        except KeyError:
+            raise PluginError(f"program {s.name}: no function {s.program!r} in {s.object}") from None
+
+    return prog_of
 
 
 def _detacher(backend, att: AttachedProgram, node_netns: str | None):

@@ -99,6 +99,11 @@ def test_add_list_remove_with_traffic(node, bpffs_root):
     got = udp_probe(pod, node.netns, "10.98.0.1", count=3)
     assert got == 3
     assert _counts(bpffs_root, "pod-a", 0) >= 3
+    # The two hooks run the same function loaded twice with different globals (slot 0 vs 1):
+    # each must be its own program, so only slot 0 counted packets from the pod.
+    out_prog, in_prog = (p.prog_id for p in ep.programs)
+    assert out_prog != in_prog
+    assert _counts(bpffs_root, "pod-a", 1) < _counts(bpffs_root, "pod-a", 0)
 
     eng.remove_endpoint("pod-a")
     assert not links.link_exists(spec.node_ifname, netns=node.netns)
