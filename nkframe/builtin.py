@@ -104,7 +104,9 @@ def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
         return
     links.set_up("lo", netns=spec.netns)
     for addr in spec.addresses:
-        links.add_address(ctx.device.pod_ifname, str(addr), netns=spec.netns)
+        # No DAD: the address is ours alone on a point-to-point link, and a tentative IPv6
+        # address could not be used for the first second or two.
+        links.add_address(ctx.device.pod_ifname, str(addr), netns=spec.netns, nodad=addr.version == 6)
 
 
 def open_device(ctx: EndpointContext) -> None:
