@@ -91,9 +91,9 @@ struct nk_pkt {
 #define NK_NEED(ptr, n, end) ((void *)(ptr) + (n) > (end))
 
 /* Parse an IPv4/IPv6 packet whose network header starts at data + l3_off (14 after an Ethernet
- * header, 0 for netkit in L3 mode).  In L2 mode the Ethernet type decides the family; in L3 mode
- * the IP version nibble does (there is no Ethernet header, and PROG_TEST_RUN cannot set
- * skb->protocol).  See plugins/nkframe_policy/reference.py for the same rules in Python. */
+ * header, as on veth and netkit in both modes; 0 on devices without a link-layer header).  With
+ * an Ethernet header its type decides the family; without, the IP version nibble does
+ * (PROG_TEST_RUN cannot set skb->protocol).  See plugins/nkframe_policy/reference.py for the same rules in Python. */
 static __always_inline int nk_parse(struct __sk_buff *skb, __u32 l3_off, struct nk_pkt *pkt)
 {
 	void *data = (void *)(long)skb->data;

@@ -34,6 +34,14 @@ action (``allow`` or ``deny``):
 Allowed packets return -1 ("continue": TC_ACT_UNSPEC / TCX_NEXT / NETKIT_NEXT) so the next
 program in the chain runs; denied and malformed ones return TC_ACT_SHOT (2).
 
+Where it is enforced: ``policy_egress`` on what the endpoint sends, ``policy_ingress`` on what
+the node-side device delivers to it, and ``policy_uplink`` on the node's uplink for packets
+from outside the node (the datapath may deliver those with ``bpf_redirect_peer()``, past the
+node-side device).  The uplink program finds the endpoint by the packet's destination address
+(an IPv4 header of at least 20 bytes with version 4, or a 40-byte IPv6 header with version 6)
+and judges exactly as that endpoint's ``policy_ingress`` would; a packet to no endpoint with a
+policy slot, and every non-IP frame, continues untouched there.
+
 Rejected input (:class:`PolicyError`, an :class:`nkframe.errors.InvalidSpec`, raised before
 anything in the kernel changes): malformed CIDRs or host bits set, ports on non-tcp/udp rules,
 upside-down or out-of-range port ranges, duplicate rules, rules on the *same* CIDR whose protocol

@@ -17,6 +17,7 @@ RULE_SLOTS = 65536
 MAX_ENDPOINTS = 1024
 KEY_FIXED_BITS = 96
 ENDPOINT_ID_LEN = 64
+MAX_ADDRS = 16384
 
 # enum nk_policy_dir / nk_policy_action
 DIR_INGRESS = 0
@@ -48,6 +49,7 @@ GEN = struct.Struct("=I")
 COUNTER = struct.Struct("=QQ")
 STATS_SIZE = 2 * len(STAT_NAMES) * COUNTER.size
 SLOT_KEY = struct.Struct("=I")
+ADDR_KEY = struct.Struct("=I16s")  # struct nk_policy_addr_key
 
 assert KEY.size == 32 and RULE.size == 16 and ENTRY_SIZE == 264
 
@@ -83,6 +85,15 @@ def unpack_entry(raw: bytes) -> tuple[int, list[tuple[int, int, int, int, int, i
     count, default = ENTRY_HEAD.unpack_from(raw, 0)
     rules = [RULE.unpack_from(raw, ENTRY_HEAD.size + i * RULE.size) for i in range(count)]
     return default, rules
+
+
+def pack_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    return ADDR_KEY.pack(addr.version, addr.packed.ljust(16, b"\0"))
+
+
+def unpack_addr(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    family, addr = ADDR_KEY.unpack(raw)
+    return ipaddress.IPv4Address(addr[:4]) if family == 4 else ipaddress.IPv6Address(addr)
 
 
 def pack_owner(endpoint_id: str) -> bytes:

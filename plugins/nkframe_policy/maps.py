@@ -10,6 +10,7 @@ Maps (all pinned in one bpffs directory, shared by every endpoint; layouts in
 ``nk_pol_drops``  per-CPU drop counters by reason, all endpoints
 ``nk_pol_owner``  slot -> endpoint id (user space bookkeeping: bpffs is the source of truth)
 ``nk_pol_meta``   change counter, so several processes can share the maps
+``nk_pol_addrs``  endpoint address -> slot, for the uplink program (``policy_uplink``)
 
 Endpoint identity: each endpoint holds a *slot* (0..1023).  Its programs are loaded with the
 slot in ``.rodata`` (``ENDPOINT_SLOT``, set before load), so the per-packet lookups are array
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import os
 import struct
 import threading
@@ -49,17 +51,20 @@ from typing import Iterator, Mapping
 import attrs
 
 from nkframe import bpf
-from nkframe.errors import InvalidSpec, KernelError
+from nkframe.errors import EndpointExists, InvalidSpec, KernelError
 
 from . import layout
 from .compile import CompiledPolicy, compile_policy, policy_from_entries
 from .model import Direction, Policy, PolicyError, Rule
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 MAP_NAMES = (
     "nk_pol_gen", "nk_pol_lpm", "nk_pol_rules", "nk_pol_stats", "nk_pol_drops", "nk_pol_owner",
-    "nk_pol_meta",
+    "nk_pol_meta", "nk_pol_addrs",
 )
 PROGRAMS = ("policy_egress", "policy_ingress")
+UPLINK_PROGRAM = "policy_uplink"
 BASELINE = "policy_baseline"
 BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 L3_OFFSETS = (0, 14)
@@ -136,6 +141,7 @@ class _Endpoint:
     policy: Policy | None = None
     rule_ids: dict[tuple[Direction, Rule], int] = attrs.field(factory=dict)
     keys: list[bytes] = attrs.field(factory=list)  # LPM keys of the active generation
+    addresses: set[IPAddress] = attrs.field(factory=set)  # in nk_pol_addrs
 
 
 def _sum_percpu(values: list[bytes], offset: int = 0) -> Counter:
@@ -166,6 +172,7 @@ class PolicyMaps:
         self._rule_ids_used: set[int] = set()
         self._lpm_in_use = 0
         self._stale: list[bytes] = []
+        self._stale_addrs: list[bytes] = []
         self._seen_change = -1
         self._next_slot = 0
         self._next_rule = 0
@@ -277,6 +284,7 @@ class PolicyMaps:
                 eps[endpoint_id] = by_slot[slot] = ep
         groups: dict[tuple[int, int], list] = {}
         stale: list[bytes] = []
+        stale_addrs: list[bytes] = []
         count = 0
         for key, value in self._maps["nk_pol_lpm"].items():
             count += 1
@@ -288,6 +296,12 @@ class PolicyMaps:
             ep.keys.append(key)
             default, rules = layout.unpack_entry(value)
             groups.setdefault((slot, g), []).append((direction, net, default, rules))
+        for key, value in self._maps["nk_pol_addrs"].items():
+            ep = by_slot.get(layout.SLOT_KEY.unpack(value)[0])
+            if ep is not None:
+                ep.addresses.add(layout.unpack_addr(key))
+            else:
+                stale_addrs.append(key)
         used: set[int] = set()
         for ep in by_slot.values():
             if ep.generation and (ep.slot, ep.generation) in groups:
@@ -296,6 +310,7 @@ class PolicyMaps:
         self._eps = eps
         self._rule_ids_used = used
         self._stale = stale
+        self._stale_addrs = stale_addrs
         self._lpm_in_use = count
         if by_slot:
             self._next_slot = (max(by_slot) + 1) % layout.MAX_ENDPOINTS
@@ -306,10 +321,13 @@ class PolicyMaps:
     def _drop_stale(self) -> None:
         # Entries of generations no packet reads (left by a crash): no wait needed.
         lpm = self._maps["nk_pol_lpm"]
-        self._touched = self._touched or bool(self._stale)
+        self._touched = self._touched or bool(self._stale) or bool(self._stale_addrs)
         while self._stale:
             lpm.delete(self._stale.pop())
             self._lpm_in_use -= 1
+        # Addresses of slots nobody owns (a crash between release and cleanup).
+        while self._stale_addrs:
+            self._maps["nk_pol_addrs"].delete(self._stale_addrs.pop())
 
     def _wait_for_programs(self) -> None:
         """Return once no BPF program that could have read the old generation still runs.
@@ -476,6 +494,9 @@ class PolicyMaps:
             if ep is None:
                 return
             self._touched = True
+            # The uplink must stop sending this endpoint's packets to its slot before the slot
+            # can be handed to another endpoint.
+            self._drop_addresses(ep, ep.addresses)
             key = layout.SLOT_KEY.pack(ep.slot)
             self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
             self._wait_for_programs()
@@ -485,6 +506,46 @@ class PolicyMaps:
             self._lpm_in_use -= len(ep.keys)
             self._rule_ids_used.difference_update(ep.rule_ids.values())
             self._release(ep)
+
+    def set_addresses(self, endpoint_id: str, addresses) -> None:
+        """Make ``addresses`` (IPs, or interfaces such as ``10.0.1.5/32``) the endpoint's in
+        ``nk_pol_addrs``, so the uplink program judges packets to them by its ingress policy.
+
+        Replaces the previous set.  An address of another endpoint is refused
+        (:class:`EndpointExists`) before anything changes."""
+        wanted = {_ip(a) for a in addresses}
+        with self._mutating():
+            ep = self._eps.get(endpoint_id)
+            if ep is None:
+                raise KeyError(f"endpoint {endpoint_id!r} has no policy slot (apply a policy first)")
+            for other in self._eps.values():
+                taken = wanted & other.addresses if other is not ep else set()
+                if taken:
+                    raise EndpointExists(
+                        f"address {sorted(taken, key=str)[0]} already belongs to endpoint "
+                        f"{other.endpoint_id!r} in the policy's address map; remove that "
+                        f"endpoint first or pick another address"
+                    )
+            if wanted == ep.addresses:
+                return
+            self._touched = True
+            m = self._maps["nk_pol_addrs"]
+            value = layout.SLOT_KEY.pack(ep.slot)
+            for a in sorted(wanted - ep.addresses, key=str):
+                m.update(layout.pack_addr(a), value)
+                ep.addresses.add(a)
+            self._drop_addresses(ep, ep.addresses - wanted)
+
+    def addresses(self, endpoint_id: str) -> set[IPAddress]:
+        self._refresh()
+        ep = self._eps.get(endpoint_id)
+        return set() if ep is None else set(ep.addresses)
+
+    def _drop_addresses(self, ep: _Endpoint, gone) -> None:
+        m = self._maps["nk_pol_addrs"]
+        for a in sorted(gone, key=str):
+            m.delete(layout.pack_addr(a))
+            ep.addresses.discard(a)
 
     def _release(self, ep: _Endpoint) -> None:
         key = layout.SLOT_KEY.pack(ep.slot)
@@ -529,8 +590,8 @@ class PolicyMaps:
         slot): hand them to the loader as ``ProgramSpec.globals``."""
         if l3_offset not in L3_OFFSETS:
             raise InvalidSpec(
-                f"l3_offset {l3_offset}: use 14 (Ethernet header: veth, netkit L2) or 0 "
-                f"(netkit L3)"
+                f"l3_offset {l3_offset}: use 14 (an Ethernet header: veth, netkit in either "
+                f"mode) or 0 (devices without a link-layer header)"
             )
         slot = self.reserve(endpoint_id)
         return {"ENDPOINT_SLOT": struct.pack("=I", slot), "L3_OFFSET": struct.pack("=I", l3_offset)}
@@ -569,9 +630,35 @@ class PolicyMaps:
             for prog, hook in (("policy_egress", Hook.FROM_POD), ("policy_ingress", Hook.TO_POD))
         ]
 
+    def uplink_program_spec(self, order: int = 100):
+        """The ProgramSpec of ``policy_uplink`` for the node's uplink (ingress): packets to a
+        local endpoint are judged by that endpoint's ingress policy, before the datapath
+        delivers them (possibly with bpf_redirect_peer(), which skips the endpoint's to-pod
+        hook).  Its maps are the global ones, so one uplink program serves every endpoint."""
+        from nkframe.types import DeviceHook, ProgramSpec
+
+        return ProgramSpec(name=UPLINK_PROGRAM, object=self.object_file, program=UPLINK_PROGRAM,
+                           hook=DeviceHook.INGRESS, order=order,
+                           maps={name: "global" for name in MAP_NAMES}, plugin="nkframe_policy")
+
+    def load_uplink(self) -> bpf.Program:
+        """``policy_uplink`` loaded against these maps (for tests and tools; the caller owns it)."""
+        return self._load((UPLINK_PROGRAM,), {})[0]
+
     def load_baseline(self) -> bpf.Program:
         """An empty tc program from the same object: the baseline for cost figures."""
         return self._load((BASELINE,), {})[0]
+
+
+def _ip(value) -> IPAddress:
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return value
+    if isinstance(value, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return value.ip
+    try:
+        return ipaddress.ip_interface(str(value)).ip
+    except ValueError:
+        raise InvalidSpec(f"{value!r} is not an IP address") from None
 
 
 def _check_endpoint_id(endpoint_id: str) -> None:

@@ -5,6 +5,14 @@ the :class:`~nkframe_policy.model.Policy` format).  ``policy_egress`` runs on pa
 sends (``from-pod``), ``policy_ingress`` on packets to it (``to-pod``); both are ordered at 100,
 before forwarding (500).  Their maps are shared by every endpoint and pinned in the engine's
 ``<root>/globals/maps``.
+
+The uplink gets ``policy_uplink`` (ingress, order 100, before the datapath's delivery at 500):
+packets from outside the node to an endpoint's address are judged by that endpoint's ingress
+policy there, because the datapath may hand them to the pod with ``bpf_redirect_peer()``, which
+skips the to-pod hook.  The endpoint's addresses are entered in ``nk_pol_addrs`` on configure.
+When the datapath delivers through the node-side device instead (the L3 plugin does while any
+to-pod program is attached), ``policy_ingress`` judges such a packet a second time: same
+verdict, counted twice.
 """
 
 from __future__ import annotations
@@ -13,8 +21,8 @@ import threading
 from pathlib import Path
 
 from nkframe import hookimpl
-from nkframe.context import EndpointContext
-from nkframe.types import DeviceKind, DeviceMode, EndpointSpec
+from nkframe.context import EndpointContext, UplinkContext
+from nkframe.types import EndpointSpec
 
 from .model import Policy
 
@@ -52,10 +60,11 @@ def _policy(spec: EndpointSpec) -> Policy | None:
 
 
 def _l3_offset(ctx: EndpointContext) -> int:
-    # netkit in L3 mode hands programs packets that start at the IP header.
-    dev = ctx.device
-    if dev is not None and dev.kind is DeviceKind.NETKIT and dev.mode is DeviceMode.L3:
-        return 0
+    # Every device nkframe makes hands its programs an Ethernet header, netkit in L3 mode
+    # included: netkit devices are ether_setup() devices (L3 mode only makes them NOARP with an
+    # all-zero address, so the neighbour layer writes zero MACs), and netkit_xmit() runs the
+    # programs before eth_type_trans() pulls the header.  Offset 0 is for devices without a
+    # link-layer header (tun, wireguard), which nkframe does not create.
     return 14
 
 
@@ -75,11 +84,19 @@ def nkframe_programs_collect(ctx: EndpointContext):
 
 
 @hookimpl
+def nkframe_uplink_programs(ctx: UplinkContext):
+    return [policy_maps(ctx.bpffs_root).uplink_program_spec(order=ORDER)]
+
+
+@hookimpl
 def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
     policy = _policy(ctx.spec)
     if policy is None:
         return
-    policy_maps(ctx.bpffs_root).apply(ctx.spec.id, policy)
+    pm = policy_maps(ctx.bpffs_root)
+    pm.apply(ctx.spec.id, policy)
+    # Rolled back with the slot (programs_collect registered pm.remove, which drops these too).
+    pm.set_addresses(ctx.spec.id, [a.ip for a in ctx.spec.addresses])
 
 
 @hookimpl
@@ -96,3 +113,14 @@ def apply(bpffs_root: str, endpoint_id: str, policy: Policy | dict) -> None:
 
 def counters(bpffs_root: str, endpoint_id: str):
     return policy_maps(bpffs_root).counters(endpoint_id)
+
+
+@hookimpl
+def nkframe_endpoint_counters(endpoint, bpffs_root: str):
+    """Drops by reason and packets per rule that moved, for ``nkframe status``."""
+    if endpoint.spec.options.get(OPTION) is None:
+        return None
+    c = counters(bpffs_root, endpoint.id)
+    out = {f"drop_{reason}": cnt.packets for reason, cnt in c.drops.items()}
+    out.update({f"rule_{r.direction.value}[{r.index}]": r.packets for r in c.rules if r.packets})
+    return out

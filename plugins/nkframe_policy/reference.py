@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from typing import Mapping
 
 import attrs
 
@@ -66,7 +67,7 @@ MALFORMED = Parsed(Kind.MALFORMED)
 
 def parse(data: bytes, l3_offset: int = ETH_HLEN) -> Parsed:
     """Parse a packet that starts with an Ethernet header (``l3_offset`` 14) or directly with
-    the IP header (``l3_offset`` 0, netkit L3 mode)."""
+    the IP header (``l3_offset`` 0: devices without a link-layer header)."""
     if l3_offset:
         if len(data) < ETH_HLEN:
             return NON_IP
@@ -197,3 +198,36 @@ def verdict(
 ) -> Verdict:
     """The verdict for raw packet bytes, as the BPF program for ``direction`` gives it."""
     return decide(policy, direction, parse(data, l3_offset))
+
+
+def destination(data: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The destination address the uplink program reads from an Ethernet frame to find the
+    endpoint: an IPv4 header of at least 20 bytes with version 4, or an IPv6 header of 40 bytes
+    with version 6; ``None`` otherwise (``nk_policy_daddr()`` in the header)."""
+    if len(data) < ETH_HLEN:
+        return None
+    (ethertype,) = struct.unpack_from("!H", data, 12)
+    ip = data[ETH_HLEN:]
+    if ethertype == ETH_P_IP and len(ip) >= 20 and ip[0] >> 4 == 4:
+        return ipaddress.IPv4Address(ip[16:20])
+    if ethertype == ETH_P_IPV6 and len(ip) >= 40 and ip[0] >> 4 == 6:
+        return ipaddress.IPv6Address(ip[24:40])
+    return None
+
+
+def uplink_verdict(policies: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, Policy | None],
+                   data: bytes) -> Verdict:
+    """The verdict of the uplink program (``policy_uplink``) for an Ethernet frame, given which
+    endpoint address has which policy (``None``: the endpoint holds a slot but has no policy).
+
+    Non-IP frames and packets whose destination is no endpoint's continue (reason
+    ``not_local``); the rest is judged by the destination endpoint's ingress policy, as its
+    ``policy_ingress`` would, and an endpoint without a policy drops (``no_policy``)."""
+    parsed = parse(data, ETH_HLEN)
+    dst = destination(data)
+    if parsed.kind is Kind.NON_IP or dst is None or dst not in policies:
+        return Verdict(Action.ALLOW, "not_local")
+    policy = policies[dst]
+    if policy is None:
+        return Verdict(Action.DENY, "no_policy")
+    return decide(policy, Direction.INGRESS, parsed)

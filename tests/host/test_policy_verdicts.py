@@ -72,7 +72,7 @@ def _describe(policy, direction, raw, l3_offset):
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("l3_offset", [14, 0], ids=["l2-ethernet", "l3-netkit"])
+@pytest.mark.parametrize("l3_offset", [14, 0], ids=["ethernet", "no-link-header"])
 def test_bpf_verdicts_match_the_reference(policy_maps, l3_offset):
     endpoint = f"verdicts-{l3_offset}"
     egress, ingress = policy_maps.load_programs(endpoint, l3_offset)
@@ -161,3 +161,98 @@ def test_unconfigured_endpoint_fails_closed_but_passes_non_ip(policy_maps):
     finally:
         egress.close()
         ingress.close()
+
+
+UPLINK_ENDPOINTS = ("up-a", "up-b", "up-c")
+
+
+def test_uplink_verdicts_match_the_reference(policy_maps):
+    """policy_uplink judges a packet by its destination endpoint's ingress policy, exactly as
+    that endpoint's policy_ingress would; packets to no endpoint (and non-IP frames) continue.
+    Three endpoints with random policies and one holding a slot without a policy (fails closed)
+    get a random share of the packets' destination addresses."""
+    from nkframe_policy.reference import destination, uplink_verdict
+
+    uplink = policy_maps.load_uplink()
+    policy_maps.reserve("up-none")
+    seen = collections.Counter()
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(pols=st.tuples(*[policies()] * len(UPLINK_ENDPOINTS)), seed=st.integers(0, 2**32 - 1))
+    def check(pols, seed):
+        rnd = random.Random(seed)
+        by_endpoint = dict(zip(UPLINK_ENDPOINTS, pols))
+        packets = []
+        for _ in range(PACKETS_PER_EXAMPLE):
+            # Any endpoint's policy may steer the addresses; the packet is judged by whichever
+            # endpoint its destination belongs to.
+            raw = random_packet(rnd, rnd.choice(pols), l2=True)
+            packets.append(raw.ljust(14, b"\0"))
+        dsts = sorted({d for d in map(destination, packets) if d is not None}, key=str)
+        owners = {}
+        for d in dsts:
+            if rnd.random() < 0.7:
+                owners[d] = rnd.choice(UPLINK_ENDPOINTS + ("up-none",))
+        for eid, policy in by_endpoint.items():
+            policy_maps.apply(eid, policy)
+        for eid in UPLINK_ENDPOINTS + ("up-none",):
+            policy_maps.set_addresses(eid, [])
+        for eid in UPLINK_ENDPOINTS + ("up-none",):
+            policy_maps.set_addresses(eid, [d for d, o in owners.items() if o == eid])
+        policies_by_addr = {d: by_endpoint.get(o) for d, o in owners.items()}
+
+        before = {eid: policy_maps.counters(eid) for eid in by_endpoint}
+        drops_before = policy_maps.drops()
+        want_stats = collections.Counter()
+        want_rules = collections.Counter()
+        want_drops = collections.Counter()
+        for raw in packets:
+            ref = uplink_verdict(policies_by_addr, raw)
+            got = run(uplink, raw)
+            if got is None:
+                seen["refused by the kernel"] += 1
+                continue
+            owner = owners.get(destination(raw))
+            assert got == ref.tc_retval, (
+                f"BPF returned {got}, reference says {ref}; destination {destination(raw)} "
+                f"belongs to {owner}\n"
+                + (_describe(by_endpoint[owner], Direction.INGRESS, raw, 14)
+                   if owner in by_endpoint else f"packet {raw.hex()}"))
+            seen["packets"] += 1
+            seen[ref.reason] += 1
+            if ref.reason == "not_local":
+                continue
+            if ref.reason == "no_policy":
+                want_drops["no_policy"] += 1
+                continue
+            stat = STAT_FOR[(ref.reason, ref.action)]
+            want_stats[(owner, stat)] += 1
+            if stat in DROP_FOR:
+                want_drops[DROP_FOR[stat]] += 1
+            if ref.rule_index is not None:
+                want_rules[(owner, ref.rule_index)] += 1
+        for eid, policy in by_endpoint.items():
+            after = policy_maps.counters(eid)
+            for stat in STAT_FOR.values():
+                moved = (after.stats[Direction.INGRESS][stat].packets
+                         - before[eid].stats[Direction.INGRESS][stat].packets)
+                assert moved == want_stats[(eid, stat)], (eid, stat)
+                assert after.stats[Direction.EGRESS] == before[eid].stats[Direction.EGRESS]
+            for i in range(len(policy.ingress)):
+                moved = (after.rule(Direction.INGRESS, i).packets
+                         - before[eid].rule(Direction.INGRESS, i).packets)
+                assert moved == want_rules[(eid, i)], (eid, i)
+        drops_after = policy_maps.drops()
+        for reason in ("policy_deny", "policy_default", "malformed", "no_policy"):
+            assert drops_after[reason].packets - drops_before[reason].packets == want_drops[reason], reason
+
+    try:
+        check()
+    finally:
+        uplink.close()
+    print(f"\nuplink: {dict(seen)}")
+    assert seen["packets"] >= 10_000
+    for reason in ("rule", "default", "not_local", "no_policy"):
+        assert seen[reason] >= 200, (reason, seen)
+    assert seen["malformed"] >= 40, seen

@@ -134,6 +134,7 @@ def test_layout_matches_the_c_header():
     assert d["NK_POLICY_MAX_ENDPOINTS"] == layout.MAX_ENDPOINTS
     assert d["NK_POLICY_KEY_FIXED_BITS"] == layout.KEY_FIXED_BITS
     assert d["NK_POLICY_ENDPOINT_ID_LEN"] == layout.ENDPOINT_ID_LEN
+    assert d["NK_POLICY_MAX_ADDRS"] == layout.MAX_ADDRS
     assert d["NK_RULE_OWN"] == layout.RULE_OWN
     assert d["NK_PORT_UNKNOWN"] == layout.PORT_UNKNOWN
     assert _enum(HEADER, "nk_policy_dir") == {"NK_DIR_INGRESS": 0, "NK_DIR_EGRESS": 1}

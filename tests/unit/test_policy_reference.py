@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nkframe_policy import Action, Direction, Policy, Rule, compile_policy, parse, verdict
 from nkframe_policy import packet as pk
-from nkframe_policy.reference import Kind
+from nkframe_policy.reference import Kind, Verdict
 from nkframe_policy.strategies import policies, random_packet
 
 IN, OUT = Direction.INGRESS, Direction.EGRESS
@@ -156,3 +156,33 @@ def test_flattened_entries_agree_with_the_reference(policy, seed):
             addr = parsed.src if direction is IN else parsed.dst
             action, index = compiled.decide(direction, addr, parsed.proto, parsed.dport)
             assert (action, index) == (ref.action, ref.rule_index), (direction, parsed)
+
+
+def test_uplink_verdict_judges_by_the_destination_endpoint():
+    import ipaddress
+
+    from nkframe_policy.reference import destination, uplink_verdict
+
+    pod = ipaddress.ip_address("10.0.0.2")
+    bare = ipaddress.ip_address("10.0.0.3")
+    policy = Policy(ingress=[Rule.allow("192.0.2.0/24", "tcp", 443)], default_ingress="deny")
+    owners = {pod: policy, bare: None}
+    ok = tcp4("192.0.2.1", "10.0.0.2", 443)
+    assert destination(ok) == pod
+    assert uplink_verdict(owners, ok) == verdict(policy, IN, ok) == Verdict(Action.ALLOW, "rule", 0)
+    closed = tcp4("192.0.2.1", "10.0.0.2", 22)
+    assert uplink_verdict(owners, closed) == Verdict(Action.DENY, "default")
+    # Not an endpoint's address, non-IP: continue untouched.
+    assert uplink_verdict(owners, tcp4("192.0.2.1", "10.0.0.9", 22)) == Verdict(Action.ALLOW, "not_local")
+    assert uplink_verdict(owners, pk.arp()) == Verdict(Action.ALLOW, "not_local")
+    # An endpoint without a policy fails closed.
+    assert uplink_verdict(owners, tcp4("192.0.2.1", "10.0.0.3")) == Verdict(Action.DENY, "no_policy")
+    # A malformed packet to the endpoint is its policy's business (malformed); one whose IP
+    # header is too short to name a destination is nobody's.
+    short_l4 = tcp4("192.0.2.1", "10.0.0.2", truncate=20 + 10)
+    assert uplink_verdict(owners, short_l4) == Verdict(Action.DENY, "malformed")
+    assert destination(tcp4("192.0.2.1", "10.0.0.2", truncate=19)) is None
+    assert uplink_verdict(owners, tcp4("192.0.2.1", "10.0.0.2", truncate=19)).reason == "not_local"
+    v6 = pk.build("2001:db8::1", "fd00::2", pk.IPPROTO_UDP)
+    assert destination(v6) == ipaddress.ip_address("fd00::2")
+    assert destination(v6[:14 + 39]) is None
