@@ -86,13 +86,31 @@ def test_veth_pair_in_fresh_netns(netns):
         assert {"lo", "nkv0", "nkv1"} <= names
 
 
+@pytest.fixture
+def plain_pyroute2():
+    """pyroute2 without link kinds registered from outside, restored afterwards.
+
+    The registry is process-global and nkframe.netlink registers its own netkit kind when
+    another test used it; these tests check the kernel, through pyroute2's defaults.
+    """
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    data_map = ifinfmsg.ifinfo.data_map
+    saved = data_map.pop("netkit", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            data_map["netkit"] = saved
+
+
 def _netkit_add(ns) -> None:
     # Without IFLA_INFO_DATA the kernel makes a default pair (L3, pass) and names the peer.
     ns.link("add", ifname="nkx0", kind="netkit")
 
 
 @pytest.mark.netkit
-def test_netkit_pair_can_be_created(netns):
+def test_netkit_pair_can_be_created(netns, plain_pyroute2):
     from pyroute2 import NetNS
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -115,7 +133,7 @@ def test_netkit_pair_can_be_created(netns):
 
 
 @pytest.mark.skipif(SERIES != "6.1", reason="only the vm-legacy tier's kernel must lack netkit")
-def test_legacy_kernel_really_lacks_netkit(netns):
+def test_legacy_kernel_really_lacks_netkit(netns, plain_pyroute2):
     """The vm-legacy tier is only worth something if the fallback is forced for real."""
     from pyroute2 import NetNS
     from pyroute2.netlink.exceptions import NetlinkError
