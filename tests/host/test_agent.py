@@ -201,10 +201,10 @@ def test_non_root_callers_are_refused(node, bpffs_root):
         "print(s.makefile('rb').readline().decode())\n"
     )
     try:
-        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=300)
         assert r.stdout.strip() == "EACCES", r.stderr
         os.chmod(ag.socket_path, 0o666)
-        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([sys.executable, "-c", prog, ag.socket_path], capture_output=True, text=True, timeout=300)
         answer = json.loads(r.stdout)
         assert answer["ok"] is False and answer["error"]["type"] == "Refused" and "uid 65534" in answer["error"]["message"]
     finally:
@@ -238,8 +238,12 @@ def test_addresses_are_unique_across_endpoints(agent, node):
         c.remove_endpoint("second")
 
 
+# The CLI's own Engine (--no-agent, or no agent) loads no installed plugin in these tests.
+_NO_PLUGINS = {"NKFRAME_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
 def _cli(agent_socket, node, bpffs_root, *args):
-    return CliRunner().invoke(cli, ["--netns", node.netns, "--bpffs-root", bpffs_root, "--agent-socket", agent_socket, *args])
+    return CliRunner().invoke(cli, ["--netns", node.netns, "--bpffs-root", bpffs_root, "--agent-socket", agent_socket, *args], env=_NO_PLUGINS)
 
 
 def test_cli_goes_through_the_agent_and_can_bypass_it(agent, node, bpffs_root):
@@ -255,7 +259,7 @@ def test_cli_goes_through_the_agent_and_can_bypass_it(agent, node, bpffs_root):
     assert r.exit_code == 5 and "no endpoint 'nope'" in r.output
     r = _cli(agent.socket_path, node, bpffs_root, "endpoint", "add", "cli-b", "--pod-netns", pod, "--address", "10.77.3.1/32")
     assert r.exit_code == 2 and "already belong to endpoint cli-a" in r.output
-    r = CliRunner().invoke(cli, ["--netns", node.pod(), "--bpffs-root", bpffs_root, "--agent-socket", agent.socket_path, "endpoint", "ls"])
+    r = CliRunner().invoke(cli, ["--netns", node.pod(), "--bpffs-root", bpffs_root, "--agent-socket", agent.socket_path, "endpoint", "ls"], env=_NO_PLUGINS)
     assert r.exit_code == 2 and "serves node namespace" in r.output
     r = _cli(agent.socket_path, node, bpffs_root, "agent", "status", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["endpoints"] == 1
@@ -355,19 +359,20 @@ def test_nkframe_agent_run_serves_until_sigterm(node, bpffs_root, sockdir):
     exe = os.path.join(os.path.dirname(sys.executable), "nkframe")
     sock = str(sockdir / "cli.sock")
     base = [exe, "--netns", node.netns, "--bpffs-root", bpffs_root, "--agent-socket", sock]
-    proc = subprocess.Popen([*base, "agent", "run", "-v"], stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, **_NO_PLUGINS)  # builtin behaviour only: no installed plugin needed
+    proc = subprocess.Popen([*base, "agent", "run", "-v"], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # an interpreter start under TCG takes a while
         while not os.path.exists(sock):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "the agent did not start"
             time.sleep(0.05)
         pod = node.pod()
-        r = subprocess.run([*base, "endpoint", "add", "run-a", "--pod-netns", pod, "--json"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([*base, "endpoint", "add", "run-a", "--pod-netns", pod, "--json"], capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr
-        r = subprocess.run([*base, "endpoint", "ls", "--json"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([*base, "endpoint", "ls", "--json"], capture_output=True, text=True, timeout=300, env=env)
         assert [e["id"] for e in json.loads(r.stdout)] == ["run-a"]
-        r = subprocess.run([*base, "endpoint", "del", "run-a"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([*base, "endpoint", "del", "run-a"], capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -57,7 +57,7 @@ def _state(node, pod, bpffs_root) -> dict:
 
 def _child(node, bpffs_root, pod, verb, attach, point):
     env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1", **{faults.ENV: point, faults.ACTION_ENV: "kill"})
-    return subprocess.run([sys.executable, "-c", CHILD, HERE, node.netns, bpffs_root, pod, verb, attach], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", CHILD, HERE, node.netns, bpffs_root, pod, verb, attach], env=env, capture_output=True, text=True, timeout=600)
 
 
 def _add_and_check_traffic(node, bpffs_root, pod, attach):

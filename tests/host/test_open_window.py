@@ -25,7 +25,7 @@ import threading
 import time
 
 import pytest
-from test_agent_support import Counting, counts
+from test_agent_support import NETKIT, Counting, counts, need
 
 from nkframe import hookimpl, netns
 from nkframe.context import DeviceInfo
@@ -178,13 +178,13 @@ def prepared_node(node):
     return node
 
 
-def _run(node, bpffs_root, plugins, eid, n):
+def _run(node, bpffs_root, plugins, eid, n, device="auto"):
     eng = Engine(node.netns, bpffs_root, plugin_objects=plugins, autoload=False)
     totals = {"pod->node": 0, "node->pod": 0}
     policed = 0
     for i in range(n):
         pod = node.pod()
-        spec = EndpointSpec(id=f"{eid}-{i}", netns=pod, addresses=[f"10.77.40.{10 + i}/32"])
+        spec = EndpointSpec(id=f"{eid}-{i}", netns=pod, addresses=[f"10.77.40.{10 + i}/32"], device=device)
         floods = Floods(node.netns, pod, spec)
         try:
             time.sleep(0.05)
@@ -202,8 +202,10 @@ def _run(node, bpffs_root, plugins, eid, n):
     return totals, policed
 
 
-def test_nothing_passes_before_the_policy_is_live(prepared_node, bpffs_root):
-    totals, policed = _run(prepared_node, bpffs_root, [Counting(verdict=2), Slow()], "win", 4)
+@pytest.mark.parametrize("device", ["auto", "veth", NETKIT])
+def test_nothing_passes_before_the_policy_is_live(prepared_node, bpffs_root, device):
+    need(device)
+    totals, policed = _run(prepared_node, bpffs_root, [Counting(verdict=2), Slow()], "win", 3, device)
     assert totals == {"pod->node": 0, "node->pod": 0}, f"delivered before the policy was live: {totals}"
     assert policed > 0, "the floods reached the device once it opened (and the policy dropped them)"
 

@@ -13,7 +13,7 @@ import struct
 import time
 
 import pytest
-from test_agent_support import AgentProcess, Counting, Flow, counts, version_count, wire
+from test_agent_support import NETKIT, AgentProcess, Counting, Flow, assert_no_loss, counts, need, version_count, wire
 
 from nkframe import engine_upgrade, hookimpl, objects, probe
 from nkframe.engine import Engine
@@ -55,9 +55,7 @@ def _pair(node, bpffs_root, attach, net):
 
 
 def _no_loss(flows):
-    for r in (f.stop() for f in flows):
-        assert r["sent"] >= 500 and r["send_errors"] == 0, r
-        assert r["lost"] == 0, f"lost {r['lost']} of {r['sent']} datagrams, first {r['first_lost']}"
+    assert_no_loss([f.stop() for f in flows])
 
 
 def _attached_ids(eng, ep) -> set[int]:
@@ -69,8 +67,9 @@ def _pins(bpffs_root, eid) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), base) for d, _, fs in os.walk(base) for f in fs if not f.startswith("spec"))
 
 
-@pytest.mark.parametrize("attach", ["auto", "tc"])
+@pytest.mark.parametrize("attach", ["auto", "tc", NETKIT])
 def test_upgrade_in_place_under_traffic(node, bpffs_root, attach):
+    need(attach)
     eng, a, b, flows = _pair(node, bpffs_root, attach, 20)
     try:
         time.sleep(0.3)
@@ -113,8 +112,9 @@ def test_upgrade_in_place_under_traffic(node, bpffs_root, attach):
             eng.remove_endpoint(eid)
 
 
-@pytest.mark.parametrize("attach", ["auto", "tc"])
+@pytest.mark.parametrize("attach", ["auto", "tc", NETKIT])
 def test_upgrade_to_a_chain_of_another_shape(node, bpffs_root, attach):
+    need(attach)
     eng, a, b, flows = _pair(node, bpffs_root, attach, 21)
     try:
         time.sleep(0.2)
@@ -190,9 +190,11 @@ def test_a_failed_upgrade_leaves_the_old_version_running(node, bpffs_root, monke
     eng.remove_endpoint("keep")
 
 
-def test_upgrade_through_a_restarted_agent_of_the_new_version(node, bpffs_root, tmp_path):
+@pytest.mark.parametrize("attach", ["auto", NETKIT])
+def test_upgrade_through_a_restarted_agent_of_the_new_version(node, bpffs_root, tmp_path, attach):
     """The deployment story: agent v1 runs; it is replaced (SIGKILL) by agent v2, which is asked
     to upgrade every endpoint.  Traffic flows throughout."""
+    need(attach)
     sock = str(tmp_path / "agent.sock")
     pa, pb = node.pod(), node.pod()
     v1 = AgentProcess(node.netns, bpffs_root, sock, version=1).start()
@@ -200,8 +202,8 @@ def test_upgrade_through_a_restarted_agent_of_the_new_version(node, bpffs_root, 
     flows = []
     try:
         with v1.client() as c:
-            a = c.add_endpoint(EndpointSpec(id="ag-a", netns=pa, addresses=["10.77.22.10/32"]))
-            b = c.add_endpoint(EndpointSpec(id="ag-b", netns=pb, addresses=["10.77.22.11/32"]))
+            a = c.add_endpoint(EndpointSpec(id="ag-a", netns=pa, addresses=["10.77.22.10/32"], attach=attach))
+            b = c.add_endpoint(EndpointSpec(id="ag-b", netns=pb, addresses=["10.77.22.11/32"], attach=attach))
         wire(node.netns, pa, a.spec)
         wire(node.netns, pb, b.spec)
         flows = [Flow(pa, pb, "10.77.22.11", 7201).start(), Flow(pb, pa, "10.77.22.10", 7202).start()]
@@ -224,7 +226,10 @@ def test_upgrade_through_a_restarted_agent_of_the_new_version(node, bpffs_root, 
         v2.kill()
 
 
-def test_switch_tc_to_tcx_under_traffic_through_the_agent(node, bpffs_root, tmp_path):
+@pytest.mark.parametrize("target", ["tcx", NETKIT])
+def test_switch_from_tc_under_traffic_through_the_agent(node, bpffs_root, tmp_path, target):
+    """What a kernel upgrade allows: TC -> TCX, or TC -> netkit links on a netkit device."""
+    need(target)
     if not probe.features().supported("tcx"):
         pytest.skip(f"needs TCX to switch to: {probe.features()['tcx'].reason}")
     sock = str(tmp_path / "agent.sock")
@@ -241,8 +246,8 @@ def test_switch_tc_to_tcx_under_traffic_through_the_agent(node, bpffs_root, tmp_
             time.sleep(0.3)
             counted = version_count(bpffs_root, "sw-a", 1)
             for eid in ("sw-a", "sw-b"):
-                moved = c.switch_mechanism(eid, "tcx")
-                assert set(moved.mechanism.values()) == {Mechanism.TCX}
+                moved = c.switch_mechanism(eid, target)
+                assert set(moved.mechanism.values()) == {Mechanism(target)}
             time.sleep(0.3)
             assert version_count(bpffs_root, "sw-a", 1) > counted, "counters carried over and go on"
             _no_loss(flows)
