@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--results", type=Path, default=HERE / "results", help="where <date-time>.jsonl and .png go")
     p.add_argument("--docs", type=Path, default=None, help="the Markdown report (default docs/benchmarks.md; with --quick: next to the results)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to this long for the 1-minute load average to fall below half the CPUs")
     p.add_argument("--vm-inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -58,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
 
     rec = Recorder(emit=emit)
+    quiet = wait_quiet(args.wait_quiet, rec) if args.wait_quiet else None
     machine = dict(report.machine_info(), load_start=report._load())
+    load1 = os.getloadavg()[0]
+    if load1 > (os.cpu_count() or 1) / 2:
+        rec.skip("quiet machine", f"the 1-minute load average was {load1:.1f} on {os.cpu_count()} CPUs when the run started"
+                 + (f" (after waiting {quiet:.0f} s for it to fall)" if quiet else "") + ": other work shares the CPUs, figures are noisier than their spread suggests")
     started = time.time()
     try:
         for name in SECTIONS:
@@ -72,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(rec), file=sys.stderr)
     print(f"\nresults: {jsonl}\nplot:    {png}\nreport:  {docs}", file=sys.stderr)
     return 0
+
+
+def wait_quiet(limit: float, rec: Recorder) -> float:
+    """Wait (up to ``limit`` s) for the load average to fall below half the CPUs; seconds waited."""
+    t0 = time.monotonic()
+    cpus = os.cpu_count() or 1
+    while os.getloadavg()[0] > cpus / 2 and time.monotonic() - t0 < limit:
+        rec.log(f"waiting for a quiet machine: load {os.getloadavg()[0]:.1f} on {cpus} CPUs")
+        time.sleep(30)
+    return time.monotonic() - t0
 
 
 def run_section(name: str, rec: Recorder, *, quick: bool) -> None:
