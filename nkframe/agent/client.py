@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import socket
 import sys
@@ -100,8 +101,6 @@ class AgentClient:
                 raise AgentUnavailable(f"lost the connection to the agent at {self.socket_path} during {method} ({e}); if it was an add or remove, check the endpoint again once an agent runs") from None
             if not raw:
                 raise AgentUnavailable(f"the agent at {self.socket_path} closed the connection during {method}; if it was an add or remove, check the endpoint again once an agent runs")
-        import json
-
         doc = json.loads(raw)
         if doc.get("ok"):
             if doc.get("id") != rid:

@@ -19,11 +19,11 @@ from test_agent_support import Counting, count_obj, version_count, wire  # noqa:
 from nkframe import netns
 from nkframe.agent import kobjects, protocol
 from nkframe.agent.client import AgentClient
-from nkframe.agent.protocol import AddressInUse, AgentUnavailable, Refused
+from nkframe.agent.protocol import AddressInUse, Refused
 from nkframe.agent.server import Agent, AgentRunning
 from nkframe.cli import cli
 from nkframe.engine import Engine
-from nkframe.errors import EndpointExists, EndpointNotFound, InvalidSpec, NetnsNotFound
+from nkframe.errors import EndpointExists, EndpointNotFound, NetnsNotFound
 from nkframe.netlink import links
 from nkframe.testing import udp_probe
 from nkframe.types import EndpointSpec

@@ -18,7 +18,6 @@ must see deliveries, or the test could not fail.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import struct
 import threading
