@@ -15,7 +15,17 @@ Debian's own kernel packages: ``6.12`` (bookworm's ``+deb12`` backport, CONFIG_N
 * :func:`run_pytest` runs the root test tier in the guest and reads pytest's JUnit XML.
 
 ``python -m nkframe.vm test --kernel 6.12 -- <pytest args>`` and
-``python -m nkframe.vm exec --kernel 6.12 -- CMD`` are the command-line front ends.
+``python -m nkframe.vm exec --kernel 6.12 -- CMD`` are the command-line front ends
+(``python -m nkframe.vm kernel --kernel 6.1`` only fetches and prints the paths).
+
+Environment:
+  NKFRAME_KERNEL_CACHE   where unpacked kernels live (default ~/.cache/nkframe/kernels)
+  NKFRAME_VM_TIMEOUT     a test tier's boot time limit in seconds (default 1200)
+  NKFRAME_VM_SELECT      "kernel" (default): the kernel-dependent tests; "all": the root suite
+  NKFRAME_VM_FAST_IMAGE  0: read everything over 9p (no disk image; much slower)
+  NKFRAME_VM_KVM         1: use KVM (not available on our machines: nested KVM fails)
+  NKFRAME_VM_QEMU_OPTS   extra QEMU arguments, e.g. "-cpu qemu64"
+  NKFRAME_VM_APPEND      extra guest kernel arguments, e.g. "mitigations=off"
 """
 
 from __future__ import annotations
@@ -48,8 +58,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: some features on purpose and the tests say what they need.
 GUEST_MODULES = ("veth", "sch_ingress", "cls_bpf", "act_bpf", "dummy", "tun")
 
-#: One boot's time limit (NKFRAME_VM_TIMEOUT overrides it for the test tiers).
-DEFAULT_TIMEOUT = 900.0
+#: One boot's time limit (NKFRAME_VM_TIMEOUT overrides it for the test tiers).  The VM tiers'
+#: selection took 13-14 min each on this 2-core machine while other jobs kept it loaded (load
+#: 6-10); alone it should take a third of that.  The limit is there to stop a hung guest, not to
+#: fail a slow one: CI's own limit is 90 min.
+DEFAULT_TIMEOUT = 1200.0
 #: What a boot, the module loads and the fast-path image mount may take before pytest starts.
 BOOT_ALLOWANCE = 150.0
 
@@ -582,6 +595,8 @@ def build_vng_command(
     vng: str = "vng",
     kvm: bool = False,
     disk: Path | None = None,
+    qemu_opts: Sequence[str] = (),
+    append: Sequence[str] = (),
 ) -> list[str]:
     """The vng argv for one boot of ``kernel`` running ``script``.
 
@@ -602,6 +617,8 @@ def build_vng_command(
         # One word with '=': argparse would read a separate "-drive ..." as an option.
         argv.append(f"--qemu-opts=-drive file={disk},if=none,id=nkfast,format=raw,readonly=on "
                     f"-device virtio-blk-pci,drive=nkfast,serial={FAST_IMAGE_SERIAL}")
+    argv += [f"--qemu-opts={o}" for o in qemu_opts]
+    argv += [f"--append={a}" for a in append]
     argv += ["--exec", f"/bin/sh {shlex.quote(str(script))}"]
     return argv
 
@@ -654,7 +671,9 @@ def run(
         argv = build_vng_command(kernel, script=script, rwdirs=[rwdir, *extra_rwdirs],
                                  memory=memory, cpus=cpus, vng=find_vng(),
                                  kvm=os.environ.get("NKFRAME_VM_KVM") == "1",
-                                 disk=image.path if image else None)
+                                 disk=image.path if image else None,
+                                 qemu_opts=[o for o in [os.environ.get("NKFRAME_VM_QEMU_OPTS")] if o],
+                                 append=shlex.split(os.environ.get("NKFRAME_VM_APPEND", "")))
         return _boot(argv, log_path=log_path, status=status, timeout=timeout, echo=echo,
                      cwd=Path(cwd or REPO_ROOT))
     finally:

@@ -131,6 +131,9 @@ def test_vng_command(tmp_path):
     (opts,) = [a for a in kvm if a.startswith("--qemu-opts=")]  # one word: "-drive" is no option
     assert "file=/i.img," in opts and "readonly=on" in opts
     assert f"serial={vm.FAST_IMAGE_SERIAL}" in opts
+    extra = vm.build_vng_command(k, script=Path("/s"), rwdirs=[], qemu_opts=["-cpu qemu64"],
+                                 append=["mitigations=off"])
+    assert "--qemu-opts=-cpu qemu64" in extra and "--append=mitigations=off" in extra
 
 
 def _debugfs_ls(image: Path, path: str) -> set[str]:
