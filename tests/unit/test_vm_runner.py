@@ -345,3 +345,15 @@ def test_kernel_selection_prefixes():
     # The shipped list names files that exist (a renamed test file must not drop silently).
     for p in plugin.load_selection():
         assert (vm.REPO_ROOT / p.split("::")[0]).exists(), p
+
+
+def test_run_tiers_rejects_unknown_tier():
+    import os
+    import sys
+
+    script = vm.REPO_ROOT / "tests" / "run-tiers"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env=dict(os.environ, NKFRAME_TIERS="unit,vm-bogus"))
+    assert r.returncode != 0
+    assert "unknown tier(s) vm-bogus" in r.stderr
+    assert "vm-netkit" in r.stderr  # says which tiers exist
