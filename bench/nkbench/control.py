@@ -235,11 +235,23 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False, sizes: Sizes | None
 
 
 def nkframe_cni_front(scope: Scope, rec: Recorder):
-    """nkframe's own CNI plugin, once it is installed as /usr/lib/cni/nkframe (its rows join)."""
+    """nkframe's own CNI plugin, once it is installed as /usr/lib/cni/nkframe: its rows
+    (``endpoint.*.cni``) join, invoked exactly like ptp.  One ADD/DEL first proves the
+    configuration; if it fails the rows are skipped with the plugin's answer."""
     if not have_cni("nkframe"):
         rec.skip("endpoint.*.cni rows", "no nkframe CNI plugin in /usr/lib/cni yet")
         return None
-    return None
+    front = CniFront(scope, "nkframe")
+    front.name = "cni"
+    front.config = dict(ptp_config(front.data_dir), type="nkframe")
+    probe = scope.netns("cp")
+    try:
+        front.add(99999, probe)
+        front.delete(99999, probe)
+    except Exception as e:  # noqa: BLE001 - a configuration we guessed wrong is a skip, not a crash
+        rec.skip("endpoint.*.cni rows", f"nkframe CNI plugin refused the benchmark's configuration: {e}")
+        return None
+    return front
 
 
 def _many(fn: Callable[[int, str], None], pods: Sequence[str], workers: int, offset: int = 0) -> float:
