@@ -139,6 +139,17 @@ def obj():
 
 # -- objects and programs ---------------------------------------------------------------------
 
+
+@pytest.fixture
+def tcx():
+    """TCX links need Linux 6.6+ (the vm-legacy tier's 6.1 has none: TC covers it there)."""
+    from nkframe import probe
+
+    f = probe.features()
+    if not f.supported("tcx"):
+        pytest.skip(f"tcx unsupported here: {f['tcx'].reason}")
+
+
 def test_load_gives_fds_and_info(obj):
     prog = obj.programs["tc_count"]
     info = prog.info()
@@ -403,7 +414,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_pins_survive_the_process_that_made_them(veth, pin_dir):
+def test_pins_survive_the_process_that_made_them(tcx, veth, pin_dir):
     # The child inherits this thread's network namespace.
     res = subprocess.run([sys.executable, "-c", CHILD, str(pin_dir), str(veth.ifindex),
                           str(PROG_O)], capture_output=True, text=True, timeout=60)
@@ -437,7 +448,7 @@ def _eventually(cond, timeout: float = 5.0) -> bool:
 
 # -- TCX links ---------------------------------------------------------------------------------
 
-def test_tcx_link_create_query_info(veth, obj):
+def test_tcx_link_create_query_info(tcx, veth, obj):
     prog = obj.programs["tc_count"]
     empty = bpf.prog_query(veth.ifindex, bpf.BPF_TCX_INGRESS)
     assert empty.prog_ids == () and empty.link_ids == ()
@@ -455,14 +466,14 @@ def test_tcx_link_create_query_info(veth, obj):
     assert bpf.prog_query(veth.ifindex, bpf.BPF_TCX_INGRESS).prog_ids == ()
 
 
-def test_tcx_program_sees_real_traffic(veth, obj):
+def test_tcx_program_sees_real_traffic(tcx, veth, obj):
     with bpf.Link.create(obj.programs["tc_count"].fd, veth.ifindex, bpf.BPF_TCX_INGRESS):
         veth.send_udp_from_b(3)
     seen = struct.unpack("<Q", obj.get_global("seen_packets"))[0]
     assert seen >= 3  # 3 datagrams, plus ARP
 
 
-def test_tcx_anchors_order(veth, obj):
+def test_tcx_anchors_order(tcx, veth, obj):
     count, nxt, mark = (obj.programs[n] for n in ("tc_count", "tc_next", "tc_mark"))
     with bpf.Link.create(count.fd, veth.ifindex, bpf.BPF_TCX_INGRESS) as l_count, \
          bpf.Link.create(nxt.fd, veth.ifindex, bpf.BPF_TCX_INGRESS,
@@ -486,7 +497,7 @@ def test_tcx_anchors_order(veth, obj):
                 assert q.prog_ids == (nxt.id, mark.id, count.id, tail.id)
 
 
-def test_tcx_expected_revision(veth, obj):
+def test_tcx_expected_revision(tcx, veth, obj):
     count, mark = obj.programs["tc_count"], obj.programs["tc_mark"]
     rev = bpf.prog_query(veth.ifindex, bpf.BPF_TCX_INGRESS).revision
     with bpf.Link.create(count.fd, veth.ifindex, bpf.BPF_TCX_INGRESS, expected_revision=rev):
@@ -496,7 +507,7 @@ def test_tcx_expected_revision(veth, obj):
         assert "tcx ingress" in str(ei.value) and str(veth.ifindex) in str(ei.value)
 
 
-def test_tcx_update_with_expected_old(veth, obj):
+def test_tcx_update_with_expected_old(tcx, veth, obj):
     count, mark, nxt = (obj.programs[n] for n in ("tc_count", "tc_mark", "tc_next"))
     with bpf.Link.create(count.fd, veth.ifindex, bpf.BPF_TCX_INGRESS) as link:
         with pytest.raises(KernelError) as ei:
@@ -510,7 +521,7 @@ def test_tcx_update_with_expected_old(veth, obj):
         assert q.prog_ids == (nxt.id,) and q.link_ids == (link.info().id,)
 
 
-def test_tcx_detach_leaves_defunct_link(veth, obj):
+def test_tcx_detach_leaves_defunct_link(tcx, veth, obj):
     with bpf.Link.create(obj.programs["tc_count"].fd, veth.ifindex, bpf.BPF_TCX_EGRESS) as link:
         link.detach()
         assert bpf.prog_query(veth.ifindex, bpf.BPF_TCX_EGRESS).prog_ids == ()
@@ -518,7 +529,7 @@ def test_tcx_detach_leaves_defunct_link(veth, obj):
         assert info.ifindex == 0  # the kernel forgets the device of a detached tcx link
 
 
-def test_link_pin_from_id_and_errors(veth, obj, pin_dir):
+def test_link_pin_from_id_and_errors(tcx, veth, obj, pin_dir):
     prog = obj.programs["tc_count"]
     link = bpf.Link.create(prog.fd, veth.ifindex, bpf.BPF_TCX_INGRESS)
     link.pin(pin_dir / "l")
