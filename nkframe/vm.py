@@ -900,11 +900,17 @@ def pytest_command(
     return argv + list(pytest_args)
 
 
-def probe_command(venv: Path) -> str:
-    """Print the guest kernel's features; tolerate an nkframe without the probe command."""
+def probe_command(venv: Path, json_out: Path | None = None) -> str:
+    """Print the guest kernel's features; tolerate an nkframe without the probe command.
+
+    With ``json_out`` the same probe is also saved as JSON there (tools/compat_table.py builds
+    docs/compat.md from each tier's file)."""
     nk = shlex.quote(str(venv / "bin" / "nkframe"))
-    return (f'echo "== nkframe probe ($(uname -r)) =="; '
-            f'{nk} probe 2>&1 || echo "probe unavailable (exit $?)"')
+    cmd = (f'echo "== nkframe probe ($(uname -r)) =="; '
+           f'{nk} probe 2>&1 || echo "probe unavailable (exit $?)"')
+    if json_out is not None:
+        cmd += f"; {nk} probe --json > {shlex.quote(str(json_out))} 2>/dev/null || true"
+    return cmd
 
 
 def tier_name(series: KernelSeries) -> str:
@@ -959,7 +965,7 @@ def run_pytest(
     timeout = timeout or float(os.environ.get("NKFRAME_VM_TIMEOUT", DEFAULT_TIMEOUT))
     budget = max(60, int(timeout - BOOT_ALLOWANCE))
     # coreutils timeout: SIGINT makes pytest stop and still write its report; exit 124 then.
-    cmd = (probe_command(venv) + "\n" + f"timeout -s INT -k 60 {budget} "
+    cmd = (probe_command(venv, results / "probe.json") + "\n" + f"timeout -s INT -k 60 {budget} "
            + shlex.join(pytest_command(venv, junit, pytest_args)))
     log(f"nkframe-vm: booting {kernel.release} for the {name} tier "
         f"(time limit {timeout:.0f} s, pytest {budget} s)")
