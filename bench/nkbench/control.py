@@ -50,12 +50,23 @@ def _addr(i: int) -> str:
 class EngineFront:
     name = "engine"
 
-    def __init__(self, scope: Scope):
+    def __init__(self, scope: Scope | None):
         from nkframe.engine import Engine
 
+        if scope is None:
+            return
         self.node = Node(scope, prefix="ne")
         self.engine = Engine(self.node.netns, scope.bpffs(), plugins=["l3"], uplink=self.node.uplink)
         self.engine.setup_uplink()
+
+    @classmethod
+    def on(cls, node: Node, bpffs_root: str) -> "EngineFront":
+        """An Engine on an existing node and bpffs root (e.g. the agent's)."""
+        from nkframe.engine import Engine
+
+        f = cls(None)
+        f.node, f.engine = node, Engine(node.netns, bpffs_root, plugins=["l3"], uplink=node.uplink)
+        return f
 
     def add(self, i: int, pod: str) -> None:
         from nkframe.types import EndpointSpec
@@ -291,6 +302,9 @@ def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Si
     rec.log(f"ptp: add {ptp_add:.1f} s, del {ptp_del:.1f} s; now through the agent")
     add_total = _many(agent.add, pods, w)
     agent_probe = _probe(agent, extra, n)
+    # The same probe through an Engine in this process on the agent's node and pins (the agent
+    # idles meanwhile): what of the growth is the Engine's and what the agent's own.
+    engine_probe = _probe(EngineFront.on(agent.node, agent.bpffs), extra, n)
     rss = agent.rss_mb()
     rec.log(f"agent: {n} adds in {add_total:.1f} s, RSS {rss:.0f} MB (idle {rss0:.0f} MB); restarting {sizes.restarts}x")
     rec.add(f"ptp.n{n}.add.total", Stat.of([ptp_add]), "s")
@@ -298,6 +312,7 @@ def big(rec: Recorder, scope: Scope, agent: AgentFront, ptp: CniFront, sizes: Si
     # An add on the full node against one on the empty node: per-add cost that grows with n.
     rec.add(f"ptp.add.p50.at_n{n}", Stat.of([percentile(ptp_probe, 50)]), "ms", baseline=rec.get("ptp.add.p50"))
     rec.add(f"endpoint.add.p50.agent.at_n{n}", Stat.of([percentile(agent_probe, 50)]), "ms", baseline=rec.get("endpoint.add.p50.agent"))
+    rec.add(f"endpoint.add.p50.engine.at_n{n}", Stat.of([percentile(engine_probe, 50)]), "ms", baseline=rec.get("endpoint.add.p50.engine"))
     base_rss = rec.add("agent.rss.idle", Stat.of([rss0]), "MB")
     rec.add(f"agent.rss.n{n}", Stat.of([rss]), "MB", baseline=base_rss)
     # Restart: a fresh agent reconciles from the pins.  Its own startup figure is the reconcile.

@@ -165,8 +165,14 @@ LIMITS = {
         "requests); BPF load/attach and bpffs pinning are a small share."
     ),
     "n1000": (
-        "The same per-add cost as above, times 1,000: the agent serialises adds behind one "
-        "Engine lock, so 16 concurrent clients overlap only their own share."
+        "The per-add cost above, 1,000 times and serialised: the agent runs adds one at a time "
+        "behind the Engine's lock, so 16 clients overlap only their own share. On top, an add "
+        "through the agent grows with the node: before each add the agent checks the new "
+        "addresses against every stored spec (`Agent._check_addresses` loads all n specs from "
+        "bpffs, ~0.2 ms each here), which makes 1,000 adds quadratic; compare "
+        "`endpoint.add.p50.agent.at_n1000` with `endpoint.add.p50.engine.at_n1000`. An address "
+        "index kept by the agent (rebuilt by its start-up reconcile) or the datapath's own "
+        "ownership check in `nk_endpoints` would make it constant."
     ),
     "reconcile": (
         "Profiled with py-spy (`bench/profile.py --reconcile --adds 150`): about 70% of a "
