@@ -4,13 +4,20 @@
  * the numbers below against it).
  *
  * Lookup path of one packet (slot = ENDPOINT_SLOT, set in .rodata before load):
- *   gen  = nk_pol_gen[slot]                          0 = no policy (drop), else 1 or 2
- *   ent  = nk_pol_lpm[{slot, gen, dir, family, address}]   longest prefix
- *   rule = first of ent->rules[0..count) matching proto/port (denies are stored first),
- *          else ent->default_action
- * Each LPM entry carries every rule whose CIDR contains the entry's prefix (flattened at compile
- * time) and the direction's default; a /0 entry per family and direction is always present, so
- * one lookup and a scan of at most NK_POLICY_MAX_RULES decide.
+ *   gen   = nk_pol_gen[slot]                     0 = no policy (drop), else 1 or 2
+ *   table = nk_pol_head[slot * 2 + gen - 1].t[direction][family]
+ *   id    = nk_policy_find(table, address)       longest prefix, else table->fallback
+ *   ent   = nk_pol_ent[id]
+ *   rule  = first of nk_pol_ruledef[ent->rules[0..count)] matching proto/port (denies are
+ *           stored first), else ent->default_action
+ * Each entry carries every rule whose CIDR contains the entry's prefix (flattened at compile
+ * time) and the direction's default, so one match and a scan of at most NK_POLICY_MAX_RULES
+ * decide.  nk_policy_find() probes the table's prefix lengths, longest first, in a hash table
+ * of buckets (plugins/nkframe_policy/tables.py builds them and explains the layout); every map
+ * on the path is an array, whose lookups the verifier inlines.
+ *
+ * A generation's head, buckets and entries are written before nk_pol_gen points at it and are
+ * never changed while it is active: a change writes the other generation and flips.
  */
 #ifndef NKFRAME_POLICY_H
 #define NKFRAME_POLICY_H
@@ -20,12 +27,18 @@
 #include "nkframe_common.h"
 
 #define NK_POLICY_MAX_RULES 16          /* rules covering one prefix (flattened) */
-#define NK_POLICY_LPM_ENTRIES 131072    /* prefixes, all endpoints, both generations */
-#define NK_POLICY_RULE_SLOTS 65536      /* per-rule counters, all endpoints */
-#define NK_POLICY_MAX_ENDPOINTS 1024    /* endpoint stats slots */
-#define NK_POLICY_KEY_FIXED_BITS 96     /* slot + generation + direction/family/pad */
+#define NK_POLICY_ENTRIES 131072        /* entries (prefixes), all endpoints, both generations */
+#define NK_POLICY_TAB4_BUCKETS 131072   /* IPv4 hash buckets, all tables */
+#define NK_POLICY_TAB6_BUCKETS 65536    /* IPv6 hash buckets, all tables */
+#define NK_POLICY_BUCKET_SLOTS 4        /* keys per bucket */
+#define NK_POLICY_MAX_LENS 16           /* prefix lengths probed per table */
+#define NK_POLICY_RULE_SLOTS 65536      /* rules (definitions and counters), all endpoints */
+#define NK_POLICY_MAX_ENDPOINTS 1024    /* endpoint slots */
 #define NK_POLICY_ENDPOINT_ID_LEN 64    /* nk_pol_owner: endpoint id string, NUL padded */
 #define NK_POLICY_MAX_ADDRS 16384       /* nk_pol_addrs: endpoint addresses, all endpoints */
+#define NK_POLICY_HASH_K1 0x9E3779B97F4A7C15ULL
+#define NK_POLICY_HASH_K2 0xBF58476D1CE4E5B9ULL
+#define NK_POLICY_ENTRY_BITS 24         /* slot meta: prefix length << 24 | entry id */
 
 enum nk_policy_dir {
 	NK_DIR_INGRESS = 0, /* to the endpoint: rules match the source address */
@@ -37,35 +50,60 @@ enum nk_policy_action {
 	NK_ACT_DENY = 2,
 };
 
-/* nk_policy_rule.flags */
-#define NK_RULE_OWN 0x01 /* the entry's prefix is this rule's own CIDR (for reading back) */
-
-/* LPM trie key.  prefixlen counts bits after itself: NK_POLICY_KEY_FIXED_BITS + CIDR length. */
-struct nk_policy_key {
-	__u32 prefixlen;
-	__u32 slot;        /* endpoint slot; host order (all 96 fixed bits match exactly) */
-	__u32 generation;
-	__u8 direction;
-	__u8 family;       /* 4 or 6 */
-	__u8 _pad[2];
-	__u8 addr[16];     /* IPv4 uses the first 4 bytes */
+/* One table: the prefixes of one (generation, direction, family) of one endpoint. */
+struct nk_policy_table {
+	__u32 base;     /* first bucket in nk_pol_tab4 / nk_pol_tab6 */
+	__u32 mask;     /* buckets - 1 (a power of two) */
+	__u32 fallback; /* entry id for addresses no prefix covers (the catch-all's entry) */
+	__u32 first;    /* the table's entries are ids first .. first + count - 1 */
+	__u32 count;    /*   (user space reads them back from there) */
+	__u8 nlens;
+	__u8 lens[NK_POLICY_MAX_LENS]; /* prefix lengths probed, longest first */
+	__u8 _pad[3];
 };
 
+/* nk_pol_head: one per (slot, generation), index slot * 2 + generation - 1. */
+struct nk_policy_head {
+	struct nk_policy_table t[2][2]; /* [enum nk_policy_dir][0: IPv4, 1: IPv6] */
+};
+
+/* Hash table slots: an empty slot has meta 0 (no prefix length is 0: the catch-all is the
+ * fallback).  A bucket fills its slots in order. */
+struct nk_policy_slot4 {
+	__u32 addr; /* network order, masked to the length */
+	__u32 meta; /* prefix length << NK_POLICY_ENTRY_BITS | entry id */
+};
+
+struct nk_policy_bucket4 {
+	struct nk_policy_slot4 s[NK_POLICY_BUCKET_SLOTS];
+};
+
+struct nk_policy_slot6 {
+	__u32 addr[4];
+	__u32 meta;
+};
+
+struct nk_policy_bucket6 {
+	struct nk_policy_slot6 s[NK_POLICY_BUCKET_SLOTS];
+};
+
+/* nk_pol_ruledef: what a rule matches, by rule id (an id belongs to one rule of one endpoint's
+ * direction as long as it is in use, so this never changes under a live generation). */
 struct nk_policy_rule {
-	__u32 rule_id;  /* index into nk_policy_rule_stats */
 	__u32 port_lo;  /* destination ports, host order; a rule without ports has */
 	__u32 port_hi;  /*   0..NK_PORT_UNKNOWN so it also matches "ports unknown" */
 	__u8 proto;     /* IP protocol number, 0 = any */
 	__u8 action;    /* enum nk_policy_action */
-	__u8 flags;
-	__u8 _pad;
+	__u8 family;    /* the rule's CIDR (read back by user space; the programs skip it) */
+	__u8 prefixlen;
+	__u8 addr[16];
 };
 
 struct nk_policy_entry {
 	__u8 count;
 	__u8 default_action; /* enum nk_policy_action, of this entry's direction */
-	__u8 _pad[6];
-	struct nk_policy_rule rules[NK_POLICY_MAX_RULES];
+	__u16 _pad;
+	__u16 rules[NK_POLICY_MAX_RULES]; /* rule ids: denies first, then allows */
 };
 
 /* nk_pol_owner: which endpoint holds a slot (user space bookkeeping; the programs never read
@@ -108,12 +146,39 @@ struct {
 } nk_pol_gen SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
-	__type(key, struct nk_policy_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nk_policy_head);
+	__uint(max_entries, NK_POLICY_MAX_ENDPOINTS * 2);
+} nk_pol_head SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nk_policy_bucket4);
+	__uint(max_entries, NK_POLICY_TAB4_BUCKETS);
+} nk_pol_tab4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nk_policy_bucket6);
+	__uint(max_entries, NK_POLICY_TAB6_BUCKETS);
+} nk_pol_tab6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
 	__type(value, struct nk_policy_entry);
-	__uint(max_entries, NK_POLICY_LPM_ENTRIES);
-} nk_pol_lpm SEC(".maps");
+	__uint(max_entries, NK_POLICY_ENTRIES);
+} nk_pol_ent SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nk_policy_rule);
+	__uint(max_entries, NK_POLICY_RULE_SLOTS);
+} nk_pol_ruledef SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -195,6 +260,110 @@ static __always_inline int nk_policy_parse(struct __sk_buff *skb, __u32 l3_off, 
 	return res;
 }
 
+/* The mask of the first ``bits`` bits of a network-order word, as loaded (0 <= bits <= 32). */
+static __always_inline __u32 nk_policy_mask32(__u32 bits)
+{
+	if (bits >= 32)
+		return 0xffffffff;
+	if (bits == 0)
+		return 0;
+	return bpf_htonl(0xffffffffU << (32 - bits));
+}
+
+static __always_inline __u32 nk_policy_bits(__u32 len, __u32 word)
+{
+	return len > word * 32 ? len - word * 32 : 0;
+}
+
+/* The hash of tables.py's key_hash(): multiply-xor over the masked address words. */
+static __always_inline __u64 nk_policy_mix(__u64 h, __u32 w)
+{
+	return (h ^ w) * NK_POLICY_HASH_K2;
+}
+
+static __always_inline __u64 nk_policy_final(__u64 h)
+{
+	return h ^ (h >> 31);
+}
+
+#define NK_POLICY_META(len, id) (((__u32)(len) << NK_POLICY_ENTRY_BITS) | (id))
+#define NK_POLICY_ID(meta) ((meta) & ((1U << NK_POLICY_ENTRY_BITS) - 1))
+
+/* The entry of the longest prefix of table t containing the IPv4 address, else t->fallback. */
+static __always_inline __u32 nk_policy_find4(const struct nk_policy_table *t, __u32 addr)
+{
+	__u32 n = t->nlens, base = t->base, mask = t->mask;
+	int i, b, j;
+
+	for (i = 0; i < NK_POLICY_MAX_LENS; i++) {
+		if (i >= n)
+			break;
+		__u32 len = t->lens[i];
+		__u32 w = addr & nk_policy_mask32(len);
+		__u32 meta = NK_POLICY_META(len, 0);
+		__u64 h = nk_policy_final(nk_policy_mix((__u64)len * NK_POLICY_HASH_K1, w));
+		__u32 idx = base + ((__u32)h & mask);
+
+		for (b = 0; b < 2; b++) {
+			struct nk_policy_bucket4 *bk = bpf_map_lookup_elem(&nk_pol_tab4, &idx);
+			if (!bk)
+				break;
+#pragma unroll
+			for (j = 0; j < NK_POLICY_BUCKET_SLOTS; j++) {
+				__u32 m = bk->s[j].meta;
+				if (bk->s[j].addr == w && (m & ~((1U << NK_POLICY_ENTRY_BITS) - 1)) == meta)
+					return NK_POLICY_ID(m);
+			}
+			/* A key is in its secondary bucket only if its primary is full. */
+			if (!bk->s[NK_POLICY_BUCKET_SLOTS - 1].meta)
+				break;
+			idx = base + ((__u32)(h >> 32) & mask);
+		}
+	}
+	return t->fallback;
+}
+
+static __always_inline __u32 nk_policy_find6(const struct nk_policy_table *t, const __u32 *addr)
+{
+	__u32 n = t->nlens, base = t->base, mask = t->mask;
+	int i, b, j;
+
+	for (i = 0; i < NK_POLICY_MAX_LENS; i++) {
+		if (i >= n)
+			break;
+		__u32 len = t->lens[i];
+		__u32 w0 = addr[0] & nk_policy_mask32(len);
+		__u32 w1 = addr[1] & nk_policy_mask32(nk_policy_bits(len, 1));
+		__u32 w2 = addr[2] & nk_policy_mask32(nk_policy_bits(len, 2));
+		__u32 w3 = addr[3] & nk_policy_mask32(nk_policy_bits(len, 3));
+		__u32 meta = NK_POLICY_META(len, 0);
+		__u64 h = (__u64)len * NK_POLICY_HASH_K1;
+		h = nk_policy_mix(h, w0);
+		h = nk_policy_mix(h, w1);
+		h = nk_policy_mix(h, w2);
+		h = nk_policy_final(nk_policy_mix(h, w3));
+		__u32 idx = base + ((__u32)h & mask);
+
+		for (b = 0; b < 2; b++) {
+			struct nk_policy_bucket6 *bk = bpf_map_lookup_elem(&nk_pol_tab6, &idx);
+			if (!bk)
+				break;
+#pragma unroll
+			for (j = 0; j < NK_POLICY_BUCKET_SLOTS; j++) {
+				struct nk_policy_slot6 *sl = &bk->s[j];
+				__u32 m = sl->meta;
+				if (sl->addr[0] == w0 && sl->addr[1] == w1 && sl->addr[2] == w2 &&
+				    sl->addr[3] == w3 && (m & ~((1U << NK_POLICY_ENTRY_BITS) - 1)) == meta)
+					return NK_POLICY_ID(m);
+			}
+			if (!bk->s[NK_POLICY_BUCKET_SLOTS - 1].meta)
+				break;
+			idx = base + ((__u32)(h >> 32) & mask);
+		}
+	}
+	return t->fallback;
+}
+
 /* The verdict of endpoint ``slot``'s policy in direction ``dir`` for a parsed packet (``res`` is
  * what nk_policy_parse() returned): NK_CONTINUE or NK_SHOT, counted. */
 static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, __u32 dir,
@@ -215,22 +384,17 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 		return nk_policy_drop(skb, NK_DROP_MALFORMED);
 	}
 
-	struct nk_policy_key key = {
-		.prefixlen = NK_POLICY_KEY_FIXED_BITS + (pkt->family == 4 ? 32 : 128),
-		.slot = slot,
-		.generation = gen,
-		.direction = dir,
-		.family = pkt->family,
-	};
-	if (dir == NK_DIR_INGRESS)
-		__builtin_memcpy(key.addr, pkt->src, 16);
-	else
-		__builtin_memcpy(key.addr, pkt->dst, 16);
-
-	struct nk_policy_entry *ent = bpf_map_lookup_elem(&nk_pol_lpm, &key);
+	__u32 hk = slot * 2 + gen - 1;
+	struct nk_policy_head *head = bpf_map_lookup_elem(&nk_pol_head, &hk);
+	if (!head || dir > 1)
+		return nk_policy_drop(skb, NK_DROP_NO_POLICY);
+	const __u32 *addr = dir == NK_DIR_INGRESS ? pkt->src : pkt->dst;
+	__u32 id = pkt->family == 4 ? nk_policy_find4(&head->t[dir][0], addr[0])
+				    : nk_policy_find6(&head->t[dir][1], addr);
+	struct nk_policy_entry *ent = bpf_map_lookup_elem(&nk_pol_ent, &id);
 	if (!ent)
-		/* Every generation has /0 entries, so a miss means user space broke the protocol
-		 * (or the generation is being torn down): fail closed. */
+		/* Every table has a fallback entry, so a miss means user space broke the protocol:
+		 * fail closed. */
 		return nk_policy_drop(skb, NK_DROP_NO_POLICY);
 
 	__u32 count = ent->count;
@@ -239,14 +403,16 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 	for (i = 0; i < NK_POLICY_MAX_RULES; i++) {
 		if (i >= count)
 			break;
-		struct nk_policy_rule *r = &ent->rules[i];
+		__u32 rid = ent->rules[i];
+		struct nk_policy_rule *r = bpf_map_lookup_elem(&nk_pol_ruledef, &rid);
+		if (!r)
+			break;
 		if (r->proto && r->proto != pkt->proto)
 			continue;
 		if (pkt->dport < r->port_lo || pkt->dport > r->port_hi)
 			continue;
 		/* Denies are stored before allows, so the first match decides. */
-		__u32 id = r->rule_id;
-		struct nk_counter *c = bpf_map_lookup_elem(&nk_pol_rules, &id);
+		struct nk_counter *c = bpf_map_lookup_elem(&nk_pol_rules, &rid);
 		if (c)
 			nk_count(c, skb->len);
 		if (r->action == NK_ACT_DENY) {

@@ -51,9 +51,12 @@ that do not fit the maps.
 How it runs
 ===========
 
-See :mod:`.compile` (flattening into LPM entries), :mod:`.maps` (generation double-buffering,
-counters) and ``bpf/include/nkframe_policy.h`` (layouts and limits).  :mod:`.reference` is the
-same semantics written directly, used by the tests to check every BPF verdict.
+See :mod:`.compile` (flattening into entries: the rules covering each prefix), :mod:`.tables`
+(per endpoint, direction and IP version a hash table probed one prefix length at a time,
+longest first: a few array lookups per packet instead of an LPM trie walk), :mod:`.maps`
+(generation double-buffering, regions, counters) and ``bpf/include/nkframe_policy.h`` (layouts
+and limits).  :mod:`.reference` is the same semantics written directly, used by the tests to
+check every BPF verdict; :mod:`.cost` measures the per-packet cost.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
-"""Policy -> LPM entries (the flattening), pure Python.
+"""Policy -> entries (the flattening) -> one generation's image, pure Python.
 
 For a packet address, the longest prefix P among a direction's rule CIDRs that contains it is
-what the LPM trie returns; the rules whose CIDR contains the address are exactly the rules whose
+what the lookup finds; the rules whose CIDR contains the address are exactly the rules whose
 CIDR contains P (all of them are prefixes of the address, hence nested).  So each entry P carries
 the rules of every CIDR containing P, its own included, plus the direction's default.  A /0 entry
-per IP version and direction is always added so every lookup finds the default through the same
-path.  Within an entry, denies come first (then allows), each group in policy order: the BPF
-program stops at the first match and that is the rule the reference evaluator reports.
+per IP version and direction is always added (it becomes the table's fallback) so every lookup
+finds the default through the same path.  Within an entry, denies come first (then allows), each
+group in policy order: the BPF program stops at the first match and that is the rule the
+reference evaluator reports.
+
+:class:`Image` lays the entries of a generation out as the kernel holds them: one table per
+direction and IP version (see :mod:`.tables`), the entries in table order.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Iterable, Mapping
 
 import attrs
 
-from . import layout
+from . import layout, tables
 from .model import Action, Direction, IPNetwork, Policy, PolicyError, Proto, Rule
 
 _ACTION = {Action.ALLOW: layout.ACT_ALLOW, Action.DENY: layout.ACT_DENY}
@@ -33,14 +37,14 @@ class EntryRule:
     rule_id: int
     own: bool  # the entry's prefix is the rule's own CIDR
 
-    def packed(self, version: int) -> tuple[int, int, int, int, int, int]:
+    def packed(self, version: int) -> tuple[int, int, int, int, int]:
+        """(rule_id, port_lo, port_hi, proto number, action) as the program compares them."""
         rule = self.rule
         if rule.ports is None:
             lo, hi = 0, layout.PORT_UNKNOWN
         else:
             lo, hi = rule.ports.lo, rule.ports.hi
-        flags = layout.RULE_OWN if self.own else 0
-        return (self.rule_id, lo, hi, rule.proto.number(version), _ACTION[rule.action], flags)
+        return (self.rule_id, lo, hi, rule.proto.number(version), _ACTION[rule.action])
 
 
 @attrs.frozen
@@ -54,20 +58,13 @@ class Entry:
     def version(self) -> int:
         return self.prefix.version
 
-    def key(self, slot: int, generation: int) -> bytes:
-        return layout.pack_key(
-            slot,
-            generation,
-            _DIR[self.direction],
-            self.version,
-            self.prefix.network_address.packed,
-            self.prefix.prefixlen,
-        )
+    def rule_ids(self) -> list[int]:
+        """Rule ids in scan order (denies first)."""
+        return [r.rule_id for r in self.rules]
 
     def value(self) -> bytes:
-        return layout.pack_entry(
-            _ACTION[self.default], [r.packed(self.version) for r in self.rules]
-        )
+        """The packed ``struct nk_policy_entry``."""
+        return layout.pack_entry(_ACTION[self.default], self.rule_ids())
 
 
 @attrs.frozen
@@ -82,12 +79,9 @@ class CompiledPolicy:
     entries: tuple[Entry, ...]
     rule_ids: Mapping[tuple[Direction, int], int]
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        """(key, value) bytes for nk_pol_lpm."""
-        return [(e.key(self.slot, self.generation), e.value()) for e in self.entries]
-
     def lookup(self, direction: Direction, addr) -> Entry:
-        """What the LPM trie returns for ``addr`` (an emulation, for tests and tools)."""
+        """The entry of the longest prefix containing ``addr`` (a direct emulation, for tests
+        and tools)."""
         addr = ipaddress.ip_address(addr)
         best = None
         for e in self.entries:
@@ -102,7 +96,7 @@ class CompiledPolicy:
         entry = self.lookup(direction, addr)
         port = layout.PORT_UNKNOWN if dport is None else dport
         for r in entry.rules:
-            _, lo, hi, rproto, _, _ = r.packed(entry.version)
+            _, lo, hi, rproto, _ = r.packed(entry.version)
             if rproto and rproto != proto:
                 continue
             if lo <= port <= hi:
@@ -185,42 +179,77 @@ def _flatten(
         )
 
 
-def decode_entries(items: Iterable[tuple[bytes, bytes]]) -> dict[tuple[int, int], list]:
-    """Group raw (key, value) pairs by (slot, generation): the read-back used after a restart.
-
-    -> {(slot, generation): [(direction, network, default, rules)]}, rules as unpacked tuples.
-    """
-    out: dict[tuple[int, int], list] = {}
-    for key, value in items:
-        slot, gen, direction, _version, net = layout.unpack_key(key)
-        default, rules = layout.unpack_entry(value)
-        out.setdefault((slot, gen), []).append((direction, net, default, rules))
-    return out
+def rule_definition(rule: Rule) -> bytes:
+    """The packed ``struct nk_policy_rule`` of a rule (what it matches, and its CIDR)."""
+    lo, hi = (0, layout.PORT_UNKNOWN) if rule.ports is None else (rule.ports.lo, rule.ports.hi)
+    return layout.pack_rule(rule.proto.number(rule.version), _ACTION[rule.action], lo, hi,
+                            rule.cidr)
 
 
-def policy_from_entries(entries: list) -> tuple[Policy, dict[tuple[Direction, Rule], int]]:
-    """Rebuild a Policy (rules ordered by id) and its rule ids from one generation's entries."""
-    dirs = {layout.DIR_INGRESS: Direction.INGRESS, layout.DIR_EGRESS: Direction.EGRESS}
+def rule_from_definition(raw: bytes) -> Rule:
+    proto, action, lo, hi, cidr = layout.unpack_rule(raw)
     acts = {layout.ACT_ALLOW: Action.ALLOW, layout.ACT_DENY: Action.DENY}
-    found: dict[tuple[Direction, int], Rule] = {}
-    defaults = {Direction.INGRESS: Action.ALLOW, Direction.EGRESS: Action.ALLOW}
-    for direction_num, net, default, rules in entries:
-        direction = dirs[direction_num]
-        defaults[direction] = acts[default]
-        for rule_id, lo, hi, proto, action, flags in rules:
-            if not flags & layout.RULE_OWN:
-                continue
-            p = _proto_from_number(proto, net.version)
-            ports = None if (lo, hi) == (0, layout.PORT_UNKNOWN) else (lo, hi)
-            found[(direction, rule_id)] = Rule(acts[action], net, p, ports)
-    ordered = sorted(found.items(), key=lambda kv: kv[0][1])
+    ports = None if (lo, hi) == (0, layout.PORT_UNKNOWN) else (lo, hi)
+    return Rule(acts[action], cidr, _proto_from_number(proto, cidr.version), ports)
+
+
+@attrs.frozen
+class Image:
+    """A compiled policy as one generation holds it, before placement in the shared maps.
+
+    ``entries`` are in table order; ``spans[(direction, version)]`` is the (first, count) of the
+    table's entries in that list and ``tables[(direction, version)]`` its hash table, whose entry
+    numbers (and ``fallback``) index ``entries``."""
+
+    compiled: CompiledPolicy
+    entries: tuple[Entry, ...]
+    spans: Mapping[tuple[Direction, int], tuple[int, int]]
+    tables: Mapping[tuple[Direction, int], tables.Table]
+
+    @classmethod
+    def build(cls, compiled: CompiledPolicy, *, max_buckets: Mapping[int, int]) -> "Image":
+        """Lay out ``compiled``; ``max_buckets[version]`` bounds one table.  Raises
+        :class:`PolicyError` when a table cannot be built within it."""
+        entries: list[Entry] = []
+        spans: dict[tuple[Direction, int], tuple[int, int]] = {}
+        tabs: dict[tuple[Direction, int], tables.Table] = {}
+        for direction in (Direction.INGRESS, Direction.EGRESS):
+            for version in (4, 6):
+                mine = [e for e in compiled.entries
+                        if e.direction is direction and e.version == version]
+                first = len(entries)
+                entries.extend(mine)
+                spans[(direction, version)] = (first, len(mine))
+                prefixes = {e.prefix: first + i for i, e in enumerate(mine) if e.prefix.prefixlen}
+                fallback = next(first + i for i, e in enumerate(mine) if not e.prefix.prefixlen)
+                try:
+                    tabs[(direction, version)] = tables.build(
+                        prefixes, version, fallback, max_buckets=max_buckets[version])
+                except tables.PlacementError as e:
+                    raise PolicyError(
+                        f"too many rules for the map: the {direction} IPv{version} prefixes do "
+                        f"not fit the lookup table ({e}); use fewer rules or fewer distinct "
+                        f"prefix lengths", (direction.value,)) from None
+        return cls(compiled, tuple(entries), spans, tabs)
+
+    def lookup(self, direction: Direction, addr) -> Entry:
+        """The entry the program's table lookup finds for ``addr`` (an emulation)."""
+        addr = ipaddress.ip_address(addr)
+        return self.entries[self.tables[(direction, addr.version)].lookup(addr)]
+
+
+def policy_from_rules(
+    rules: Mapping[Direction, Mapping[int, Rule]], defaults: Mapping[Direction, Action]
+) -> tuple[Policy, dict[tuple[Direction, Rule], int]]:
+    """Rebuild a Policy (rules ordered by id) and its rule ids from what a generation references:
+    ``rules[direction][rule_id]`` and the defaults."""
     policy = Policy(
-        ingress=[r for (d, _), r in ordered if d is Direction.INGRESS],
-        egress=[r for (d, _), r in ordered if d is Direction.EGRESS],
-        default_ingress=defaults[Direction.INGRESS],
-        default_egress=defaults[Direction.EGRESS],
+        ingress=[r for _, r in sorted(rules.get(Direction.INGRESS, {}).items())],
+        egress=[r for _, r in sorted(rules.get(Direction.EGRESS, {}).items())],
+        default_ingress=defaults.get(Direction.INGRESS, Action.ALLOW),
+        default_egress=defaults.get(Direction.EGRESS, Action.ALLOW),
     )
-    ids = {(d, r): rid for (d, rid), r in found.items()}
+    ids = {(d, r): rid for d, by_id in rules.items() for rid, r in by_id.items()}
     return policy, ids
 
 

@@ -3,8 +3,12 @@
 Maps (all pinned in one bpffs directory, shared by every endpoint; layouts in
 ``bpf/include/nkframe_policy.h``):
 
-``nk_pol_gen``    slot -> active generation (0 none, 1 or 2)
-``nk_pol_lpm``    {slot, generation, direction, family, prefix} -> rules covering the prefix
+``nk_pol_gen``     slot -> active generation (0 none, 1 or 2)
+``nk_pol_head``    (slot, generation) -> where its four tables are (direction x IP version)
+``nk_pol_tab4``    IPv4 hash buckets of every table (regions, one per table)
+``nk_pol_tab6``    IPv6 hash buckets, likewise
+``nk_pol_ent``     entries (rules covering one prefix, and the default), in regions
+``nk_pol_ruledef`` rule id -> what the rule matches (and its CIDR, for reading back)
 ``nk_pol_rules``  per-CPU per-rule counters, indexed by rule id
 ``nk_pol_stats``  per-CPU per-endpoint counters by direction and outcome
 ``nk_pol_drops``  per-CPU drop counters by reason, all endpoints
@@ -18,21 +22,28 @@ lookups and never depend on ``skb->ifindex`` (a netkit peer's ifindex repeats ac
 Slots are handed out round-robin so a freed slot is reused as late as possible.
 
 Atomic change (double buffer): the new policy is written as generation 1 or 2 — whichever is
-not active — then ``nk_pol_gen[slot]`` is switched with one map update, then we wait until no
-program can still be running with the old generation (an update of a map-in-map makes the
-kernel run ``synchronize_rcu()`` for exactly this purpose), and only then the old generation's
-entries are deleted.  A packet reads the generation once, so it is judged by the whole old or the
-whole new policy.  Everything that can be checked (validation, flattening, map capacity) is
-checked before the first write; a failed write removes what it wrote and leaves the old
-generation active.
+not active — into free regions of the bucket and entry arrays, with its head; then
+``nk_pol_gen[slot]`` is switched with one map update, then we wait until no program can still be
+running with the old generation (an update of a map-in-map makes the kernel run
+``synchronize_rcu()`` for exactly this purpose), and only then are the old generation's regions
+free for reuse.  A packet reads the generation once, so it is judged by the whole old or the
+whole new policy; nothing a live generation points at is ever written.  Everything that can be
+checked (validation, flattening, table building, room in the arrays) is checked before the
+first write; a failed write leaves the old generation active and its regions free again.
+
+Regions are handed out first-fit by :class:`Regions`; which ones are in use is rebuilt from the
+active generations' heads when another process changed the maps, or after a restart.
 
 Rule ids (counter slots) belong to a (endpoint, direction, rule): a rule kept across a policy
 change keeps its id and so its counters; a new rule gets a free id whose counters are zeroed
 first.
 
-Limits: 1024 endpoints, 65,536 rules (all endpoints together), 131,072 LPM prefixes (all
-endpoints, counting both generations while a change is in flight), 16 rules covering one
-prefix.  Per-CPU counter memory: 16 B x 65,536 rules + 192 B x 1024 endpoints per possible CPU.
+Limits: 1024 endpoints, 65,536 rules (all endpoints together), 131,072 entries (prefixes; all
+endpoints, counting both generations while a change is in flight), 131,072 IPv4 and 65,536 IPv6
+hash buckets of 4 keys (a table is sized at most half full), 16 rules covering one prefix, 16
+prefix lengths probed per table (more are expanded, see :mod:`.tables`).  Preallocated: 4 MiB of
+IPv4 and 5 MiB of IPv6 buckets, 4.5 MiB of entries, 1.8 MiB of rule definitions; per-CPU counter
+memory 16 B x 65,536 rules + 192 B x 1024 endpoints per possible CPU.
 One writer at a time: changes take an exclusive ``flock`` on the pin directory.
 """
 
@@ -54,14 +65,16 @@ from nkframe import bpf
 from nkframe.errors import EndpointExists, InvalidSpec, KernelError
 
 from . import layout
-from .compile import CompiledPolicy, compile_policy, policy_from_entries
-from .model import Direction, Policy, PolicyError, Rule
+from .compile import (CompiledPolicy, Image, compile_policy, policy_from_rules, rule_definition,
+                      rule_from_definition)
+from .model import Action, Direction, Policy, PolicyError, Rule
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAP_NAMES = (
-    "nk_pol_gen", "nk_pol_lpm", "nk_pol_rules", "nk_pol_stats", "nk_pol_drops", "nk_pol_owner",
-    "nk_pol_meta", "nk_pol_addrs",
+    "nk_pol_gen", "nk_pol_head", "nk_pol_tab4", "nk_pol_tab6", "nk_pol_ent", "nk_pol_ruledef",
+    "nk_pol_rules", "nk_pol_stats", "nk_pol_drops", "nk_pol_owner", "nk_pol_meta",
+    "nk_pol_addrs",
 )
 PROGRAMS = ("policy_egress", "policy_ingress")
 UPLINK_PROGRAM = "policy_uplink"
@@ -133,6 +146,56 @@ class PolicyCounters:
         return out
 
 
+class Regions:
+    """First-fit allocation of index ranges in one array map (user space bookkeeping)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free: list[list[int]] = [[0, size]]  # [start, length], sorted, coalesced
+
+    @property
+    def free(self) -> int:
+        return sum(length for _, length in self._free)
+
+    def alloc(self, n: int) -> int | None:
+        for i, (start, length) in enumerate(self._free):
+            if length >= n:
+                if length == n:
+                    del self._free[i]
+                else:
+                    self._free[i] = [start + n, length - n]
+                return start
+        return None
+
+    def release(self, start: int, n: int) -> None:
+        if n == 0:
+            return
+        i = 0
+        while i < len(self._free) and self._free[i][0] < start:
+            i += 1
+        self._free.insert(i, [start, n])
+        # Coalesce with the next, then with the previous range.
+        if i + 1 < len(self._free) and start + n == self._free[i + 1][0]:
+            self._free[i][1] += self._free.pop(i + 1)[1]
+        if i > 0 and self._free[i - 1][0] + self._free[i - 1][1] == start:
+            self._free[i - 1][1] += self._free.pop(i)[1]
+
+    def take(self, start: int, n: int) -> bool:
+        """Mark a known range used (rebuilding from the kernel); False if it is not free."""
+        if n == 0:
+            return True
+        for i, (s, length) in enumerate(self._free):
+            if s <= start and start + n <= s + length:
+                pieces = [[s, start - s], [start + n, s + length - start - n]]
+                self._free[i:i + 1] = [p for p in pieces if p[1]]
+                return True
+        return False
+
+
+# A generation's regions: (pool name, start, length) with pools "ent", "tab4", "tab6".
+_Region = tuple[str, int, int]
+
+
 @attrs.define
 class _Endpoint:
     endpoint_id: str
@@ -140,7 +203,7 @@ class _Endpoint:
     generation: int = 0
     policy: Policy | None = None
     rule_ids: dict[tuple[Direction, Rule], int] = attrs.field(factory=dict)
-    keys: list[bytes] = attrs.field(factory=list)  # LPM keys of the active generation
+    regions: list[_Region] = attrs.field(factory=list)  # of the active generation
     addresses: set[IPAddress] = attrs.field(factory=set)  # in nk_pol_addrs
 
 
@@ -170,8 +233,7 @@ class PolicyMaps:
         self._rcu_inner: bpf.Map | None = None
         self._eps: dict[str, _Endpoint] = {}
         self._rule_ids_used: set[int] = set()
-        self._lpm_in_use = 0
-        self._stale: list[bytes] = []
+        self._pools = self._new_pools()
         self._stale_addrs: list[bytes] = []
         self._seen_change = -1
         self._next_slot = 0
@@ -224,14 +286,11 @@ class PolicyMaps:
             obj.load()
             for name in MAP_NAMES:
                 self._maps[name] = obj.maps[name].dup()
-        lpm = self._maps["nk_pol_lpm"]
-        if (lpm.key_size, lpm.value_size) != (layout.KEY.size, layout.ENTRY_SIZE):
-            raise KernelError(
-                errno.EINVAL,
-                f"pinned map {self.pin_path('nk_pol_lpm')} has key/value sizes "
-                f"{lpm.key_size}/{lpm.value_size}, this nkframe expects "
-                f"{layout.KEY.size}/{layout.ENTRY_SIZE}; remove the old pins",
-            )
+
+    @staticmethod
+    def _new_pools() -> dict[str, Regions]:
+        return {"ent": Regions(layout.ENTRIES), "tab4": Regions(layout.TAB4_BUCKETS),
+                "tab6": Regions(layout.TAB6_BUCKETS)}
 
     # -- cross-process consistency -------------------------------------------------------
     @contextlib.contextmanager
@@ -282,50 +341,82 @@ class PolicyMaps:
                 g = layout.GEN.unpack(gen.lookup(key))[0]
                 ep = _Endpoint(endpoint_id, slot, g)
                 eps[endpoint_id] = by_slot[slot] = ep
-        groups: dict[tuple[int, int], list] = {}
-        stale: list[bytes] = []
+        pools = self._new_pools()
+        used: set[int] = set()
+        live = [ep for ep in by_slot.values() if ep.generation]
+        heads = self._fetch("nk_pol_head", [layout.head_index(ep.slot, ep.generation) for ep in live])
+        tabs = {ep.slot: layout.unpack_head(heads[layout.head_index(ep.slot, ep.generation)])
+                for ep in live}
+        entries = self._fetch("nk_pol_ent", [i for t in tabs.values() for tab in t.values()
+                                             for i in range(tab["first"], tab["first"] + tab["count"])])
+        entries = {i: layout.unpack_entry(raw) for i, raw in entries.items()}
+        ruledefs = self._fetch("nk_pol_ruledef", sorted({rid for _, ids in entries.values()
+                                                         for rid in ids}))
+        for ep in live:
+            self._read_generation(ep, tabs[ep.slot], entries, ruledefs, pools)
+            used.update(ep.rule_ids.values())
         stale_addrs: list[bytes] = []
-        count = 0
-        for key, value in self._maps["nk_pol_lpm"].items():
-            count += 1
-            slot, g, direction, _version, net = layout.unpack_key(key)
-            ep = by_slot.get(slot)
-            if ep is None or g != ep.generation or g == 0:
-                stale.append(key)
-                continue
-            ep.keys.append(key)
-            default, rules = layout.unpack_entry(value)
-            groups.setdefault((slot, g), []).append((direction, net, default, rules))
         for key, value in self._maps["nk_pol_addrs"].items():
             ep = by_slot.get(layout.SLOT_KEY.unpack(value)[0])
             if ep is not None:
                 ep.addresses.add(layout.unpack_addr(key))
             else:
                 stale_addrs.append(key)
-        used: set[int] = set()
-        for ep in by_slot.values():
-            if ep.generation and (ep.slot, ep.generation) in groups:
-                ep.policy, ep.rule_ids = policy_from_entries(groups[(ep.slot, ep.generation)])
-                used.update(ep.rule_ids.values())
         self._eps = eps
         self._rule_ids_used = used
-        self._stale = stale
+        self._pools = pools
         self._stale_addrs = stale_addrs
-        self._lpm_in_use = count
         if by_slot:
             self._next_slot = (max(by_slot) + 1) % layout.MAX_ENDPOINTS
         if used:
             self._next_rule = (max(used) + 1) % layout.RULE_SLOTS
         self._seen_change = self._change_count()
 
+    def _fetch(self, name: str, indices: list[int]) -> dict[int, bytes]:
+        """Values of an array map at ``indices``: one lookup each for a few, the whole map in
+        batches for many (a batch dump is far fewer system calls)."""
+        m = self._maps[name]
+        if len(indices) > 2048:
+            wanted = set(indices)
+            return {i: v for k, v in m.dump().items()
+                    if (i := layout.SLOT_KEY.unpack(k)[0]) in wanted}
+        return {i: m.lookup(layout.SLOT_KEY.pack(i)) for i in indices}
+
+    def _read_generation(self, ep: _Endpoint, heads: dict, entries: dict[int, tuple[int, list[int]]],
+                         ruledefs: dict[int, bytes], pools: dict[str, Regions]) -> None:
+        """The active generation of ``ep`` (its tables' ``heads``): its regions (taken from
+        ``pools``), policy and rule ids, from its entries and rule definitions."""
+        acts = {layout.ACT_ALLOW: Action.ALLOW, layout.ACT_DENY: Action.DENY}
+        dirs = {layout.DIR_INGRESS: Direction.INGRESS, layout.DIR_EGRESS: Direction.EGRESS}
+        rules: dict[Direction, dict[int, Rule]] = {Direction.INGRESS: {}, Direction.EGRESS: {}}
+        defaults: dict[Direction, Action] = {}
+        regions: list[_Region] = []
+        firsts = []
+        for (d, v), t in heads.items():
+            regions.append(("tab4" if v == 4 else "tab6", t["base"], t["nbuckets"]))
+            firsts.append((t["first"], t["count"]))
+            direction = dirs[d]
+            defaults[direction] = acts.get(entries[t["fallback"]][0], Action.DENY)
+            for i in range(t["first"], t["first"] + t["count"]):
+                for rid in entries[i][1]:
+                    if rid not in rules[direction]:
+                        rules[direction][rid] = rule_from_definition(ruledefs[rid])
+        # The entries region goes first (the order _allocate hands them out in).
+        regions.insert(0, ("ent", min(f for f, _ in firsts), sum(c for _, c in firsts)))
+        for pool, base, n in regions:
+            if not pools[pool].take(base, n):
+                raise KernelError(
+                    errno.EUCLEAN,
+                    f"policy maps in {self.pin_dir}: endpoint {ep.endpoint_id!r} (slot {ep.slot}, "
+                    f"generation {ep.generation}) uses {pool} {base}..{base + n - 1}, which "
+                    f"another endpoint uses too; remove the pins and re-apply the policies",
+                )
+        ep.regions = regions
+        ep.policy, ep.rule_ids = policy_from_rules(rules, defaults)
+
     def _drop_stale(self) -> None:
-        # Entries of generations no packet reads (left by a crash): no wait needed.
-        lpm = self._maps["nk_pol_lpm"]
-        self._touched = self._touched or bool(self._stale) or bool(self._stale_addrs)
-        while self._stale:
-            lpm.delete(self._stale.pop())
-            self._lpm_in_use -= 1
         # Addresses of slots nobody owns (a crash between release and cleanup).
+        self._touched = self._touched or bool(self._stale_addrs)
         while self._stale_addrs:
             self._maps["nk_pol_addrs"].delete(self._stale_addrs.pop())
 
@@ -436,53 +527,98 @@ class PolicyMaps:
             old_gen = ep.generation if ep is not None else 0
             new_gen = 2 if old_gen == 1 else 1
             compiled = compile_policy(policy, slot, new_gen, ids)
-            items = compiled.items()
-            in_use = self._lpm_in_use - len(self._stale)
-            if in_use + len(items) > layout.LPM_ENTRIES:
-                raise PolicyError(
-                    f"too many rules for the map: endpoint {endpoint_id!r} needs {len(items)} "
-                    f"prefixes, the LPM map holds {layout.LPM_ENTRIES} and {in_use} are in use "
-                    f"(the old and new policy coexist during a change)"
-                )
+            image = Image.build(compiled, max_buckets={4: layout.TAB4_BUCKETS,
+                                                       6: layout.TAB6_BUCKETS})
+            regions = self._allocate(endpoint_id, image)
             # ---- nothing in the kernel has changed up to here ----
-            self._touched = True
-            self._drop_stale()
             created = ep is None
-            if created:
-                ep = self._reserve(endpoint_id, slot)
-            counters = self._maps["nk_pol_rules"]
-            zero = bytes(counters.value_buffer_size)
-            for rule_id in fresh:
-                counters.update(layout.SLOT_KEY.pack(rule_id), zero)
+            try:
+                self._touched = True
+                self._drop_stale()
+                if created:
+                    ep = self._reserve(endpoint_id, slot)
+                counters, ruledef = self._maps["nk_pol_rules"], self._maps["nk_pol_ruledef"]
+                zero = bytes(counters.value_buffer_size)
+                for (_, rule), rule_id in zip(missing, fresh):
+                    key = layout.SLOT_KEY.pack(rule_id)
+                    counters.update(key, zero)
+                    ruledef.update(key, rule_definition(rule))
+                self._write_image(slot, new_gen, image, regions)
+            except BaseException:
+                self._free(regions)
+                if created and ep is not None and endpoint_id in self._eps:
+                    self._release(ep)
+                raise
             self._rule_ids_used.update(fresh)
             if fresh:
                 self._next_rule = (fresh[-1] + 1) % layout.RULE_SLOTS
-            lpm = self._maps["nk_pol_lpm"]
-            keys = [k for k, _ in items]
-            try:
-                lpm.update_batch(keys, [v for _, v in items])
-            except BaseException:
-                for k in keys:
-                    with contextlib.suppress(KernelError):
-                        lpm.delete(k)
-                self._rule_ids_used.difference_update(fresh)
-                if created:
-                    self._release(ep)
-                raise
-            self._lpm_in_use += len(items)
             # The flip: 4 bytes whose values (0, 1, 2) differ in the low byte only, so a packet
             # sees the old or the new generation even if the kernel copies byte-wise.
             self._maps["nk_pol_gen"].update(layout.SLOT_KEY.pack(slot), layout.GEN.pack(new_gen))
             ep.generation = new_gen
-            old_keys, ep.keys = ep.keys, keys
+            old_regions, ep.regions = ep.regions, regions
             ep.policy = policy
             ep.rule_ids = ids
             self._wait_for_programs()
-            for k in old_keys:
-                lpm.delete(k)
-            self._lpm_in_use -= len(old_keys)
+            self._free(old_regions)
+            if old_gen:
+                self._clear_head(slot, old_gen)
             self._rule_ids_used.difference_update(set(old_ids.values()) - set(ids.values()))
             return compiled
+
+    def _allocate(self, endpoint_id: str, image: Image) -> list[_Region]:
+        """Regions for a new generation, or PolicyError (and nothing taken) when one does not
+        fit: entries in one run, one bucket run per table."""
+        wanted = [("ent", len(image.entries))]
+        for d in _DIRS:
+            for v in (4, 6):
+                wanted.append(("tab4" if v == 4 else "tab6", image.tables[(d, v)].nbuckets))
+        regions: list[_Region] = []
+        for pool, n in wanted:
+            start = self._pools[pool].alloc(n)
+            if start is None:
+                self._free(regions)
+                what = {"ent": "entries (prefixes)", "tab4": "IPv4 hash buckets",
+                        "tab6": "IPv6 hash buckets"}[pool]
+                raise PolicyError(
+                    f"too many rules for the map: endpoint {endpoint_id!r} needs {n} {what} in "
+                    f"one run, {self._pools[pool].free} of {self._pools[pool].size} are free "
+                    f"(the old and new policy coexist during a change)"
+                )
+            regions.append((pool, start, n))
+        return regions
+
+    def _free(self, regions: list[_Region]) -> None:
+        for pool, start, n in regions:
+            self._pools[pool].release(start, n)
+
+    def _write_image(self, slot: int, generation: int, image: Image, regions: list[_Region]) -> None:
+        """Entries, buckets and head of a generation nothing reads yet."""
+        ent_base = regions[0][1]
+        bases = iter(r[1] for r in regions[1:])
+        ent_map = self._maps["nk_pol_ent"]
+        ent_map.update_batch([layout.SLOT_KEY.pack(ent_base + i) for i in range(len(image.entries))],
+                             [e.value() for e in image.entries])
+        packed_tables = {}
+        for d in _DIRS:
+            for v in (4, 6):
+                table = image.tables[(d, v)]
+                base = next(bases)
+                m = self._maps["nk_pol_tab4" if v == 4 else "nk_pol_tab6"]
+                # Every bucket of the region, empty ones too: the region may hold an old table.
+                m.update_batch([layout.SLOT_KEY.pack(base + i) for i in range(table.nbuckets)],
+                               [layout.pack_bucket(v, b, ent_base) for b in table.buckets])
+                first, count = image.spans[(d, v)]
+                packed_tables[(_DIR_NUM[d], v)] = layout.pack_table(
+                    base, table.nbuckets, ent_base + table.fallback, ent_base + first, count,
+                    table.lengths)
+        self._maps["nk_pol_head"].update(
+            layout.SLOT_KEY.pack(layout.head_index(slot, generation)),
+            layout.pack_head(packed_tables))
+
+    def _clear_head(self, slot: int, generation: int) -> None:
+        self._maps["nk_pol_head"].update(
+            layout.SLOT_KEY.pack(layout.head_index(slot, generation)), bytes(layout.HEAD_SIZE))
 
     def remove(self, endpoint_id: str) -> None:
         """Drop the endpoint's policy, entries, rule ids and slot (idempotent).
@@ -500,10 +636,10 @@ class PolicyMaps:
             key = layout.SLOT_KEY.pack(ep.slot)
             self._maps["nk_pol_gen"].update(key, layout.GEN.pack(0))
             self._wait_for_programs()
-            lpm = self._maps["nk_pol_lpm"]
-            for k in ep.keys:
-                lpm.delete(k)
-            self._lpm_in_use -= len(ep.keys)
+            self._free(ep.regions)
+            if ep.generation:
+                self._clear_head(ep.slot, ep.generation)
+            ep.regions = []
             self._rule_ids_used.difference_update(ep.rule_ids.values())
             self._release(ep)
 

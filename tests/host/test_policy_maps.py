@@ -34,14 +34,28 @@ def policy_maps(pin_dir):
 
 def snapshot(pm):
     """Everything the policy keeps in the kernel, as comparable Python values."""
-    out = {}
-    for name in ("nk_pol_lpm", "nk_pol_gen", "nk_pol_owner", "nk_pol_meta"):
-        out[name] = sorted(pm.maps[name].items())
+    return {name: pm.maps[name].dump() for name in (
+        "nk_pol_gen", "nk_pol_head", "nk_pol_tab4", "nk_pol_tab6", "nk_pol_ent", "nk_pol_ruledef",
+        "nk_pol_owner", "nk_pol_meta", "nk_pol_addrs")}
+
+
+def head(pm, slot, generation):
+    raw = pm.maps["nk_pol_head"].lookup(layout.SLOT_KEY.pack(layout.head_index(slot, generation)))
+    return layout.unpack_head(raw)
+
+
+def entries_by_slot(pm):
+    """slot -> entries its active generation uses, read from the kernel (gen and head)."""
+    out = collections.Counter()
+    for slot in range(layout.MAX_ENDPOINTS):
+        gen = layout.GEN.unpack(pm.maps["nk_pol_gen"].lookup(layout.SLOT_KEY.pack(slot)))[0]
+        if gen:
+            out[slot] = sum(t["count"] for t in head(pm, slot, gen).values())
     return out
 
 
-def lpm_slots(pm):
-    return collections.Counter(layout.unpack_key(k)[0] for k in pm.maps["nk_pol_lpm"].keys())
+def all_free(pm):
+    return all(r.free == r.size for r in pm._pools.values())
 
 
 POLICY_A = Policy(
@@ -115,9 +129,12 @@ def test_flip_is_atomic_for_packets_in_flight(policy_maps):
     assert not bad, f"{len(bad)} verdicts were neither A's nor B's, e.g. {bad[:5]}"
     assert sum(runs.values()) > 2000, runs
     assert policy_maps.drops()["no_policy"].packets == no_policy_before
-    # Only the active generation's entries are left.
-    assert len(list(policy_maps.maps["nk_pol_lpm"].keys())) == len(
-        policy_maps.apply("flip", POLICY_A).entries)
+    # Only the active generation holds regions; the other generation's head is cleared.
+    entries = len(policy_maps.apply("flip", POLICY_A).entries)
+    slot, gen = policy_maps.slot("flip"), policy_maps.generation("flip")
+    assert entries_by_slot(policy_maps) == {slot: entries}
+    assert policy_maps._pools["ent"].free == layout.ENTRIES - entries
+    assert all(t["nbuckets"] == 1 and t["count"] == 0 for t in head(policy_maps, slot, 3 - gen).values())
 
 
 def test_remove_leaves_nothing_of_the_endpoint(policy_maps):
@@ -127,15 +144,16 @@ def test_remove_leaves_nothing_of_the_endpoint(policy_maps):
         policy_maps.apply("stays", POLICY_B)
         slot = policy_maps.slot("gone")
         other = policy_maps.slot("stays")
-        assert lpm_slots(policy_maps)[slot] > 0
-        stays_entries = lpm_slots(policy_maps)[other]
+        assert entries_by_slot(policy_maps)[slot] > 0
+        stays_entries = entries_by_slot(policy_maps)[other]
         raw = FLIP_PACKETS[0]
         assert egress.test_run(raw).retval == -1
 
         policy_maps.remove("gone")
         policy_maps.remove("gone")  # idempotent
-        assert slot not in lpm_slots(policy_maps)
-        assert lpm_slots(policy_maps)[other] == stays_entries
+        assert slot not in entries_by_slot(policy_maps)
+        assert entries_by_slot(policy_maps)[other] == stays_entries
+        assert head(policy_maps, slot, 1) == head(policy_maps, slot, 2)  # both cleared
         key = layout.SLOT_KEY.pack(slot)
         assert layout.GEN.unpack(policy_maps.maps["nk_pol_gen"].lookup(key))[0] == 0
         assert layout.unpack_owner(policy_maps.maps["nk_pol_owner"].lookup(key)) == ""
@@ -242,7 +260,7 @@ def test_too_many_rules_for_the_map(policy_maps):
         egress.close()
         ingress.close()
     policy_maps.remove("big")
-    assert not list(policy_maps.maps["nk_pol_lpm"].keys())
+    assert not entries_by_slot(policy_maps) and all_free(policy_maps)
 
 
 def test_program_specs_for_the_engine(policy_maps):
@@ -255,5 +273,79 @@ def test_program_specs_for_the_engine(policy_maps):
     for s in specs:
         assert s.globals == {"ENDPOINT_SLOT": slot.to_bytes(4, "little"),
                              "L3_OFFSET": bytes(4)}
-        assert set(s.maps.values()) == {"global"} and "nk_pol_lpm" in s.maps
+        assert set(s.maps.values()) == {"global"} and "nk_pol_ent" in s.maps
         assert os.path.isfile(s.object)
+
+
+def test_map_layouts_match_the_object(policy_maps):
+    """The key and value sizes the kernel holds are the ones layout.py packs."""
+    sizes = {
+        "nk_pol_head": layout.HEAD_SIZE,
+        "nk_pol_tab4": layout.SLOT4.size * layout.BUCKET_SLOTS,
+        "nk_pol_tab6": layout.SLOT6.size * layout.BUCKET_SLOTS,
+        "nk_pol_ent": layout.ENTRY.size,
+        "nk_pol_ruledef": layout.RULE.size,
+        "nk_pol_gen": layout.GEN.size,
+        "nk_pol_owner": layout.ENDPOINT_ID_LEN,
+    }
+    for name, size in sizes.items():
+        assert policy_maps.maps[name].value_size == size, name
+    assert policy_maps.maps["nk_pol_addrs"].key_size == layout.ADDR_KEY.size
+    assert policy_maps.maps["nk_pol_ent"].max_entries == layout.ENTRIES
+    assert policy_maps.maps["nk_pol_tab4"].max_entries == layout.TAB4_BUCKETS
+    assert policy_maps.maps["nk_pol_tab6"].max_entries == layout.TAB6_BUCKETS
+    assert policy_maps.maps["nk_pol_head"].max_entries == 2 * layout.MAX_ENDPOINTS
+
+
+def test_regions_are_reused_and_read_back(pin_dir):
+    """Many changes on several endpoints leave exactly the active generations' regions in use;
+    a second process rebuilds the same bookkeeping from the heads; removal frees everything."""
+    import random
+
+    from nkframe_policy.strategies import build_policy
+
+    rnd = random.Random(11)
+    with PolicyMaps(pin_dir) as pm:
+        current = {}
+        for i in range(40):
+            eid = f"ep{i % 3}"
+            current[eid] = build_policy(rnd, rnd.randrange(0, 30))
+            pm.apply(eid, current[eid])
+        in_use = {k: r.size - r.free for k, r in pm._pools.items()}
+        assert in_use["ent"] == sum(entries_by_slot(pm).values())
+        with PolicyMaps(pin_dir) as other:
+            assert {k: r.size - r.free for k, r in other._pools.items()} == in_use
+            assert {e: other.policy(e) for e in current} == current
+        for eid in current:
+            pm.remove(eid)
+        assert all_free(pm)
+
+
+def test_more_prefix_lengths_than_a_table_probes(policy_maps):
+    """A direction with more distinct prefix lengths than a table probes is expanded; the
+    verdicts stay the reference's."""
+    import ipaddress
+    import random
+
+    rnd = random.Random(3)
+    rules = []
+    for plen in range(8, 33):  # 25 distinct lengths
+        for _ in range(3):
+            addr = ipaddress.IPv4Address(0x0A000000 + rnd.randrange(1 << 24))
+            cidr = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+            if all(r.cidr != cidr for r in rules):
+                rules.append(Rule(rnd.choice(["allow", "deny"]), cidr, "tcp", rnd.choice([None, 443])))
+    policy = Policy(egress=rules, default_egress="deny")
+    policy_maps.apply("wide", policy)
+    slot, gen = policy_maps.slot("wide"), policy_maps.generation("wide")
+    assert len(head(policy_maps, slot, gen)[(layout.DIR_EGRESS, 4)]["lengths"]) == layout.MAX_LENS
+    egress, ingress = policy_maps.load_programs("wide")
+    try:
+        for r in rules:
+            for _ in range(4):
+                dst = r.cidr.network_address + rnd.randrange(r.cidr.num_addresses)
+                raw = pk.build("192.0.2.1", str(dst), pk.IPPROTO_TCP, dport=rnd.choice([443, 80]))
+                assert egress.test_run(raw).retval == verdict(policy, OUT, raw).tc_retval, (r, dst)
+    finally:
+        egress.close()
+        ingress.close()

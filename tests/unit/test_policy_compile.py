@@ -1,4 +1,5 @@
-"""Flattening into LPM entries, limits, byte layouts (checked against the C header)."""
+"""Flattening into entries, a generation's image, limits, byte layouts (checked against the C
+header)."""
 
 import ipaddress
 import re
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nkframe_policy import Direction, Policy, PolicyError, Rule, compile_policy, layout
-from nkframe_policy.compile import decode_entries, policy_from_entries
+from nkframe_policy import Direction, Policy, PolicyError, Rule, compile_policy, layout, tables
+from nkframe_policy.compile import (Image, policy_from_rules, rule_definition,
+                                    rule_from_definition)
 from nkframe_policy.strategies import bench_policy
 
 IN, OUT = Direction.INGRESS, Direction.EGRESS
@@ -76,35 +78,61 @@ def test_too_many_rules_covering_one_prefix():
     compile_policy(Policy(egress=[Rule.allow(f"10.0.{i}.0/24") for i in range(256)]))
 
 
-def test_entry_bytes_and_keys():
+def test_entry_and_rule_bytes():
     policy = Policy(ingress=[Rule.deny("10.1.0.0/16", "tcp", "80-90"), Rule.allow("fd00::/64", "icmp")])
     c = compile_policy(policy, slot=7, generation=2, rule_ids={(IN, policy.ingress[0]): 41,
                                                                (IN, policy.ingress[1]): 42})
-    items = dict(c.items())
-    key = layout.pack_key(7, 2, layout.DIR_INGRESS, 4, bytes([10, 1, 0, 0]), 16)
-    assert len(key) == 32 and key[:4] == (96 + 16).to_bytes(4, "little")
-    default, rules = layout.unpack_entry(items[key])
-    assert default == layout.ACT_ALLOW
-    assert rules == [(41, 80, 90, 6, layout.ACT_DENY, layout.RULE_OWN)]
-    key6 = layout.pack_key(7, 2, layout.DIR_INGRESS, 6, ipaddress.ip_address("fd00::").packed, 64)
-    assert layout.unpack_entry(items[key6])[1] == [(42, 0, layout.PORT_UNKNOWN, 58, layout.ACT_ALLOW, 1)]
+    e = by_prefix(c, IN)
+    default, ids = layout.unpack_entry(e["10.1.0.0/16"].value())
+    assert (default, ids) == (layout.ACT_ALLOW, [41])
+    assert layout.unpack_entry(e["fd00::/64"].value())[1] == [42]
+    assert layout.unpack_entry(e["::/0"].value()) == (layout.ACT_ALLOW, [])
+    raw = rule_definition(policy.ingress[0])
+    assert len(raw) == layout.RULE.size == 28
+    assert layout.unpack_rule(raw) == (6, layout.ACT_DENY, 80, 90, ipaddress.ip_network("10.1.0.0/16"))
+    assert layout.unpack_rule(rule_definition(policy.ingress[1]))[:4] == (58, layout.ACT_ALLOW, 0, layout.PORT_UNKNOWN)
     assert c.rule_ids == {(IN, 0): 41, (IN, 1): 42}
 
 
-def test_policy_read_back_from_entries():
+def test_policy_read_back_from_rule_definitions():
     policy = Policy(
         ingress=[Rule.allow("10.0.0.0/8", "tcp", 80), Rule.deny("10.1.0.0/16", "udp"),
                  Rule.allow("fd00::/64", "icmp")],
-        egress=[Rule.deny("0.0.0.0/0", "tcp", "1-1023")],
+        egress=[Rule.deny("0.0.0.0/0", "tcp", "1-1023"), Rule.allow("::/0")],
         default_ingress="deny",
     )
     c = compile_policy(policy, slot=3, generation=1)
-    groups = decode_entries(c.items())
-    assert list(groups) == [(3, 1)]
-    back, ids = policy_from_entries(groups[(3, 1)])
+    rules = {d: {} for d in (IN, OUT)}
+    defaults = {}
+    for e in c.entries:
+        defaults[e.direction] = e.default
+        for r in e.rules:
+            rules[e.direction][r.rule_id] = rule_from_definition(rule_definition(r.rule))
+    back, ids = policy_from_rules(rules, defaults)
     assert back == policy
     assert ids == {(IN, policy.ingress[0]): 0, (IN, policy.ingress[1]): 1,
-                   (IN, policy.ingress[2]): 2, (OUT, policy.egress[0]): 3}
+                   (IN, policy.ingress[2]): 2, (OUT, policy.egress[0]): 3, (OUT, policy.egress[1]): 4}
+
+
+def test_image_lays_out_one_table_per_direction_and_version():
+    policy = Policy(ingress=[Rule.allow("10.0.0.0/8"), Rule.deny("10.1.0.0/16", "udp"),
+                             Rule.allow("10.1.2.3/32")],
+                    egress=[Rule.allow("fd00::/64")])
+    img = Image.build(compile_policy(policy), max_buckets={4: 1024, 6: 1024})
+    assert sum(n for _, n in img.spans.values()) == len(img.entries)
+    t = img.tables[(IN, 4)]
+    assert t.lengths == (32, 16, 8)
+    assert str(img.entries[t.fallback].prefix) == "0.0.0.0/0"
+    assert str(img.lookup(IN, "10.1.2.3").prefix) == "10.1.2.3/32"
+    assert str(img.lookup(IN, "10.1.9.9").prefix) == "10.1.0.0/16"
+    assert str(img.lookup(IN, "11.0.0.1").prefix) == "0.0.0.0/0"
+    assert img.tables[(OUT, 4)].lengths == () and img.tables[(OUT, 6)].lengths == (64,)
+    first, count = img.spans[(OUT, 6)]
+    assert [str(e.prefix) for e in img.entries[first:first + count]] == ["::/0", "fd00::/64"]
+    # A table that cannot be placed is a PolicyError naming the direction.
+    many = Policy(egress=[Rule.allow(f"10.0.{i}.0/24") for i in range(64)])
+    with pytest.raises(PolicyError, match=r"egress: too many rules for the map: the egress IPv4"):
+        Image.build(compile_policy(many), max_buckets={4: 4, 6: 4})
 
 
 def test_ten_thousand_rules_compile():
@@ -116,8 +144,8 @@ def test_ten_thousand_rules_compile():
 
 
 def _defines(path):
-    return {m[0]: int(m[1], 0) for m in re.findall(r"#define (NK_\w+)\s+(0x[0-9a-fA-F]+|\d+)\b",
-                                                   path.read_text())}
+    return {m[0]: int(m[1], 0) for m in re.findall(
+        r"#define (NK_\w+)\s+(0x[0-9a-fA-F]+|\d+)(?:ULL)?\b", path.read_text())}
 
 
 def _enum(path, name):
@@ -129,13 +157,20 @@ def _enum(path, name):
 def test_layout_matches_the_c_header():
     d = _defines(HEADER) | _defines(COMMON)
     assert d["NK_POLICY_MAX_RULES"] == layout.MAX_RULES_PER_ENTRY
-    assert d["NK_POLICY_LPM_ENTRIES"] == layout.LPM_ENTRIES
+    assert d["NK_POLICY_ENTRIES"] == layout.ENTRIES
+    assert d["NK_POLICY_TAB4_BUCKETS"] == layout.TAB4_BUCKETS
+    assert d["NK_POLICY_TAB6_BUCKETS"] == layout.TAB6_BUCKETS
+    assert d["NK_POLICY_BUCKET_SLOTS"] == layout.BUCKET_SLOTS
+    assert d["NK_POLICY_MAX_LENS"] == layout.MAX_LENS
+    assert d["NK_POLICY_ENTRY_BITS"] == layout.ENTRY_BITS
+    assert d["NK_POLICY_HASH_K1"] == tables.HASH_K1
+    assert d["NK_POLICY_HASH_K2"] == tables.HASH_K2
+    # The rule and entry ids fit their fields.
+    assert layout.ENTRIES <= 1 << layout.ENTRY_BITS and layout.RULE_SLOTS <= 1 << 16
     assert d["NK_POLICY_RULE_SLOTS"] == layout.RULE_SLOTS
     assert d["NK_POLICY_MAX_ENDPOINTS"] == layout.MAX_ENDPOINTS
-    assert d["NK_POLICY_KEY_FIXED_BITS"] == layout.KEY_FIXED_BITS
     assert d["NK_POLICY_ENDPOINT_ID_LEN"] == layout.ENDPOINT_ID_LEN
     assert d["NK_POLICY_MAX_ADDRS"] == layout.MAX_ADDRS
-    assert d["NK_RULE_OWN"] == layout.RULE_OWN
     assert d["NK_PORT_UNKNOWN"] == layout.PORT_UNKNOWN
     assert _enum(HEADER, "nk_policy_dir") == {"NK_DIR_INGRESS": 0, "NK_DIR_EGRESS": 1}
     assert _enum(HEADER, "nk_policy_action") == {"NK_ACT_ALLOW": layout.ACT_ALLOW,
