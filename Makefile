@@ -23,7 +23,7 @@ $(VENV)/.apt-ok:
 $(VENV)/.installed: $(VENV)/.apt-ok pyproject.toml setup.py $(wildcard nkframe/_bpf/*.py nkframe/_bpf/decl/*.h bpf/*.c bpf/include/*.h)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -m pip install -q -e '.[test,bench]'
 	@touch $@
 
 demo: setup
