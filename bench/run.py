@@ -99,6 +99,9 @@ def run_section(name: str, rec: Recorder, *, quick: bool) -> None:
 
     mod = importlib.import_module(f"nkbench.{name if name != 'vm' else 'vmtier'}")
     t0 = time.monotonic()
+    load = os.getloadavg()[0]
+    rec.section_load[name] = load
+    rec.log(f"section {name}: 1-minute load average {load:.2f}")
     with Scope(log=rec.log) as scope:
         try:
             mod.run(rec, scope, quick=quick)

@@ -102,6 +102,7 @@ class Recorder:
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.t0 = time.monotonic()
         self.section = ""
+        self.section_load: dict[str, float] = {}  # 1-minute load average as each section began
 
     def log(self, msg: str) -> None:
         self._log(f"[{time.monotonic() - self.t0:6.1f}s] {msg}")

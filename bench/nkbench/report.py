@@ -175,23 +175,15 @@ LIMITS = {
         "ownership check in `nk_endpoints` would make it constant."
     ),
     "reconcile": (
-        "Profiled with py-spy (`bench/profile.py --reconcile --adds 150`): about 70% of a "
-        "reconcile is pyroute2. For every endpoint `Engine.reconcile` asks netlink three times "
-        "whether its device exists (`link_exists`, then `get_endpoint`'s `link_exists` and "
-        "`get_link`), each time through a new pyroute2 socket (~1-1.5 ms to open, ~2-3 ms per "
-        "request). One link dump of the node namespace per reconcile, looked up by name, would "
-        "take netlink out of the per-endpoint cost; what stays is reading the spec and the pinned "
-        "links from bpffs."
+        "Profile it with `bench/profile.py --reconcile --adds N` (py-spy by layer). Before "
+        "commit 8e40d82 about 70% of a reconcile was pyroute2: three netlink sessions per "
+        "endpoint to see whether its device existed; one link dump per reconcile replaced them."
     ),
     "policy": (
-        "Profiled with perf (`bench/profile.py --policy 10000`, software clock): 74% of the "
-        "test-run samples end in the kernel's `trie_lookup_elem` (54% with 10 rules), 12% in the "
-        "program itself. The policy keeps one LPM trie for every endpoint, generation, direction "
-        "and family, keyed by 96 fixed bits plus the address, so a lookup walks a deep trie with "
-        "long keys, one dependent load per level; a packet that matches no prefix stops early and "
-        "stays near the 10-rule cost. Shallower lookups would need a different layout (the policy "
-        "plugin's): e.g. one trie per endpoint, direction and family in a map-in-map with "
-        "address-only keys, or an exact-match hash for /32 and /128 rules in front of the trie."
+        "Profile it with `bench/profile.py --policy 10000` (perf over the program's test runs). "
+        "While the policy used one LPM trie for every endpoint, generation, direction and "
+        "family, 74% of the test-run samples ended in the kernel's `trie_lookup_elem`; commit "
+        "1a61e66 replaced the trie with hash probes per prefix length."
     ),
 }
 
@@ -271,6 +263,8 @@ def markdown(rec: Recorder, *, machine: dict, started: float, jsonl: Path, png: 
     for k, label in labels:
         if machine.get(k) not in (None, ""):
             L.append(f"| {label} | {machine[k]} |")
+    if rec.section_load:
+        L.append("| load average as each section began | " + ", ".join(f"{k} {v:.2f}" for k, v in rec.section_load.items()) + " |")
     if png:
         L += ["", f"![benchmark figures]({rel(png)})"]
     L += ["", "## Goals", "", "| goal | verdict | figures |", "|---|---|---|"]
