@@ -253,8 +253,11 @@ def policy_from_rules(
     return policy, ids
 
 
+_PROTO_BY_NUMBER = {(p.number(v), v): p for p in Proto for v in (4, 6)}
+
+
 def _proto_from_number(number: int, version: int) -> Proto:
-    for proto in Proto:
-        if proto.number(version) == number:
-            return proto
-    raise ValueError(f"protocol number {number} is not one a policy rule can hold")
+    try:
+        return _PROTO_BY_NUMBER[(number, version)]
+    except KeyError:
+        raise ValueError(f"protocol number {number} is not one a policy rule can hold") from None
