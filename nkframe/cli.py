@@ -389,6 +389,30 @@ def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
 
 
 @cli.command()
+@click.option("--endpoint", "endpoint_id", default=None, help="Only events of this endpoint.")
+@click.option("--reason", "reasons", multiple=True,
+              type=click.Choice(["policy_deny", "policy_default", "malformed", "no_route", "no_policy"]),
+              help="Only events with this drop reason (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--count", type=int, default=None, help="Exit after N events (exit 1 if --timeout comes first).")
+@click.option("--timeout", type=float, default=None, help="Exit after S seconds.")
+@click.pass_context
+def events(ctx, endpoint_id, reasons, as_json, count, timeout) -> None:
+    """Stream drop events as they happen: time, endpoint, hook, reason, 5-tuple."""
+    from nkframe import events as events_mod
+    from nkframe import pins
+
+    maps_dir = pins.Layout(ctx.obj["bpffs_root"]).map_path("global", "", events_mod.RING_MAP).parent
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    raise SystemExit(events_mod.run(maps_dir, endpoint=endpoint_id, reasons=reasons, as_json=as_json,
+                                    count=count, timeout=timeout, echo=echo))
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the last line of output).")
 @click.option("--keep", is_flag=True, help="Leave the namespaces and pins in place for a look around.")
 @click.option("--vm", "in_vm", is_flag=True, help="Run inside the netkit kernel VM (Debian 6.12) instead.")

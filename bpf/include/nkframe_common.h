@@ -82,6 +82,7 @@ struct nk_pkt {
 	__u32 dport;  /* host order, or NK_PORT_UNKNOWN */
 	__u32 src[4]; /* network order; IPv4 uses src[0] */
 	__u32 dst[4];
+	__u32 sport;  /* host order, or NK_PORT_UNKNOWN (like dport) */
 };
 
 /* Header bytes we need at most: Ethernet + IPv6 + 8 extension headers is unbounded in theory;
@@ -195,15 +196,18 @@ static __always_inline int nk_parse(struct __sk_buff *skb, __u32 l3_off, struct 
 	pkt->proto = proto;
 	pkt->later_fragment = later;
 	pkt->dport = NK_PORT_UNKNOWN;
+	pkt->sport = NK_PORT_UNKNOWN;
 	if (later)
 		return NK_PARSE_IP;
 	if (proto == NK_IPPROTO_TCP) {
 		if (NK_NEED(p, 20, end))
 			return NK_SHORT_OR(NK_PARSE_MALFORMED);
+		pkt->sport = bpf_ntohs(*(__u16 *)p);
 		pkt->dport = bpf_ntohs(*(__u16 *)(p + 2));
 	} else if (proto == NK_IPPROTO_UDP) {
 		if (NK_NEED(p, 8, end))
 			return NK_SHORT_OR(NK_PARSE_MALFORMED);
+		pkt->sport = bpf_ntohs(*(__u16 *)p);
 		pkt->dport = bpf_ntohs(*(__u16 *)(p + 2));
 	} else if (proto == NK_IPPROTO_ICMP && version == 4) {
 		if (NK_NEED(p, 8, end))

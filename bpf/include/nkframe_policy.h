@@ -25,6 +25,7 @@
 #include <linux/types.h>
 
 #include "nkframe_common.h"
+#include "nkframe_events.h"
 
 #define NK_POLICY_MAX_RULES 16          /* rules covering one prefix (flattened) */
 #define NK_POLICY_ENTRIES 131072        /* entries (prefixes), all endpoints, both generations */
@@ -227,12 +228,15 @@ struct {
 
 /* ---- the judgement, shared by the endpoint programs and the uplink program ---- */
 
-static __always_inline int nk_policy_drop(struct __sk_buff *skb, __u32 reason)
+/* Count a drop by reason and report it to ``nkframe events`` (nkframe_events.h). */
+static __always_inline int nk_policy_drop(struct __sk_buff *skb, __u32 reason, __u32 hook,
+					  __u32 slot, __u32 rule_id, const struct nk_pkt *pkt)
 {
 	struct nk_counter *c = bpf_map_lookup_elem(&nk_pol_drops, &reason);
 
 	if (c)
 		nk_count(c, skb->len);
+	nk_event_drop(skb, hook, reason, slot, rule_id, pkt);
 	return NK_SHOT;
 }
 
@@ -365,9 +369,10 @@ static __always_inline __u32 nk_policy_find6(const struct nk_policy_table *t, co
 }
 
 /* The verdict of endpoint ``slot``'s policy in direction ``dir`` for a parsed packet (``res`` is
- * what nk_policy_parse() returned): NK_CONTINUE or NK_SHOT, counted. */
+ * what nk_policy_parse() returned): NK_CONTINUE or NK_SHOT, counted; drops are reported as
+ * events from ``hook`` (enum nk_event_hook). */
 static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, __u32 dir,
-					    const struct nk_pkt *pkt, int res)
+					    __u32 hook, const struct nk_pkt *pkt, int res)
 {
 	__u32 *genp = bpf_map_lookup_elem(&nk_pol_gen, &slot);
 	__u32 gen = genp ? *(volatile __u32 *)genp : 0;
@@ -378,16 +383,16 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 		return NK_CONTINUE;
 	}
 	if (gen == 0)
-		return nk_policy_drop(skb, NK_DROP_NO_POLICY);
+		return nk_policy_drop(skb, NK_DROP_NO_POLICY, hook, slot, NK_EVENT_NO_RULE, pkt);
 	if (res != NK_PARSE_IP) {
 		nk_policy_stat(st, dir, NK_PSTAT_MALFORMED, skb->len);
-		return nk_policy_drop(skb, NK_DROP_MALFORMED);
+		return nk_policy_drop(skb, NK_DROP_MALFORMED, hook, slot, NK_EVENT_NO_RULE, pkt);
 	}
 
 	__u32 hk = slot * 2 + gen - 1;
 	struct nk_policy_head *head = bpf_map_lookup_elem(&nk_pol_head, &hk);
 	if (!head || dir > 1)
-		return nk_policy_drop(skb, NK_DROP_NO_POLICY);
+		return nk_policy_drop(skb, NK_DROP_NO_POLICY, hook, slot, NK_EVENT_NO_RULE, pkt);
 	const __u32 *addr = dir == NK_DIR_INGRESS ? pkt->src : pkt->dst;
 	__u32 id = pkt->family == 4 ? nk_policy_find4(&head->t[dir][0], addr[0])
 				    : nk_policy_find6(&head->t[dir][1], addr);
@@ -395,7 +400,7 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 	if (!ent)
 		/* Every table has a fallback entry, so a miss means user space broke the protocol:
 		 * fail closed. */
-		return nk_policy_drop(skb, NK_DROP_NO_POLICY);
+		return nk_policy_drop(skb, NK_DROP_NO_POLICY, hook, slot, NK_EVENT_NO_RULE, pkt);
 
 	__u32 count = ent->count;
 	int i;
@@ -417,7 +422,7 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 			nk_count(c, skb->len);
 		if (r->action == NK_ACT_DENY) {
 			nk_policy_stat(st, dir, NK_PSTAT_DENY_RULE, skb->len);
-			return nk_policy_drop(skb, NK_DROP_POLICY_DENY);
+			return nk_policy_drop(skb, NK_DROP_POLICY_DENY, hook, slot, rid, pkt);
 		}
 		nk_policy_stat(st, dir, NK_PSTAT_ALLOW_RULE, skb->len);
 		return NK_CONTINUE;
@@ -427,7 +432,7 @@ static __always_inline int nk_policy_decide(struct __sk_buff *skb, __u32 slot, _
 		return NK_CONTINUE;
 	}
 	nk_policy_stat(st, dir, NK_PSTAT_DENY_DEFAULT, skb->len);
-	return nk_policy_drop(skb, NK_DROP_POLICY_DEFAULT);
+	return nk_policy_drop(skb, NK_DROP_POLICY_DEFAULT, hook, slot, NK_EVENT_NO_RULE, pkt);
 }
 
 /* An endpoint's program: its own slot, set in .rodata before load. */
@@ -437,7 +442,9 @@ static __always_inline int nk_policy_judge(struct __sk_buff *skb, __u32 slot, __
 	struct nk_pkt pkt = {};
 	int res = nk_policy_parse(skb, l3_off, &pkt);
 
-	return nk_policy_decide(skb, slot, dir, &pkt, res);
+	return nk_policy_decide(skb, slot, dir,
+				dir == NK_DIR_EGRESS ? NK_EVENT_HOOK_FROM_POD : NK_EVENT_HOOK_TO_POD,
+				&pkt, res);
 }
 
 /* The destination address of an Ethernet frame as the uplink program reads it to find the
@@ -485,7 +492,7 @@ static __always_inline int nk_policy_uplink(struct __sk_buff *skb)
 	__u32 *slot = bpf_map_lookup_elem(&nk_pol_addrs, &key);
 	if (!slot)
 		return NK_CONTINUE;
-	return nk_policy_decide(skb, *slot, NK_DIR_INGRESS, &pkt, res);
+	return nk_policy_decide(skb, *slot, NK_DIR_INGRESS, NK_EVENT_HOOK_UPLINK, &pkt, res);
 }
 
 #endif /* NKFRAME_POLICY_H */

@@ -42,6 +42,9 @@ node-side device).  The uplink program finds the endpoint by the packet's destin
 and judges exactly as that endpoint's ``policy_ingress`` would; a packet to no endpoint with a
 policy slot, and every non-IP frame, continues untouched there.
 
+Every drop is also reported to ``nkframe events`` (``bpf/include/nkframe_events.h``,
+:mod:`nkframe.events`): endpoint, hook, reason, 5-tuple and the deciding rule.
+
 Rejected input (:class:`PolicyError`, an :class:`nkframe.errors.InvalidSpec`, raised before
 anything in the kernel changes): malformed CIDRs or host bits set, ports on non-tcp/udp rules,
 upside-down or out-of-range port ranges, duplicate rules, rules on the *same* CIDR whose protocol

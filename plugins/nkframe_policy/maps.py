@@ -15,6 +15,8 @@ Maps (all pinned in one bpffs directory, shared by every endpoint; layouts in
 ``nk_pol_owner``  slot -> endpoint id (user space bookkeeping: bpffs is the source of truth)
 ``nk_pol_meta``   change counter, so several processes can share the maps
 ``nk_pol_addrs``  endpoint address -> slot, for the uplink program (``policy_uplink``)
+``nk_events``     ring buffer of drop events (``bpf/include/nkframe_events.h``,
+                  :mod:`nkframe.events`), with ``nk_ev_lost`` and ``nk_ev_rate`` (per-CPU budget)
 
 Endpoint identity: each endpoint holds a *slot* (0..1023).  Its programs are loaded with the
 slot in ``.rodata`` (``ENDPOINT_SLOT``, set before load), so the per-packet lookups are array
@@ -74,7 +76,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAP_NAMES = (
     "nk_pol_gen", "nk_pol_head", "nk_pol_tab4", "nk_pol_tab6", "nk_pol_ent", "nk_pol_ruledef",
     "nk_pol_rules", "nk_pol_stats", "nk_pol_drops", "nk_pol_owner", "nk_pol_meta",
-    "nk_pol_addrs",
+    "nk_pol_addrs", "nk_events", "nk_ev_lost", "nk_ev_rate",
 )
 PROGRAMS = ("policy_egress", "policy_ingress")
 UPLINK_PROGRAM = "policy_uplink"
