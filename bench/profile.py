@@ -13,6 +13,10 @@ misses" come from this tool.
 ``bench/profile.py --reconcile --adds N``: a fresh Engine's reconcile over N endpoints (what an
 agent does when it starts).
 
+``bench/profile.py --tput CONFIG`` (veth, routing, tcx, tc): ``perf record -a`` while iperf3
+sends pod -> outside with four streams (client pinned to CPU 0, as in the benchmark); prints where
+CPU 0 (the sender, which also runs every softirq of the path) spends its samples, by layer.
+
 ``bench/profile.py --policy N``: the policy program with N rules per direction, run with
 BPF_PROG_TEST_RUN in a loop under ``perf record`` (software clock; this machine has no hardware
 counters); prints which kernel functions the test-run samples end in.
@@ -183,6 +187,54 @@ def profile_policy(rules: int) -> int:
     return 0
 
 
+# Kernel symbols by layer of the forwarding path (first match wins).
+TPUT_GROUPS = (
+    ("copies user <-> skb", r"copy_(from|to)_iter|memcpy|csum_partial"),
+    ("nkframe BPF (program + helpers)", r"^bpf_prog_|^bpf_(ipv4|ipv6)_fib|^bpf_redirect|^bpf_skb|skb_do_redirect|^tcx_|sch_handle_ingress|tcf_classify|cls_bpf"),
+    ("node IP stack (rcv, route, forward, output)", r"^ip6?_(forward|rcv|route|finish|output|sublist|list|local|skb_dst)|^ip_rcv|fib6?_|^ipv4_|nf_hook|^__mkroute|^rt_|^dst_|neigh_"),
+    ("TCP", r"^tcp_|^__tcp"),
+    ("devices (veth, backlog, GRO)", r"veth|netif|napi|^__dev_queue|^dev_hard|process_backlog|gro_|__dev_"),
+)
+
+
+def profile_tput(config: str) -> int:
+    from nkbench import throughput as T
+    from nkbench.topo import Scope, in_netns
+
+    tmp = tempfile.mkdtemp(prefix="nkbench-profile-")
+    data = os.path.join(tmp, "perf.data")
+    try:
+        with Scope() as scope:
+            topo = {"veth": lambda: T.build_veth(scope), "routing": lambda: T.build_routing(scope)}.get(
+                config, lambda: T.build_nkframe(scope, config))()
+            topo.ends.pop("_what", None)
+            cli, srv, ip = topo.ends["one-hop" if config == "veth" else "pod-out"]
+            T.Servers(scope).ensure(srv)
+            p = subprocess.Popen(in_netns(cli, *T.PIN_CLIENT, "iperf3", "-c", ip, "-p", str(T.PORT), "-t", "8", "-P", "4", "-J"),
+                                 stdout=subprocess.PIPE, text=True)
+            time.sleep(2)
+            subprocess.run(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "4000", "-o", data, "--", "sleep", "4"], check=True)
+            out, _ = p.communicate(timeout=60)
+            print(f"{config}: {json.loads(out)['end']['sum_received']['bits_per_second'] / 1e9:.1f} Gbit/s pod -> outside, 4 streams")
+        rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym", "--cpu", "0"],
+                             capture_output=True, text=True).stdout
+        rows = []
+        for line in rep.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+\[.\]\s+(\S+)", line)
+            if m:
+                rows.append((float(m.group(1)), m.group(2)))
+        got = collections.Counter()
+        for pct, sym in rows:
+            group = next((g for g, pat in TPUT_GROUPS if re.search(pat, sym)), "other")
+            got[group] += pct
+        print("CPU 0 samples by layer:")
+        for g, _ in TPUT_GROUPS + (("other", ""),):
+            print(f"  {got[g]:5.1f}%  {g}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def micro(n: int = 200) -> dict[str, float]:
     """ms per netlink operation: a pyroute2 session, a pyroute2 ``link get``, and the same
     RTM_GETLINK on a raw netlink socket (socket created and closed each time)."""
@@ -236,6 +288,7 @@ def main() -> int:
     p.add_argument("--adds", type=int, default=40)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--reconcile", action="store_true", help="profile a fresh Engine's reconcile over --adds endpoints")
+    p.add_argument("--tput", choices=("veth", "routing", "tcx", "tc"), default=None, help="profile pod -> outside throughput instead")
     p.add_argument("--policy", type=int, default=None, metavar="N", help="profile the policy program with N rules instead")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--policy-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -249,6 +302,8 @@ def main() -> int:
         return 2
     if args.policy:
         return profile_policy(args.policy)
+    if args.tput:
+        return profile_tput(args.tput)
     tmp = tempfile.mkdtemp(prefix="nkbench-profile-")
     try:
         out, raw = os.path.join(tmp, "counts.json"), os.path.join(tmp, "stacks.txt")
