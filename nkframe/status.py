@@ -25,6 +25,7 @@ what an operator runs when something is already wrong.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from nkframe.errors import NkframeError
+from nkframe.errors import KernelError, NkframeError
 from nkframe.types import AttachedProgram, Endpoint, Mechanism
 
 log = logging.getLogger(__name__)
@@ -236,22 +237,21 @@ def device_status(engine, name: str) -> DeviceStatus:
 
 
 def _device_end(name: str, ns: str | None, problems: list[str], what: str) -> DeviceEnd | None:
-    from nkframe import netns
     from nkframe.netlink import links
 
     try:
-        with netns.ipr(ns) as ipr:
-            msgs = ipr.get_links(ifname=name) if links.link_exists(name, ns, ipr=ipr) else []
-            if not msgs:
-                problems.append(f"{what} {name} is missing in {ns or 'the current namespace'}")
-                return None
-            msg = msgs[0]
-            st = links.LinkState.from_msg(msg, ns)
-            stats = msg.get_attr("IFLA_STATS64") or {}
-            return DeviceEnd(
-                name=name, netns=ns, ifindex=st.ifindex, kind=st.kind, up=st.up,
-                counters=LinkCounters.from_stats64(stats),
-            )
+        try:
+            msg = links.get_raw_link(name, ns)
+        except KernelError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            problems.append(f"{what} {name} is missing in {ns or 'the current namespace'}")
+            return None
+        st = links.LinkState.from_msg(msg, ns)
+        return DeviceEnd(
+            name=name, netns=ns, ifindex=st.ifindex, kind=st.kind, up=st.up,
+            counters=LinkCounters.from_stats64(msg.stats64()),
+        )
     except NkframeError as e:
         problems.append(f"{what} {name}: {e}")
         return None

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import socket
+import struct
 from typing import Any, Iterator
 
 import attrs
@@ -21,7 +22,9 @@ import attrs
 from nkframe import netns as _netns
 from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import IFNAMSIZ, validate_ifname  # noqa: F401 - re-exported
-from nkframe.netlink._rtnl import kernel_error, request, where
+from nkframe.netlink import nlsock as nl
+from nkframe.netlink._rtnl import kernel_error, where
+from nkframe.netlink.nlsock import NetlinkError, RtnlSocket, attr_map, encoded, open_rtnl
 
 MIN_MTU = 68  # ETH_MIN_MTU, and the IPv4 minimum
 MAX_MTU = 65535  # ETH_MAX_MTU, the most veth and netkit accept
@@ -33,6 +36,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 1, 4, 0x200, 0x400, 0x100
+NLM_F_DUMP = 0x300
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 IFA_F_NODAD = 0x02
@@ -166,26 +170,30 @@ class LinkState:
     netns: str | None
 
     @classmethod
-    def from_msg(cls, msg: Any, netns: str | None) -> "LinkState":
-        linkinfo = msg.get_attr("IFLA_LINKINFO")
-        kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
+    def from_msg(cls, msg: "RawLink", netns: str | None) -> "LinkState":
+        a = msg.attrs
+        op = nl.u8(a.get(IFLA_OPERSTATE))
         return cls(
-            ifindex=msg["index"],
-            name=msg.get_attr("IFLA_IFNAME"),
-            kind=kind,
-            mtu=msg.get_attr("IFLA_MTU"),
-            up=bool(msg["flags"] & IFF_UP),
-            lower_up=bool(msg["flags"] & IFF_LOWER_UP),
-            operstate=msg.get_attr("IFLA_OPERSTATE"),
-            address=msg.get_attr("IFLA_ADDRESS"),
-            link_ifindex=msg.get_attr("IFLA_LINK"),
-            link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
-            num_tx_queues=msg.get_attr("IFLA_NUM_TX_QUEUES"),
-            num_rx_queues=msg.get_attr("IFLA_NUM_RX_QUEUES"),
-            gso_max_size=msg.get_attr("IFLA_GSO_MAX_SIZE"),
-            gro_max_size=msg.get_attr("IFLA_GRO_MAX_SIZE"),
+            ifindex=msg.index,
+            name=msg.name,
+            kind=msg.kind,
+            mtu=nl.u32(a.get(IFLA_MTU)),
+            up=bool(msg.flags & IFF_UP),
+            lower_up=bool(msg.flags & IFF_LOWER_UP),
+            operstate=None if op is None else (_OPERSTATES[op] if op < len(_OPERSTATES) else str(op)),
+            address=nl.mac(a.get(IFLA_ADDRESS)),
+            link_ifindex=nl.u32(a.get(IFLA_LINK)),
+            link_netnsid=_s32(a.get(IFLA_LINK_NETNSID)),
+            num_tx_queues=nl.u32(a.get(IFLA_NUM_TX_QUEUES)),
+            num_rx_queues=nl.u32(a.get(IFLA_NUM_RX_QUEUES)),
+            gso_max_size=nl.u32(a.get(IFLA_GSO_MAX_SIZE)),
+            gro_max_size=nl.u32(a.get(IFLA_GRO_MAX_SIZE)),
             netns=netns,
         )
+
+
+def _s32(p: bytes | None) -> int | None:
+    return struct.unpack_from("=i", p)[0] if p is not None and len(p) >= 4 else None
 
 
 @attrs.frozen
@@ -291,16 +299,30 @@ def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# sessions
+# sessions and raw messages
 
 
 @contextlib.contextmanager
-def _session(netns: str | None, ipr: Any = None) -> Iterator[Any]:
+def _session(netns: str | None, ipr: Any = None) -> Iterator[RtnlSocket]:
+    """``ipr`` if the caller holds a socket (see :func:`session`), else a new one for ``netns``."""
     if ipr is not None:
         yield ipr
         return
-    with _netns.ipr(netns) as sock:
+    if netns is not None and not _netns_exists(netns):
+        raise _netns_missing(netns)
+    sock = open_rtnl(netns)
+    try:
         yield sock
+    finally:
+        sock.close()
+
+
+def session(netns: str | None = None) -> contextlib.AbstractContextManager[RtnlSocket]:
+    """One rtnetlink socket for ``netns``, to pass as ``ipr=`` to several calls in a row.
+
+    Closing it matters: an open socket keeps its namespace alive.
+    """
+    return _session(netns)
 
 
 @contextlib.contextmanager
@@ -316,28 +338,96 @@ def peer_netns_fd(peer_netns: str | None) -> Iterator[int | None]:
         os.close(fd)
 
 
-def _get_msg(ipr: Any, name: str, netns: str | None) -> Any:
-    from pyroute2.netlink.exceptions import NetlinkError
+# struct ifinfomsg {u8 family; u8 pad; u16 type; s32 index; u32 flags; u32 change;}
+_IFINFOMSG = struct.Struct("=BxHiII")
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE = 1, 3, 4, 5, 16
+IFLA_LINKINFO, IFLA_STATS64, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 18, 23, 31, 32
+IFLA_LINK_NETNSID, IFLA_GSO_MAX_SIZE, IFLA_GRO_MAX_SIZE = 37, 41, 58
+IFLA_INFO_KIND = 1
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
+_OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+# struct rtnl_link_stats64, the fields we read, in the kernel's order
+_STATS64 = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
+            "rx_dropped", "tx_dropped")
 
+
+@attrs.frozen
+class RawLink:
+    """One RTM_NEWLINK reply: the ifinfomsg header and its top-level attributes (undecoded)."""
+
+    index: int
+    flags: int
+    attrs: dict[int, bytes]
+    data: bytes  # the whole payload, for decoders that need more (netkit)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "RawLink":
+        _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+        return cls(index, flags, attr_map(payload, _IFINFOMSG.size), bytes(payload))
+
+    @property
+    def name(self) -> str | None:
+        return nl.string(self.attrs.get(IFLA_IFNAME))
+
+    @property
+    def kind(self) -> str | None:
+        info = self.attrs.get(IFLA_LINKINFO)
+        return nl.string(attr_map(info).get(IFLA_INFO_KIND)) if info else None
+
+    def stats64(self) -> dict[str, int]:
+        raw = self.attrs.get(IFLA_STATS64)
+        if not raw or len(raw) < 8 * len(_STATS64):
+            return {}
+        return dict(zip(_STATS64, struct.unpack_from(f"={len(_STATS64)}Q", raw)))
+
+    def to_pyroute2(self) -> Any:
+        """The same message parsed by pyroute2 (for the netkit decoder's nested attributes)."""
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        hdr = struct.pack("=IHHII", 16 + len(self.data), RTM_NEWLINK, 0, 0, 0)
+        msg = ifinfmsg(hdr + self.data)
+        msg.decode()
+        return msg
+
+
+def ifinfomsg(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
+    return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
+
+
+def _get_msg(ipr: RtnlSocket, name: str, netns: str | None) -> RawLink:
     try:
-        return ipr.link("get", ifname=name)[0]
+        replies = ipr.request(RTM_GETLINK, 0, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name))
     except NetlinkError as e:
         if e.code == errno.ENODEV:
             raise KernelError(
                 errno.ENODEV, f"no interface {name!r} in {where(netns)}"
             ) from None
         raise kernel_error(e, f"get interface {name!r} in {where(netns)}") from None
+    for rtype, payload in replies:
+        if rtype == RTM_NEWLINK:
+            return RawLink.parse(payload)
+    raise KernelError(errno.ENODEV, f"no interface {name!r} in {where(netns)}")
+
+
+def _index(ipr: RtnlSocket, name: str, netns: str | None) -> int:
+    return _get_msg(ipr, validate_ifname(name), netns).index
 
 
 def ifindex(name: str, netns: str | None = None, *, ipr: Any = None) -> int:
     with _session(netns, ipr) as sock:
-        return _get_msg(sock, validate_ifname(name), netns)["index"]
+        return _index(sock, name, netns)
 
 
 def get_link(name: str, netns: str | None = None, *, ipr: Any = None) -> LinkState:
     """Read one device back; KernelError(ENODEV) if there is none by that name."""
     with _session(netns, ipr) as sock:
         return LinkState.from_msg(_get_msg(sock, validate_ifname(name), netns), netns)
+
+
+def get_raw_link(name: str, netns: str | None = None, *, ipr: Any = None) -> RawLink:
+    """The kernel's whole answer about one device (counters, nested info), undecoded."""
+    with _session(netns, ipr) as sock:
+        return _get_msg(sock, validate_ifname(name), netns)
 
 
 def link_exists(name: str, netns: str | None = None, *, ipr: Any = None) -> bool:
@@ -350,16 +440,25 @@ def link_exists(name: str, netns: str | None = None, *, ipr: Any = None) -> bool
     return True
 
 
+def _dump_links(sock: RtnlSocket) -> list[RawLink]:
+    return [RawLink.parse(p) for t, p in sock.request(RTM_GETLINK, NLM_F_DUMP, ifinfomsg()) if t == RTM_NEWLINK]
+
+
 def list_links(netns: str | None = None, *, ipr: Any = None) -> list[LinkState]:
     with _session(netns, ipr) as sock:
-        return sorted(
-            (LinkState.from_msg(m, netns) for m in sock.get_links()), key=lambda s: s.ifindex
-        )
+        try:
+            msgs = _dump_links(sock)
+        except NetlinkError as e:
+            raise kernel_error(e, f"list interfaces in {where(netns)}") from None
+        return sorted((LinkState.from_msg(m, netns) for m in msgs), key=lambda s: s.ifindex)
+
+
+def request(ipr: RtnlSocket, msg: Any, msg_type: int, msg_flags: int) -> list[tuple[int, bytes]]:
+    """Send a prepared message (bytes after the nlmsghdr, or a pyroute2 message) on ``ipr``."""
+    return ipr.request(msg_type, msg_flags, encoded(msg))
 
 
 def _new_link(ipr: Any, msg: Any, what: str) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
     try:
         request(ipr, msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
     except NetlinkError as e:
@@ -375,12 +474,12 @@ def _new_link(ipr: Any, msg: Any, what: str) -> None:
 def pair_result(
     ipr: Any, name: str, peer_name: str, netns: str | None, peer_netns: str | None
 ) -> LinkPair:
-    idx = _get_msg(ipr, name, netns)["index"]
+    idx = _get_msg(ipr, name, netns).index
     if peer_netns is None:
-        pidx = _get_msg(ipr, peer_name, netns)["index"]
+        pidx = _get_msg(ipr, peer_name, netns).index
     else:
-        with _netns.ipr(peer_netns) as psock:
-            pidx = _get_msg(psock, peer_name, peer_netns)["index"]
+        with _session(peer_netns) as psock:
+            pidx = _get_msg(psock, peer_name, peer_netns).index
     return LinkPair(idx, pidx, name, peer_name, netns, peer_netns if peer_netns else netns)
 
 
@@ -397,14 +496,8 @@ def create_veth(spec: VethSpec, *, netns: str | None = None) -> LinkPair:
 
 
 def _delete(ipr: Any, name: str, netns: str | None, *, missing_ok: bool) -> bool:
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    msg = ifinfmsg()
-    msg["family"] = socket.AF_UNSPEC
-    msg["attrs"] = [("IFLA_IFNAME", name)]
     try:
-        request(ipr, msg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
+        request(ipr, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
     except NetlinkError as e:
         if e.code == errno.ENODEV and missing_ok:
             return False
@@ -443,33 +536,33 @@ def _netns_missing(netns: str) -> Exception:
 # link settings
 
 
-def _set(name: str, netns: str | None, ipr: Any, what: str, **kw: Any) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
+def _set(name: str, netns: str | None, ipr: Any, what: str, *, flags: int = 0, change: int = 0,
+         attrs_: bytes = b"") -> None:
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         try:
-            sock.link("set", index=idx, **kw)
+            sock.request(RTM_NEWLINK, 0, ifinfomsg(idx, flags, change) + attrs_)
         except NetlinkError as e:
             raise kernel_error(e, f"{what} {name!r} in {where(netns)}") from None
 
 
 def set_up(name: str, netns: str | None = None, *, ipr: Any = None) -> None:
-    _set(name, netns, ipr, "set up", state="up")
+    _set(name, netns, ipr, "set up", flags=IFF_UP, change=IFF_UP)
 
 
 def set_down(name: str, netns: str | None = None, *, ipr: Any = None) -> None:
-    _set(name, netns, ipr, "set down", state="down")
+    _set(name, netns, ipr, "set down", flags=0, change=IFF_UP)
 
 
 def set_mtu(name: str, mtu: int, netns: str | None = None, *, ipr: Any = None) -> None:
     if not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
         raise InvalidSpec(f"MTU {mtu!r} must be an integer in {MIN_MTU}..{MAX_MTU}")
-    _set(name, netns, ipr, f"set MTU {mtu} on", mtu=mtu)
+    _set(name, netns, ipr, f"set MTU {mtu} on", attrs_=nl.nla_u32(IFLA_MTU, mtu))
 
 
 def set_address(name: str, mac: str, netns: str | None = None, *, ipr: Any = None) -> None:
-    _set(name, netns, ipr, f"set MAC address {mac} on", address=validate_mac(mac))
+    raw = bytes(int(x, 16) for x in validate_mac(mac).split(":"))
+    _set(name, netns, ipr, f"set MAC address {mac} on", attrs_=nl.nla(IFLA_ADDRESS, raw))
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,21 +573,26 @@ def _family(ip: Any) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
-def _addr_msg(idx: int, iface: Any, nodad: bool) -> Any:
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+# struct ifaddrmsg {u8 family; u8 prefixlen; u8 flags; u8 scope; u32 index;}
+_IFADDRMSG = struct.Struct("=BBBBI")
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+# struct rtmsg {u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags;}
+_RTMSG = struct.Struct("=BBBBBBBBI")
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+# struct ndmsg {u8 family; u8 pad1; u16 pad2; s32 ifindex; u16 state; u8 flags; u8 type;}
+_NDMSG = struct.Struct("=BxxxiHBB")
+NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 
-    msg = ifaddrmsg()
-    msg["family"] = _family(iface)
-    msg["prefixlen"] = iface.network.prefixlen
-    msg["index"] = idx
-    msg["scope"] = RT_SCOPE_UNIVERSE
-    ip = str(iface.ip)
-    msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
+
+def _addr_msg(idx: int, iface: Any, nodad: bool) -> bytes:
+    ip = iface.ip.packed
+    flags = IFA_F_NODAD if nodad else 0
+    out = _IFADDRMSG.pack(_family(iface), iface.network.prefixlen, flags, RT_SCOPE_UNIVERSE, idx)
+    out += nl.nla(IFA_LOCAL, ip) + nl.nla(IFA_ADDRESS, ip)
     if nodad:
         # IFA_FLAGS (u32) carries the same flag bits as the u8 header field, and wins over it.
-        msg["flags"] = IFA_F_NODAD
-        msg["attrs"].append(("IFA_FLAGS", IFA_F_NODAD))
-    return msg
+        out += nl.nla_u32(IFA_FLAGS, IFA_F_NODAD)
+    return out
 
 
 def add_address(
@@ -511,17 +609,14 @@ def add_address(
     ``nodad`` skips IPv6 duplicate address detection, so the address is usable at once instead of
     ``tentative`` for a second or two (and never ``dadfailed`` between two test namespaces).
     """
-    from pyroute2.netlink.exceptions import NetlinkError
-
     iface = parse_cidr(cidr)
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         try:
-            request(
-                sock,
-                _addr_msg(idx, iface, nodad and iface.version == 6),
+            sock.request(
                 RTM_NEWADDR,
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                NLM_F_CREATE | NLM_F_EXCL,
+                _addr_msg(idx, iface, nodad and iface.version == 6),
             )
         except NetlinkError as e:
             if e.code == errno.EEXIST and exist_ok:
@@ -532,13 +627,11 @@ def add_address(
 def del_address(
     name: str, cidr: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
     iface = parse_cidr(cidr)
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         try:
-            request(sock, _addr_msg(idx, iface, False), RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
+            sock.request(RTM_DELADDR, 0, _addr_msg(idx, iface, False))
         except NetlinkError as e:
             if e.code == errno.EADDRNOTAVAIL and missing_ok:
                 return
@@ -550,11 +643,24 @@ def list_addresses(
 ) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """The addresses on a device, v4 first, as ip_interface values."""
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         out = []
-        for m in sock.get_addr(index=idx):
-            ip = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
-            out.append(ipaddress.ip_interface(f"{ip}/{m['prefixlen']}"))
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            try:
+                # Strict checking lets the kernel filter the dump by ifa_index.
+                replies = sock.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(fam, 0, 0, 0, idx))
+            except NetlinkError as e:
+                if e.code == errno.EAFNOSUPPORT:
+                    continue  # IPv6 disabled in this kernel
+                raise kernel_error(e, f"list addresses of {name!r} in {where(netns)}") from None
+            for _t, p in replies:
+                family, plen, _f, _scope, index = _IFADDRMSG.unpack_from(p)
+                if index != idx:
+                    continue
+                a = attr_map(p, _IFADDRMSG.size)
+                raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+                if raw:
+                    out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
         return sorted(out, key=lambda i: (i.version, i))
 
 
@@ -571,31 +677,25 @@ def _route_msg(
     metric: int | None,
     table: int,
     scope: int | None,
-) -> Any:
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
-    msg = rtmsg()
-    msg["family"] = _family(dst)
-    msg["dst_len"] = dst.prefixlen
-    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE carries the id
-    msg["proto"] = RTPROT_STATIC
-    msg["type"] = RTN_UNICAST
+) -> bytes:
     if scope is None:
         scope = RT_SCOPE_UNIVERSE if via is not None else RT_SCOPE_LINK
-    msg["scope"] = scope
-    msg["flags"] = RTNH_F_ONLINK if onlink else 0
-    attrs_: list[tuple[str, Any]] = []
+    out = _RTMSG.pack(
+        _family(dst), dst.prefixlen, 0, 0,
+        table if table < 256 else 252,  # RT_TABLE_COMPAT; RTA_TABLE carries the id
+        RTPROT_STATIC, scope, RTN_UNICAST,
+        RTNH_F_ONLINK if onlink else 0,
+    )
     if dst.prefixlen:
-        attrs_.append(("RTA_DST", str(dst.network_address)))
+        out += nl.nla(RTA_DST, dst.network_address.packed)
     if via is not None:
-        attrs_.append(("RTA_GATEWAY", str(via)))
+        out += nl.nla(RTA_GATEWAY, via.packed)
     if idx is not None:
-        attrs_.append(("RTA_OIF", idx))
+        out += nl.nla_u32(RTA_OIF, idx)
     if metric is not None:
-        attrs_.append(("RTA_PRIORITY", metric))
-    attrs_.append(("RTA_TABLE", table))
-    msg["attrs"] = attrs_
-    return msg
+        out += nl.nla_u32(RTA_PRIORITY, metric)
+    out += nl.nla_u32(RTA_TABLE, table)
+    return out
 
 
 def _route(
@@ -613,8 +713,6 @@ def _route(
     what: str,
     ok_errno: int | None,
 ) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
     net = parse_network(dst)
     gw = parse_ip(via) if via is not None else None
     if gw is not None and gw.version != net.version:
@@ -624,12 +722,12 @@ def _route(
     if gw is None and dev is None:
         raise InvalidSpec(f"route {dst}: needs a gateway, a device or both")
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(dev), netns)["index"] if dev is not None else None
+        idx = _index(sock, dev, netns) if dev is not None else None
         msg = _route_msg(
             net, idx=idx, via=gw, onlink=onlink, metric=metric, table=table, scope=None
         )
         try:
-            request(sock, msg, cmd, flags)
+            sock.request(cmd, flags, msg)
         except NetlinkError as e:
             if ok_errno is not None and e.code == ok_errno:
                 return
@@ -676,15 +774,13 @@ def del_route(
     netns: str | None = None,
     ipr: Any = None,
 ) -> None:
-    from nkframe.errors import KernelError as _KE
-
     try:
         _route(
             RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, dst, via=via, dev=dev, onlink=False,
             metric=metric, table=table, netns=netns, ipr=ipr, what="delete route",
             ok_errno=errno.ESRCH if missing_ok else None,
         )
-    except _KE as e:
+    except KernelError as e:
         # The route's device is gone: so is the route.
         if missing_ok and e.errno == errno.ENODEV:
             return
@@ -707,20 +803,28 @@ def list_routes(
 ) -> list[dict[str, Any]]:
     """Routes of one table as plain dicts: dst ('default' or CIDR), via, dev, scope, flags."""
     with _session(netns, ipr) as sock:
-        names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in sock.get_links()}
+        try:
+            names = {m.index: m.name for m in _dump_links(sock)}
+            replies = sock.request(RTM_GETROUTE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+        except NetlinkError as e:
+            raise kernel_error(e, f"list routes in {where(netns)}") from None
         out = []
-        for m in sock.get_routes(family=family):
-            if (m.get_attr("RTA_TABLE") or m["table"]) != table:
+        for _t, p in replies:
+            fam, dst_len, _s, _tos, tbl, _proto, scope, _type, rflags = _RTMSG.unpack_from(p)
+            a = attr_map(p, _RTMSG.size)
+            if (nl.u32(a.get(RTA_TABLE)) or tbl) != table or fam != family:
                 continue
-            dst = m.get_attr("RTA_DST")
+            dst = a.get(RTA_DST)
+            gw = a.get(RTA_GATEWAY)
+            prio = a.get(RTA_PRIORITY)
             out.append(
                 {
-                    "dst": f"{dst}/{m['dst_len']}" if dst else "default",
-                    "via": m.get_attr("RTA_GATEWAY"),
-                    "dev": names.get(m.get_attr("RTA_OIF")),
-                    "scope": m["scope"],
-                    "onlink": bool(m["flags"] & RTNH_F_ONLINK),
-                    "metric": m.get_attr("RTA_PRIORITY"),
+                    "dst": f"{ipaddress.ip_address(dst)}/{dst_len}" if dst else "default",
+                    "via": str(ipaddress.ip_address(gw)) if gw else None,
+                    "dev": names.get(nl.u32(a.get(RTA_OIF))),
+                    "scope": scope,
+                    "onlink": bool(rflags & RTNH_F_ONLINK),
+                    "metric": nl.u32(prio),
                 }
             )
         return out
@@ -730,36 +834,23 @@ def list_routes(
 # neighbours
 
 
-def _neigh_msg(idx: int, ip: Any, mac: str | None, state: int) -> Any:
-    from pyroute2.netlink.rtnl.ndmsg import ndmsg
-
-    msg = ndmsg()
-    msg["family"] = _family(ip)
-    msg["ifindex"] = idx
-    msg["state"] = state
-    msg["attrs"] = [("NDA_DST", str(ip))]
+def _neigh_msg(idx: int, ip: Any, mac: str | None, state: int) -> bytes:
+    out = _NDMSG.pack(_family(ip), idx, state, 0, 0) + nl.nla(NDA_DST, ip.packed)
     if mac is not None:
-        msg["attrs"].append(("NDA_LLADDR", mac))
-    return msg
+        out += nl.nla(NDA_LLADDR, bytes(int(x, 16) for x in mac.split(":")))
+    return out
 
 
 def add_neighbour(
     name: str, ip: str, mac: str, netns: str | None = None, *, ipr: Any = None
 ) -> None:
     """A permanent neighbour entry (replaces an existing one): no ARP/ND for that address."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
     addr = parse_ip(ip)
     mac = validate_mac(mac)
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         try:
-            request(
-                sock,
-                _neigh_msg(idx, addr, mac, NUD_PERMANENT),
-                RTM_NEWNEIGH,
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-            )
+            sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, _neigh_msg(idx, addr, mac, NUD_PERMANENT))
         except NetlinkError as e:
             raise kernel_error(
                 e, f"add neighbour {addr} lladdr {mac} on {name!r} in {where(netns)}"
@@ -769,13 +860,11 @@ def add_neighbour(
 def del_neighbour(
     name: str, ip: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
     addr = parse_ip(ip)
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
+        idx = _index(sock, name, netns)
         try:
-            request(sock, _neigh_msg(idx, addr, None, 0), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK)
+            sock.request(RTM_DELNEIGH, 0, _neigh_msg(idx, addr, None, 0))
         except NetlinkError as e:
             if e.code == errno.ENOENT and missing_ok:
                 return
@@ -787,11 +876,25 @@ def list_neighbours(
 ) -> dict[str, str | None]:
     """{ip: lladdr} of the neighbour entries on a device."""
     with _session(netns, ipr) as sock:
-        idx = _get_msg(sock, validate_ifname(name), netns)["index"]
-        return {
-            m.get_attr("NDA_DST"): m.get_attr("NDA_LLADDR")
-            for m in sock.get_neighbours(ifindex=idx)
-        }
+        idx = _index(sock, name, netns)
+        out: dict[str, str | None] = {}
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            try:
+                replies = sock.request(
+                    RTM_GETNEIGH, NLM_F_DUMP, _NDMSG.pack(fam, 0, 0, 0, 0) + nl.nla_u32(NDA_IFINDEX, idx)
+                )
+            except NetlinkError as e:
+                if e.code == errno.EAFNOSUPPORT:
+                    continue
+                raise kernel_error(e, f"list neighbours of {name!r} in {where(netns)}") from None
+            for _t, p in replies:
+                _fam, index, _state, _fl, _type = _NDMSG.unpack_from(p)
+                if index != idx:
+                    continue
+                a = attr_map(p, _NDMSG.size)
+                if NDA_DST in a:
+                    out[str(ipaddress.ip_address(a[NDA_DST]))] = nl.mac(a.get(NDA_LLADDR))
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import attrs
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.netlink import links as _links
 from nkframe.netlink._rtnl import extack, kernel_error, where
+from nkframe.netlink.nlsock import NetlinkError
 from nkframe.netlink.links import LinkPair, validate_ifname
 
 __all__ = [
@@ -428,7 +429,7 @@ def get_netkit(name: str, *, netns: str | None = None, ipr: Any = None) -> Netki
     """Read a netkit device back (either end)."""
     register_link_kind()
     with _links._session(netns, ipr) as sock:
-        return _decode(_links._get_msg(sock, validate_ifname(name), netns), netns)
+        return _decode(_links._get_msg(sock, validate_ifname(name), netns).to_pyroute2(), netns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,8 +463,6 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
     KernelError(EEXIST) when a name is taken, NetnsNotFound for a missing namespace.  On any
     failure nothing is left behind.
     """
-    from pyroute2.netlink.exceptions import NetlinkError
-
     register_link_kind()
     peer_desc = "" if spec.pairing == NetkitPairing.SINGLE else f"/{spec.peer_name!r}"
     what = f"create netkit {spec.name!r}{peer_desc} in {where(netns)}"
@@ -479,7 +478,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
         except NetlinkError as e:
             raise _create_error(e, spec, what) from None
         try:
-            info = _decode(_links._get_msg(ipr, spec.name, netns), netns)
+            info = _decode(_links._get_msg(ipr, spec.name, netns).to_pyroute2(), netns)
             missing = _not_applied(spec, info)
             if missing:
                 raise NotSupported(
@@ -543,8 +542,6 @@ def set_policy(
     Only the primary can change settings (the kernel answers EACCES on the peer); mode and peer
     info are fixed at creation, the two policies are not.  ``None`` leaves one as it is.
     """
-    from pyroute2.netlink.exceptions import NetlinkError
-
     pol = _opt_policy(policy)
     peer_pol = _opt_policy(peer_policy)
     what = f"set netkit policy of {name!r} in {where(netns)}"

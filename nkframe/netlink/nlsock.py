@@ -1,0 +1,206 @@
+"""A plain rtnetlink socket and the attribute codec the hot paths need.
+
+Why not pyroute2 for this: an endpoint add makes a few dozen small requests (look up a device,
+add an address, a route, a neighbour, set a device up).  Through pyroute2 0.9 each ``IPRoute``
+builds an asyncio loop (~0.5 ms) and each request goes through its async core and generic
+message classes (~0.65 ms for one ``link get``), against ~0.02 ms for the same request on a
+socket of our own (``bench/profile.py`` prints both).  That was most of an add.  So the requests
+on the add/remove path are encoded here with ``struct`` from the uAPI layouts, and replies are
+decoded only as far as we read them.  pyroute2 stays for the rest (netkit message classes and
+their tests, dumps nobody waits for).
+
+A socket belongs for life to the network namespace it was created in, so :func:`open_rtnl`
+creates it inside :func:`nkframe.netns.enter` and leaves again at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+from typing import Any, Iterator
+
+# linux/netlink.h
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+NETLINK_CAP_ACK = 10
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
+NLMSGERR_ATTR_MSG = 1
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+_HDR = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
+
+
+class NetlinkError(Exception):
+    """The kernel refused a request: ``code`` is the positive errno, ``extack`` its text (or '')."""
+
+    def __init__(self, code: int, extack: str = ""):
+        super().__init__(code, extack or os.strerror(code))
+        self.code = code
+        self.extack = extack
+
+
+# --------------------------------------------------------------------------------------------
+# attributes
+
+
+def nla(atype: int, payload: bytes) -> bytes:
+    """struct nlattr (u16 len, u16 type) + payload, padded to 4 bytes."""
+    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def nla_u8(atype: int, v: int) -> bytes:
+    return nla(atype, struct.pack("=B", v))
+
+
+def nla_u16(atype: int, v: int) -> bytes:
+    return nla(atype, struct.pack("=H", v))
+
+
+def nla_u32(atype: int, v: int) -> bytes:
+    return nla(atype, struct.pack("=I", v))
+
+
+def nla_str(atype: int, s: str) -> bytes:
+    return nla(atype, s.encode() + b"\0")
+
+
+def iter_attrs(buf: bytes | memoryview, off: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each attribute in ``buf[off:]``; a truncated tail ends the walk."""
+    end = len(buf)
+    while off + 4 <= end:
+        length, atype = struct.unpack_from("=HH", buf, off)
+        if length < 4 or off + length > end:
+            return
+        yield atype & NLA_TYPE_MASK, bytes(buf[off + 4 : off + length])
+        off += (length + 3) & ~3
+
+
+def attr_map(buf: bytes | memoryview, off: int = 0) -> dict[int, bytes]:
+    """Attribute type -> payload (the last one wins, as in the kernel's own parser)."""
+    return dict(iter_attrs(buf, off))
+
+
+def u32(p: bytes | None) -> int | None:
+    return struct.unpack_from("=I", p)[0] if p is not None and len(p) >= 4 else None
+
+
+def u16(p: bytes | None) -> int | None:
+    return struct.unpack_from("=H", p)[0] if p is not None and len(p) >= 2 else None
+
+
+def u8(p: bytes | None) -> int | None:
+    return p[0] if p else None
+
+
+def string(p: bytes | None) -> str | None:
+    return p.split(b"\0", 1)[0].decode(errors="replace") if p is not None else None
+
+
+def mac(p: bytes | None) -> str | None:
+    return ":".join(f"{b:02x}" for b in p) if p else None
+
+
+def extack_of(payload: bytes, flags: int) -> str:
+    """The NLMSGERR_ATTR_MSG text of an NLMSG_ERROR payload, if the kernel sent one."""
+    if not flags & NLM_F_ACK_TLVS:
+        return ""
+    # struct nlmsgerr: int error + the request's nlmsghdr (+ its payload unless capped).
+    off = 4 + 16
+    if not flags & NLM_F_CAPPED:
+        (orig_len,) = struct.unpack_from("=I", payload, 4)
+        off = 4 + ((orig_len + 3) & ~3)
+    for atype, p in iter_attrs(payload, off):
+        if atype == NLMSGERR_ATTR_MSG:
+            return string(p) or ""
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# the socket
+
+
+class RtnlSocket:
+    """A blocking NETLINK_ROUTE socket, bound for life to the namespace it was created in.
+
+    One request at a time (callers hold it per thread); every request carries NLM_F_ACK (or is
+    a dump), so a reply sequence always ends with the kernel's ack, error or NLMSG_DONE.
+    """
+
+    def __init__(self, protocol: int = NETLINK_ROUTE):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        try:
+            self.sock.bind((0, 0))
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            # Dumps filtered by the kernel (and requests with bad headers refused, not guessed).
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except BaseException:
+            self.sock.close()
+            raise
+        self._seq = itertools.count(int.from_bytes(os.urandom(2), "little") + 1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "RtnlSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, mtype: int, flags: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """Send one message; return the (type, payload) of every reply before the ack/DONE.
+
+        Raises :class:`NetlinkError` when the kernel answers with an error.
+        """
+        seq = next(self._seq) & 0xFFFFFFFF
+        if (flags & NLM_F_DUMP) != NLM_F_DUMP:
+            flags |= NLM_F_ACK
+        self.sock.send(_HDR.pack(16 + len(payload), mtype, flags | NLM_F_REQUEST, seq, 0) + payload)
+        replies: list[tuple[int, bytes]] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, rtype, rflags, rseq, _pid = _HDR.unpack_from(data, off)
+                if length < 16:
+                    break
+                body = data[off + 16 : off + length]
+                off += (length + 3) & ~3
+                if rseq != seq:
+                    continue  # a late answer to an earlier, abandoned request
+                if rtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", body, 0)
+                    if err == 0:
+                        return replies
+                    raise NetlinkError(-err, extack_of(body, rflags))
+                if rtype == NLMSG_DONE:
+                    (err,) = struct.unpack_from("=i", body, 0) if len(body) >= 4 else (0,)
+                    if err < 0:
+                        raise NetlinkError(-err, "")
+                    return replies
+                replies.append((rtype, body))
+
+
+def open_rtnl(netns: str | None) -> RtnlSocket:
+    """An rtnetlink socket talking to ``netns`` (None: the caller's own namespace)."""
+    from nkframe import netns as _netns
+
+    with _netns.enter(netns):
+        return RtnlSocket()
+
+
+def encoded(msg: Any) -> bytes:
+    """The payload (after the nlmsghdr) of a pyroute2 message, or ``msg`` if it is bytes."""
+    if isinstance(msg, (bytes, bytearray)):
+        return bytes(msg)
+    msg.encode()
+    return bytes(msg.data[16:])
