@@ -1,10 +1,11 @@
 """The agent: one long-running process owning the :class:`~nkframe.engine.Engine` of one node.
 
-It keeps no state of its own.  On start it takes the socket's lock file, reconciles the Engine
-from bpffs (finishing off whatever a killed predecessor left half-done) and then serves the
-protocol of :mod:`nkframe.agent.protocol` on a Unix socket.  Programs stay attached through
-their pinned links whether an agent runs or not, so killing it (even with SIGKILL) and starting
-another loses no packet; the new one rebuilds the same view from the pins.
+It keeps no state of its own beyond a cache built from the stored specs: the address index
+(:mod:`nkframe.agent.addresses`).  On start it takes the socket's lock file, reconciles the
+Engine from bpffs (finishing off whatever a killed predecessor left half-done), builds the index
+and then serves the protocol of :mod:`nkframe.agent.protocol` on a Unix socket.  Programs stay
+attached through their pinned links whether an agent runs or not, so killing it (even with
+SIGKILL) and starting another loses no packet; the new one rebuilds the same view from the pins.
 
 Security: the socket is created mode 0600 in a directory that must belong to the agent's user
 and be writable by nobody else; each connection's peer credentials (SO_PEERCRED) are checked
@@ -30,8 +31,9 @@ import threading
 import time
 from typing import Any, Iterable
 
-from nkframe import errors, netns, specstore
+from nkframe import errors, netns
 from nkframe.agent import DEFAULT_SOCKET, protocol
+from nkframe.agent.addresses import AddressIndex
 from nkframe.agent.protocol import Refused, Request
 
 log = logging.getLogger("nkframe.agent")
@@ -103,7 +105,10 @@ class Agent:
         self._server: _Server | None = None
         self._lock_fd = -1
         self._serving = False
-        self._admit = threading.Lock()  # address check + add, atomically
+        # Held for every request that can change which endpoints exist (add, del, reconcile),
+        # so the address check, the change and the index update are one step among requests.
+        self._admit = threading.Lock()
+        self._index = AddressIndex(engine.layout)
         self._inflight = 0
         self._idle = threading.Condition()
         # The namespaces a pod may never be put in: the node's and the agent's own.
@@ -121,8 +126,12 @@ class Agent:
         self._take_lock()
         try:
             t1 = time.monotonic()
-            report = self.engine.reconcile()
-            t2 = time.monotonic()
+            with self._admit:
+                report = self.engine.reconcile()
+                t2 = time.monotonic()
+                # Once, from what reconcile kept: from now on the agent's own requests keep it.
+                indexed = self._index.rebuild()
+            t3 = time.monotonic()
             self._bind()
         except BaseException:
             self._release_lock()
@@ -134,9 +143,10 @@ class Agent:
             "start_seconds": round(time.monotonic() - t0, 6),
         }
         log.info(
-            "serving %s for node %s, bpffs %s: %d endpoint(s) healthy, %d cleaned up, reconcile %.1f ms",
+            "serving %s for node %s, bpffs %s: %d endpoint(s) healthy, %d cleaned up, reconcile %.1f ms, "
+            "address index of %d endpoint(s) %.1f ms",
             self.socket_path, self.engine.node_netns or "(own netns)", self.engine.layout.root,
-            len(report.healthy), len(report.removed), 1000 * (t2 - t1),
+            len(report.healthy), len(report.removed), 1000 * (t2 - t1), indexed, 1000 * (t3 - t2),
         )
         for p in report.problems:
             log.warning("reconcile: %s", p)
@@ -282,9 +292,16 @@ class Agent:
             self.check_pod_netns(spec.netns)
             with self._admit:
                 self._check_addresses(spec)
-                return {"endpoint": protocol.endpoint_to_dict(eng.add_endpoint(spec))}
+                ep = eng.add_endpoint(spec)
+                self._index.record(ep.spec)
+            return {"endpoint": protocol.endpoint_to_dict(ep)}
         if m == "endpoint.del":
-            eng.remove_endpoint(p["id"])
+            with self._admit:
+                try:
+                    eng.remove_endpoint(p["id"])
+                finally:
+                    # A remove that failed half-way may or may not have taken the directory.
+                    self._index.forget(p["id"])
             return {"id": p["id"]}
         if m == "endpoint.get":
             return {"endpoint": protocol.endpoint_to_dict(eng.get_endpoint(p["id"]))}
@@ -295,24 +312,19 @@ class Agent:
         if m == "upgrade":
             return {"endpoints": [protocol.endpoint_to_dict(e) for e in eng.upgrade(p.get("ids"))]}
         if m in ("reconcile", "gc"):
-            return protocol.report_to_dict(eng.reconcile())
+            with self._admit:
+                report = eng.reconcile()
+                self._index.sync()  # drops what it removed
+            return protocol.report_to_dict(report)
         raise protocol.ProtocolError(f"method {m} has no handler")  # METHODS and this list differ: a bug
 
     def _check_addresses(self, spec) -> None:
-        mine = {a.ip for a in spec.addresses}
-        if not mine:
+        if not spec.addresses:
             return
-        layout = self.engine.layout
-        for eid in layout.endpoint_ids():
-            if eid == spec.id:
-                continue  # the engine reports the duplicate id itself
-            try:
-                other = specstore.load(layout.spec_path(eid))
-            except (errors.NkframeError, OSError):
-                continue  # half-built or half-removed; reconcile deals with it
-            clash = mine & {a.ip for a in other.addresses}
-            if clash:
-                raise protocol.AddressInUse(f"address(es) {', '.join(sorted(map(str, clash)))} already belong to endpoint {eid}; remove it first or pick another address")
+        # Catch up first with changes made behind the agent's back (--no-agent, an embedded
+        # Engine): one directory read, specs only of endpoints not seen yet.
+        self._index.sync()
+        self._index.check(spec)
 
 
 def _best_effort_id(line: bytes) -> Any:
