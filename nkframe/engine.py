@@ -10,6 +10,7 @@ back every earlier one, so a failed add leaves no device, pin, map or link behin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -162,6 +163,7 @@ class Engine:
                 loaded = self._load(ctx, chains)
                 faults.point("add.after_load")
                 attached = self._attach_chains(ctx, chains, loaded)
+                ctx.programs = attached
                 faults.point("add.after_attach")
                 self.hook.nkframe_endpoint_configure(ctx=ctx)
                 faults.point("add.after_configure")
@@ -483,11 +485,13 @@ class Engine:
             raise EndpointNotFound(f"no endpoint {endpoint_id!r} under {self.layout.root}")
         return specstore.load(path)
 
-    def _read_programs(self, scope: str, owner: str, ifindex: int) -> tuple[AttachedProgram, ...]:
+    def _read_programs(self, scope: str, owner: str, ifindex: int, *, base: Path | None = None) -> tuple[AttachedProgram, ...]:
+        """Programs pinned for ``owner`` (or under ``base``: a staging directory)."""
         from nkframe import bpf
 
         out = []
-        for hook, paths in self.layout.links(scope, owner).items():
+        by_hook = self.layout.links(scope, owner) if base is None else pins._by_hook(base / "links")
+        for hook, paths in by_hook.items():
             for p in paths:
                 try:
                     link = bpf.Link.from_pin(str(p))
@@ -500,7 +504,8 @@ class Engine:
                 mech = Mechanism.NETKIT if info.type == BPF_LINK_TYPE_NETKIT else Mechanism.TCX
                 _pos, name, _ = pins.parse_pin_name(p)
                 out.append(AttachedProgram(name=name, hook=hook, mechanism=mech, prog_id=info.prog_id, link_id=info.id, pin=str(p), ifindex=info.ifindex))
-        for hook, paths in self.layout.tc_pins(scope, owner).items():
+        by_hook = self.layout.tc_pins(scope, owner) if base is None else pins._by_hook(base / "tc")
+        for hook, paths in by_hook.items():
             for p in paths:
                 _pos, name, prio = pins.parse_pin_name(p)
                 try:
@@ -616,6 +621,8 @@ class Engine:
                     removed.append(eid)
                     problems.append(f"{eid}: {gone}; cleaned up")
                     continue
+                for note in self._settle_switch(eid, devices[spec.node_ifname]):
+                    problems.append(f"{eid}: {note}")
                 ep = self.get_endpoint(eid, _links=devices)
                 dead = [p for p in ep.programs if p.mechanism is not Mechanism.TC and p.ifindex == 0]
                 if dead:
@@ -624,6 +631,78 @@ class Engine:
         return ReconcileReport(tuple(healthy), tuple(removed), (), tuple(problems))
 
     gc = reconcile
+
+    def _settle_switch(self, eid: str, device) -> list[str]:
+        """Undo or finish a :meth:`switch_mechanism` that a crash interrupted.
+
+        A switch (1) attaches the new chain pinned under ``<ep>/switch-*/``, (2) detaches the
+        old chain (each detach unlinks its pin), (3) moves the staged ``links``/``tc`` into
+        place.  While the old chain is whole -- each hook with staged programs still has its
+        old pins from position 0, and every old program runs -- the crash came during (1) and
+        the staged chain may be partial: detach it.  Otherwise (2) had begun, so (1) was
+        complete: finish (2) and (3).  The spec keeps its old ``attach``.
+        """
+        ep_dir = self.layout.endpoint_dir(eid)
+        staged = [d for d in ep_dir.iterdir() if d.name.startswith(_SWITCH_STAGING) and d.is_dir()]
+        if not staged:
+            return []
+        # A TC pin holds a program, not the filter: ask the device which filters still run.
+        tc_running = {
+            (p.hook, p.tc_priority, p.prog_id)
+            for p in list_attached(device.ifindex, netns_name=self.node_netns, netkit=False)
+            if p.mechanism is Mechanism.TC
+        }
+
+        def running(p: AttachedProgram) -> bool:
+            if p.mechanism is Mechanism.TC:
+                return (attach_mod.direction_for(p.mechanism, p.hook), p.tc_priority, p.prog_id) in tc_running
+            return p.ifindex != 0  # link info reports ifindex 0 once a link is detached
+
+        def whole(old, hooks) -> bool:
+            for hook in hooks:
+                positions = sorted(pins.parse_pin_name(Path(p.pin))[0] for p in old if p.hook == hook)
+                if not positions or positions != list(range(len(positions))):
+                    return False
+            return all(running(p) for p in old)
+
+        # Two crashes without a reconcile between leave two stagings; only the later switch
+        # (the larger program ids: the kernel hands them out in increasing order) can have
+        # got past (1).
+        chains = sorted(((d, self._read_programs("endpoint", eid, device.ifindex, base=d)) for d in staged),
+                        key=lambda dn: min((p.prog_id for p in dn[1]), default=0))
+        notes = []
+        for n, (d, new) in enumerate(chains):
+            old = self._read_programs("endpoint", eid, device.ifindex)
+            hooks = {p.hook for p in new}
+            if not new:
+                pass  # nothing staged yet, or all of it moved into place already
+            elif n < len(chains) - 1 or whole(old, hooks):
+                self._detach_staged(new, running)
+                notes.append(f"detached {len(new)} program(s) staged by an interrupted switch of mechanism; the old chain stays")
+            else:
+                # Nothing moves into place before every old program is detached, so old pins
+                # can remain only on hooks whose staged programs have not moved yet.
+                self._detach_staged([p for p in old if p.hook in hooks], running)
+                for sub in ("links", "tc"):
+                    if (d / sub).exists():
+                        pins.remove_tree(ep_dir / sub)
+                        os.rename(d / sub, ep_dir / sub)
+                    elif not any(f.is_file() for f in (ep_dir / sub).rglob("*")):
+                        pins.remove_tree(ep_dir / sub)  # the old mechanism's emptied hook dirs
+                notes.append(f"finished a switch of mechanism interrupted after its {len(new)} new program(s) ran")
+            pins.remove_tree(d)
+        return notes
+
+    def _detach_staged(self, progs, running) -> None:
+        with netns.enter(self.node_netns):
+            for p in progs:
+                direction = attach_mod.direction_for(p.mechanism, p.hook)
+                if p.mechanism is Mechanism.TC and not running(p):
+                    # The filter at that priority is gone or runs another program: leave it.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(p.pin)
+                    continue
+                attach_mod.backend(p.mechanism).detach(attrs.evolve(p, hook=direction))
 
     # ------------------------------------------------------------------------------------------
 
@@ -717,6 +796,10 @@ def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
         stuck = sorted(set(by_name) - {s.name for s in out})
         raise PluginError(f"programs {', '.join(stuck)} have before/after constraints that form a cycle")
     return out
+
+
+# Staging directories of switch_mechanism (f"switch-{...}"); reconcile settles crashed ones.
+_SWITCH_STAGING = "switch-"
 
 
 def _staged(path: Path, prefix: str) -> Path:

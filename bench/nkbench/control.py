@@ -163,6 +163,26 @@ class AgentFront:
         self.client().remove_endpoint(f"ep{i}")
 
 
+class AgentTcFront:
+    """The same agent, asked to attach with tc cls_bpf instead of its default (TCX here).
+
+    On this kernel a TCX (or netkit) link attach waits for RCU grace periods while it holds
+    rtnl; a cls_bpf filter does not.  This row shows what that choice costs an add."""
+
+    name = "agent.tc"
+
+    def __init__(self, agent: AgentFront):
+        self.agent = agent
+
+    def add(self, i: int, pod: str) -> None:
+        from nkframe.types import EndpointSpec
+
+        self.agent.client().add_endpoint(EndpointSpec(id=f"tc{i}", netns=pod, addresses=[_addr(i)], attach="tc"))
+
+    def delete(self, i: int, pod: str) -> None:
+        self.agent.client().remove_endpoint(f"tc{i}")
+
+
 class CniFront:
     """A CNI plugin binary from /usr/lib/cni, run exactly as a runtime runs it."""
 
@@ -220,7 +240,8 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False, sizes: Sizes | None
         rec.skip("control plane yardstick", "ptp/host-local not in /usr/lib/cni (apt-get install containernetworking-plugins)")
         return
     pods = [scope.netns("p") for _ in range(max(sizes.seq, sizes.conc))]
-    fronts = [CniFront(scope), EngineFront(scope), AgentFront(scope)]
+    agent = AgentFront(scope)
+    fronts = [CniFront(scope), EngineFront(scope), agent, AgentTcFront(agent)]
     cni = nkframe_cni_front(scope, rec)
     if cni is not None:
         fronts.append(cni)
@@ -242,7 +263,50 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False, sizes: Sizes | None
             base = rec.add(f"ptp.{verb}{m}.{pct}", Stat.of(runs[("ptp", mode)][key]), "ms")
             for front in fronts[1:]:
                 rec.add(f"endpoint.{verb}{m}.{pct}.{front.name}", Stat.of(runs[(front.name, mode)][key]), "ms", baseline=base)
-    big(rec, scope, fronts[2], fronts[0], sizes)
+    attach_cost(rec, scope, sizes)
+    big(rec, scope, agent, fronts[0], sizes)
+
+
+def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
+    """What the kernel charges for hooking one program onto a fresh device: a TCX link
+    (``BPF_LINK_CREATE``) beside a tc cls_bpf filter (clsact + filter over netlink), and the
+    detaches.  The same loaded program, devices made beforehand, nothing else in the timing."""
+    from nkframe import bpf, netns, objects
+    from nkframe.attach import tc, tcx
+    from nkframe.netlink import links
+
+    n = max(sizes.seq // 3, 2)
+    ns = scope.netns("ka")
+    rounds: dict[str, list[float]] = {}
+    obj = bpf.BpfObject.open(objects.path("count"))
+    try:
+        obj.load()
+        prog = next(iter(obj.programs.values()))
+        for r in range(sizes.rounds):
+            lat: dict[str, list[float]] = {k: [] for k in ("tcx.attach", "tc.attach", "tcx.detach", "tc.detach")}
+            for i in range(n):
+                for mech in ("tcx", "tc"):
+                    name = f"k{mech}{r}x{i}"
+                    links.create_veth(links.VethSpec(name=name, peer_name=f"p{mech}{r}x{i}"), netns=ns)
+                    idx = links.ifindex(name, ns)
+                    backend = tcx.backend if mech == "tcx" else tc.backend
+                    kw = {} if mech == "tcx" else {"priority": tc.PRIO_BASE + tc.PRIO_STEP}
+                    with netns.enter(ns):
+                        t0 = time.perf_counter()
+                        att = backend.attach(idx, "ingress", prog, **kw)
+                        t1 = time.perf_counter()
+                        backend.detach(att)
+                        t2 = time.perf_counter()
+                    lat[f"{mech}.attach"].append((t1 - t0) * 1000)
+                    lat[f"{mech}.detach"].append((t2 - t1) * 1000)
+                    links.delete_link(name, netns=ns)
+            for k, xs in lat.items():
+                rounds.setdefault(k, []).append(percentile(xs, 50))
+    finally:
+        obj.close()
+    for verb in ("attach", "detach"):
+        base = rec.add(f"kernel.{verb}.p50.tc", Stat.of(rounds[f"tc.{verb}"]), "ms")
+        rec.add(f"kernel.{verb}.p50.tcx", Stat.of(rounds[f"tcx.{verb}"]), "ms", baseline=base)
 
 
 def nkframe_cni_front(scope: Scope, rec: Recorder):
