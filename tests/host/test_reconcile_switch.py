@@ -1,0 +1,156 @@
+"""A crash inside Engine.switch_mechanism, then reconcile.
+
+The switch runs in a child process that SIGKILLs itself at a chosen moment of a real switch
+(nkframe.faults has no switch points, so the child wraps the attach backends or os.rename):
+
+* ``staging``: one program of the new chain attached and pinned under ``switch-*``, the old
+  chain untouched.  Reconcile detaches the staged program: the endpoint is as before the switch.
+* ``detaching``: the whole new chain runs, one old program is already detached.  Reconcile
+  finishes the switch: the new chain moves into place, the rest of the old chain goes.
+* ``moved``: everything done but removing the emptied staging directory.
+
+In every case reconcile changes pins and links only: the device, the spec, the pinned map (same
+id, counts kept) and a second endpoint on the node are untouched, traffic flows, and no BPF
+object of ours is left over.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_agent_support import HERE, Counting, count_obj, counts  # noqa: F401 - fixture
+
+from nkframe import bpf, probe, specstore
+from nkframe.agent import kobjects
+from nkframe.engine import Engine
+from nkframe.netlink import links
+from nkframe.testing import udp_probe
+from nkframe.types import EndpointSpec, Mechanism
+
+pytestmark = pytest.mark.root
+
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from test_agent_support import Counting
+from nkframe import attach
+from nkframe.engine import Engine
+_, _, node, root, eid, source, target, when = sys.argv
+
+def die_on_call(obj, name, n, after=False):
+    real, calls = getattr(obj, name), []
+    def wrapper(*a, **kw):
+        calls.append(1)
+        if len(calls) == n and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*a, **kw)
+        if len(calls) == n and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    setattr(obj, name, wrapper)
+
+eng = Engine(node, root, plugin_objects=[Counting()], autoload=False)
+if when == "staging":      # the second new program is never attached
+    die_on_call(attach.backend(target), "attach", 2)
+elif when == "detaching":  # the first old program is detached, the second never
+    die_on_call(attach.backend(source), "detach", 2)
+else:                      # the staged pins moved into place, the staging dir not removed
+    die_on_call(os, "rename", 1, after=True)
+eng.switch_mechanism(eid, target)
+print("the switch finished", file=sys.stderr)
+"""
+
+GW = "10.77.40.1"
+
+
+def _pins(d: str) -> set[str]:
+    return {os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs}
+
+
+def _chain(pins: set[str]) -> set[str]:
+    return {p for p in pins if p.startswith(("links/", "tc/"))}
+
+
+def _engine(node, bpffs_root, attach="auto"):
+    return Engine(node.netns, bpffs_root, plugin_objects=[Counting()], autoload=False, attach=attach)
+
+
+def _add(node, bpffs_root, eid, addr, attach):
+    pod = node.pod()
+    ep = _engine(node, bpffs_root, attach).add_endpoint(EndpointSpec(id=eid, netns=pod, addresses=[f"{addr}/32"]))
+    links.add_route(f"{GW}/32", dev="eth0", netns=pod)
+    links.add_host_route(addr, ep.spec.node_ifname, netns=node.netns)
+    return pod, ep
+
+
+def _map_id(bpffs_root, eid) -> int:
+    with bpf.Map.from_pin(f"{bpffs_root}/endpoints/{eid}/maps/counts") as m:
+        return m.id
+
+
+@pytest.mark.parametrize("when", ["staging", "detaching", "moved"])
+@pytest.mark.parametrize("source,target", [("tc", "tcx"), ("tcx", "tc")])
+def test_reconcile_settles_a_switch_killed_midway(node, bpffs_root, count_obj, source, target, when):
+    if not probe.features().supported("tcx"):
+        pytest.skip(f"needs TCX and TC to switch between: {probe.features()['tcx'].reason}")
+    links.add_address("lo", f"{GW}/32", netns=node.netns)
+    pod, ep = _add(node, bpffs_root, "mover", "10.77.40.10", source)
+    _, other = _add(node, bpffs_root, "bystander", "10.77.40.11", source)
+    assert udp_probe(pod, node.netns, GW, count=2) == 2
+    ep_dir = f"{bpffs_root}/endpoints/mover"
+    before_pins = _pins(ep_dir)
+    before_ids = {p.prog_id for p in ep.programs}
+    bystander = (_pins(f"{bpffs_root}/endpoints/bystander"), _engine(node, bpffs_root).get_endpoint("bystander"))
+    spec_before = specstore.load(f"{ep_dir}/spec")
+    map_id = _map_id(bpffs_root, "mover")
+    counted = counts(bpffs_root, "mover", 0)
+    census = kobjects.Census.take()
+
+    env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
+    r = subprocess.run([sys.executable, "-c", CHILD, HERE, node.netns, bpffs_root, "mover", source, target, when],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == -9, f"the child was to die {when}, it exited {r.returncode}: {r.stderr[-2000:]}"
+    left = [n for n in os.listdir(ep_dir) if n.startswith("switch-")]
+    assert len(left) == 1, f"the crash was to leave one staging dir: {os.listdir(ep_dir)}"
+
+    eng = _engine(node, bpffs_root)
+    report = eng.reconcile()
+    assert report.healthy == ("bystander", "mover") and report.removed == (), report
+    assert not [n for n in os.listdir(ep_dir) if n.startswith("switch-")]
+    after = eng.get_endpoint("mover")
+    running = eng.attached(ep.spec.node_ifname)
+    if when == "staging":
+        # Back to exactly the state before the switch: same pins, same programs.
+        assert any("detached 1 program(s) staged" in p for p in report.problems), report
+        assert _pins(ep_dir) == before_pins
+        assert {p.prog_id for p in after.programs} == before_ids
+        assert kobjects.settle(census, object_name=count_obj) == {}, "the staged program leaked"
+    else:
+        if when == "detaching":
+            assert any("finished a switch of mechanism" in p for p in report.problems), report
+        assert set(after.mechanism.values()) == {Mechanism(target)}
+        assert [p.name for p in after.programs] == ["count_out", "count_in"]
+        assert not {p.prog_id for p in after.programs} & before_ids
+        # Only the chain's pins changed, and they sit where a clean switch puts them.
+        now = _pins(ep_dir)
+        assert now - _chain(now) == before_pins - _chain(before_pins)
+        assert {p.split("/")[0] for p in _chain(now)} == {"links" if target == "tcx" else "tc"}
+        assert {p.pin for p in after.programs} == {f"{ep_dir}/{p}" for p in _chain(now)}
+    # Exactly the endpoint's chain runs on its device: nothing staged, nothing old.
+    assert sorted(p.prog_id for p in running) == sorted(p.prog_id for p in after.programs)
+    assert specstore.load(f"{ep_dir}/spec") == spec_before
+    assert after.node_ifindex == ep.node_ifindex
+    assert _map_id(bpffs_root, "mover") == map_id
+    assert udp_probe(pod, node.netns, GW, count=2) == 2
+    assert counts(bpffs_root, "mover", 0) >= counted + 2, "the pinned map carried over"
+    assert (_pins(f"{bpffs_root}/endpoints/bystander"), eng.get_endpoint("bystander")) == bystander
+    assert other.node_ifindex == bystander[1].node_ifindex
+    # A second reconcile has nothing left to do.
+    again = eng.reconcile()
+    assert again.problems == ()
+    for eid in ("mover", "bystander"):
+        eng.remove_endpoint(eid)
+    assert kobjects.settle(census, object_name=count_obj) == {}
