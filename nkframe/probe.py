@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import re
 import socket
 import threading
 import uuid
@@ -142,13 +143,81 @@ def _guard(fn: Callable[[], Feature]) -> Feature:
         return Feature(False, f"probe error ({type(e).__name__}: {e}); please report it")
 
 
+SCRATCH_PREFIX = "nkprobe-"
+# nkprobe-<pid of the probing process>-<random>: the pid says whose it is after a crash.
+_SCRATCH_NAME = re.compile(r"nkprobe-([1-9][0-9]*)-[0-9a-f]+")
+
+
+def scratch_name(pid: int | None = None) -> str:
+    return f"{SCRATCH_PREFIX}{pid or os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def process_alive(pid: int, *, since: float | None = None) -> bool:
+    """Is ``pid`` a running process -- and, given ``since`` (epoch seconds when something was
+    made under its name), one that was already running then?  A process started later only
+    reuses the number of the dead maker."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    if since is None:
+        return True
+    try:
+        started = _start_time(pid)
+    except (OSError, ValueError, IndexError):
+        return True  # can't tell: keep what might be someone's
+    return started <= since + 1.0  # btime has whole-second resolution
+
+
+def _start_time(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        # Field 22 (starttime, clock ticks after boot); the name in field 2 may hold spaces and
+        # parentheses, so count from the last ')'.
+        fields = f.read().rpartition(")")[2].split()
+    with open("/proc/stat") as f:
+        btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def remove_stale_scratch() -> list[str]:
+    """Delete scratch namespaces of probes that died before removing theirs (SIGKILL, a crash
+    in the middle of a probe).  Only names whose pid is not running (or was reused by a process
+    started after the namespace was made) are touched; returns the names deleted."""
+    from nkframe import netns
+
+    try:
+        names = os.listdir(netns.NETNS_RUN_DIR)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        m = _SCRATCH_NAME.fullmatch(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            made = os.stat(netns.netns_path(name)).st_ctime  # the nsfs inode: when it was bound
+        except FileNotFoundError:
+            continue  # its owner removed it just now
+        if process_alive(int(m.group(1)), since=made):
+            continue
+        try:
+            netns.delete(name)
+        except (NkframeError, OSError):
+            continue  # raced with another cleaner, or not ours to remove after all
+        removed.append(name)
+    return removed
+
+
 class _Scratch:
     """A network namespace that lives for the duration of the probes."""
 
     def __enter__(self) -> "_Scratch":
         from nkframe import netns
 
-        self.name = f"nkprobe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        remove_stale_scratch()
+        self.name = scratch_name()
         netns.create(self.name)
         self._n = 0
         return self
