@@ -10,13 +10,14 @@ device still holds it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from collections.abc import Mapping
 
 from nkframe.cni import config, result
 from nkframe.cni.agent import Agent, AgentFailure, AgentUnavailable, cni_error
 from nkframe.cni.config import CniEnv, NetConf
-from nkframe.cni.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CniError
+from nkframe.cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENVIRONMENT, NOT_AVAILABLE, CniError
 from nkframe.cni.ipam import Ipam
 
 RECORD_KEY = "cni"  # spec.options[RECORD_KEY]: which attachment an endpoint is (GC reads it)
@@ -54,6 +55,7 @@ def add(inv: Invocation) -> dict:
     hname = config.host_ifname(eid, conf.host_prefix)
     pod_mac = config.pod_mac(conf, eid)
     host_mac = config.derived_mac(eid, "node") if conf.mode == "l2" else None
+    _netns_exists(env)
     with inv.agent() as agent:
         # An attachment that exists already is refused before the IPAM plugin is asked: its
         # answer for the same container could be the address the endpoint holds, and the
@@ -93,6 +95,14 @@ def add(inv: Invocation) -> dict:
             _release(ipam)
             raise
     return result.encode(add_result(inv, ep["spec"], leased, pod_mac, host_mac), conf.version)
+
+
+def _netns_exists(env: CniEnv) -> None:
+    # Checked here rather than left to the agent so that a wrong CNI_NETNS is the runtime's
+    # error (4) and costs no IPAM round trip.
+    if not os.path.exists(env.netns):
+        raise CniError(INVALID_ENVIRONMENT, "CNI_NETNS does not exist",
+                       f"CNI_NETNS {env.netns} does not exist; the runtime must create the pod's network namespace before ADD")
 
 
 def _record(inv: Invocation) -> dict:
