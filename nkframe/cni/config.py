@@ -70,7 +70,10 @@ VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
 def check_ifname(name: str, what: str) -> str | None:
     """Why ``name`` is not a Linux interface name (the kernel's dev_valid_name), or None."""
-    raw = name.encode()
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:  # undecodable bytes in the environment arrive as surrogates
+        return f"{what} {name!r} is not valid UTF-8"
     if not raw:
         return f"{what} is empty"
     if len(raw) > IFNAME_MAX:

@@ -92,11 +92,16 @@ def test_del_needs_no_netns_and_version_status_gc_need_nothing():
         assert config.CniEnv.from_environ({"CNI_COMMAND": cmd}).command == cmd
 
 
+def test_undecodable_ifname_is_refused():
+    # os.environ hands undecodable bytes over as surrogates
+    assert code_of(config.CniEnv.from_environ, env(CNI_IFNAME="eth\udcff")).code == 4
+
+
 def test_ifname_of_exactly_15_bytes_is_fine():
     assert config.CniEnv.from_environ(env(CNI_IFNAME="eth0123456789ab")).ifname == "eth0123456789ab"
 
 
-@given(st.text(min_size=1, max_size=20))
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20))
 def test_ifname_check_agrees_with_nkframe_types(name):
     try:
         validate_ifname(name)
@@ -110,7 +115,7 @@ def test_ifname_check_agrees_with_nkframe_types(name):
 # derived names
 
 CONTAINER_IDS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
-IFNAMES = st.text(st.characters(blacklist_characters="/:\0", blacklist_categories=("Zs", "Cc")), min_size=1, max_size=15).filter(
+IFNAMES = st.text(st.characters(blacklist_characters="/:\0", blacklist_categories=("Zs", "Cc", "Cs")), min_size=1, max_size=15).filter(
     lambda n: len(n.encode()) <= 15 and n not in (".", "..") and not any(c.isspace() for c in n))
 
 
@@ -423,10 +428,11 @@ def test_no_agent_means_try_again_and_ipam_is_never_asked(tmp_path):
     fake = bindir / "host-local"  # records that it ran; the real one runs in the host tests
     fake.write_text(f"#!/bin/sh\ntouch {marker}\necho '{{\"ips\": [{{\"address\": \"10.0.0.2/24\"}}]}}'\n")
     fake.chmod(0o755)
-    prev = {"interfaces": [{"name": "eth0", "sandbox": NETNS}], "ips": [{"address": "10.0.0.2/32", "interface": 0}]}
+    pod = "/proc/self/ns/net"  # exists: the plugin checks CNI_NETNS before it asks anyone
+    prev = {"interfaces": [{"name": "eth0", "sandbox": pod}], "ips": [{"address": "10.0.0.2/32", "interface": 0}]}
     doc = conf(agentSocket=str(tmp_path / "agent.sock"), prevResult=prev)
     for cmd in ("ADD", "DEL", "CHECK"):
-        rc, out, _ = run(env(cmd, CNI_PATH=str(bindir)), json.dumps(doc))
+        rc, out, _ = run(env(cmd, CNI_PATH=str(bindir), CNI_NETNS=pod), json.dumps(doc))
         assert rc == 1 and json.loads(out)["code"] == 11, out
     assert not marker.exists()
     rc, out, _ = run({"CNI_COMMAND": "STATUS", "CNI_PATH": str(bindir)}, json.dumps(dict(doc, cniVersion="1.1.0")))
