@@ -5,7 +5,7 @@ Prints one JSON object per figure on stdout as it is measured, progress and a su
 stderr, and writes ``bench/results/<date-time>.jsonl``, ``<date-time>.png`` and
 ``docs/benchmarks.md``.  ``--quick`` runs every section at tiny sizes (the smoke test uses it;
 its figures mean nothing).  Needs root: it makes network namespaces and a private bpffs mount,
-and removes them again.
+and removes them again; what an earlier run killed before its cleanup left is removed first.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 
 from nkbench import report  # noqa: E402
 from nkbench.core import Recorder  # noqa: E402
-from nkbench.topo import Scope  # noqa: E402
+from nkbench.topo import Scope, remove_stale  # noqa: E402
 
 SECTIONS = ("perpacket", "control", "throughput", "afxdp", "vm")
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
 
     rec = Recorder(emit=emit)
+    remove_stale(log=rec.log)
     quiet = wait_quiet(args.wait_quiet, rec) if args.wait_quiet else None
     machine = dict(report.machine_info(), load_start=report._load())
     load1 = os.getloadavg()[0]

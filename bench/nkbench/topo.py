@@ -7,12 +7,17 @@ Topology of a node (the same shape as ``nkframe demo`` and the test fixtures)::
     ext0 192.0.2.2/24 ──veth── up0 192.0.2.1/24  ── pair ──  eth0 <pod address>
 
 The machine's own interfaces, routes and bpffs are never touched.
+
+Everything a Scope makes is named after the harness's pid (namespaces ``nkb-<pid>-...``,
+directories ``<tmp>/nkbench-<kind>-<pid>-...``), so what a SIGKILLed run could not take down is
+recognisable afterwards: :func:`remove_stale` deletes what belongs to pids no longer running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from nkframe import netns, pins
 from nkframe.netlink import links
+from nkframe.probe import process_alive
 
 OUT_V4, NODE_V4 = "192.0.2.2", "192.0.2.1"
 CNI_PATH = "/usr/lib/cni"
@@ -32,6 +38,7 @@ class Scope:
     """Owns what a section creates.  ``close()`` undoes it all, newest first, and never raises."""
 
     def __init__(self, log: Callable[[str], None] = lambda s: None):
+        self.pid = os.getpid()
         self.tag = uuid.uuid4().hex[:5]
         self._undo: list[tuple[str, Callable[[], None]]] = []
         self._n = 0
@@ -42,7 +49,7 @@ class Scope:
 
     def name(self, prefix: str) -> str:
         self._n += 1
-        return f"nkb-{prefix}{self._n}-{self.tag}"
+        return f"nkb-{self.pid}-{prefix}{self._n}-{self.tag}"
 
     def netns(self, prefix: str) -> str:
         name = self.name(prefix)
@@ -51,12 +58,12 @@ class Scope:
         return name
 
     def tmpdir(self, prefix: str = "nkbench-") -> str:
-        d = tempfile.mkdtemp(prefix=prefix)
+        d = tempfile.mkdtemp(prefix=f"{prefix}{self.pid}-")
         self.defer(f"dir {d}", lambda: shutil.rmtree(d, ignore_errors=True))
         return d
 
     def bpffs(self) -> str:
-        d = tempfile.mkdtemp(prefix="nkbench-bpffs-")
+        d = tempfile.mkdtemp(prefix=f"nkbench-bpffs-{self.pid}-")
         pins.mount_bpffs(d)
 
         def undo() -> None:
@@ -90,6 +97,78 @@ class Scope:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_STALE_NETNS = re.compile(r"nkb-([1-9][0-9]*)-.+")
+_STALE_DIR = re.compile(r"nkbench-(?:[a-z]+-)*([1-9][0-9]*)-[a-z0-9_]+")
+
+
+def remove_stale(log: Callable[[str], None] = lambda s: None) -> list[str]:
+    """Take down what earlier runs killed before their cleanup left: namespaces and directories
+    named after a pid that no longer runs (or that a process started later has reused), the
+    processes still inside those namespaces (iperf3 servers, an agent) and bpffs mounted on those
+    directories.  Returns what was removed."""
+    removed: list[str] = []
+
+    def dead(pid: str, path: str) -> bool:
+        try:
+            made = os.stat(path).st_ctime
+        except FileNotFoundError:
+            return False  # its owner removed it just now
+        return int(pid) != os.getpid() and not process_alive(int(pid), since=made)
+
+    ns_dir = netns.NETNS_RUN_DIR
+    names = sorted(os.listdir(ns_dir)) if os.path.isdir(ns_dir) else []
+    stale_ns = [n for n in names if (m := _STALE_NETNS.fullmatch(n)) and dead(m.group(1), os.path.join(ns_dir, n))]
+    # A process left inside keeps the namespace alive after its name is gone: end those first.
+    inodes = {}
+    for n in stale_ns:
+        try:
+            inodes[os.stat(os.path.join(ns_dir, n)).st_ino] = n
+        except OSError:
+            pass
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+        if ino in inodes and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                removed.append(f"process {pid} in netns {inodes[ino]}")
+            except ProcessLookupError:
+                pass
+    for n in stale_ns:
+        try:
+            netns.delete(n)
+            removed.append(f"netns {n}")
+        except Exception as e:  # noqa: BLE001 - keep cleaning the rest
+            log(f"stale netns {n}: {e}")
+
+    tmp = tempfile.gettempdir()
+    stale_dirs = [os.path.join(tmp, d) for d in sorted(os.listdir(tmp))
+                  if (m := _STALE_DIR.fullmatch(d)) and dead(m.group(1), os.path.join(tmp, d))]
+    mounts = _mounts()
+    for d in stale_dirs:
+        # Deepest first; a directory still mounted on is never walked into.
+        for mnt in sorted((m for m in mounts if m == d or m.startswith(d + "/")), key=len, reverse=True):
+            try:
+                pins.umount(mnt)
+                removed.append(f"mount {mnt}")
+            except Exception as e:  # noqa: BLE001
+                log(f"stale mount {mnt}: {e}")
+        if any(m == d or m.startswith(d + "/") for m in _mounts()):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(f"dir {d}")
+    for what in removed:
+        log(f"removed a leftover of an earlier run: {what}")
+    return removed
+
+
+def _mounts() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f]
 
 
 def in_netns(ns: str, *argv: str) -> list[str]:
