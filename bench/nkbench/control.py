@@ -309,22 +309,50 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
         rec.add(f"kernel.{verb}.p50.tcx", Stat.of(rounds[f"tcx.{verb}"]), "ms", baseline=base)
 
 
+class NkframeCniFront:
+    """nkframe's CNI plugin as a runtime runs it: the venv's ``nkframe-cni`` exec'd by type
+    ``nkframe`` from a private CNI_PATH (symlinks to it and to host-local, nothing installed in
+    /usr/lib/cni), with host-local IPAM like ptp, against an agent of its own (its own node)."""
+
+    name = "cni"
+
+    def __init__(self, scope: Scope, exe: str):
+        from nkbench.topo import CNI_PATH
+
+        self.agent = AgentFront(scope)
+        scope.defer("cni agent", self.agent.stop)  # before the scope's SIGKILL of the process
+        self.node = self.agent.node
+        self.bin_dir = scope.tmpdir("nkbench-cnibin-")
+        os.symlink(os.path.join(CNI_PATH, "host-local"), os.path.join(self.bin_dir, "host-local"))
+        os.symlink(exe, os.path.join(self.bin_dir, "nkframe"))
+        self.data_dir = scope.tmpdir("nkbench-ipam-")
+        self.config = dict(ptp_config(self.data_dir), type="nkframe", agentSocket=self.agent.socket)
+
+    def _call(self, cmd: str, i: int, pod: str) -> None:
+        cni_invoke(cmd, self.config, container_id=f"nkbench-{i}", pod_netns=pod, node_netns=self.node.netns, plugin_dir=self.bin_dir)
+
+    def add(self, i: int, pod: str) -> None:
+        self._call("ADD", i, pod)
+
+    def delete(self, i: int, pod: str) -> None:
+        self._call("DEL", i, pod)
+
+
 def nkframe_cni_front(scope: Scope, rec: Recorder):
-    """nkframe's own CNI plugin, once it is installed as /usr/lib/cni/nkframe: its rows
-    (``endpoint.*.cni``) join, invoked exactly like ptp.  One ADD/DEL first proves the
-    configuration; if it fails the rows are skipped with the plugin's answer."""
-    if not have_cni("nkframe"):
-        rec.skip("endpoint.*.cni rows", "no nkframe CNI plugin in /usr/lib/cni yet")
+    """nkframe's own CNI plugin (rows ``endpoint.*.cni``), invoked exactly like ptp but found in
+    a private CNI_PATH next to host-local and pointed at an agent it starts.  One ADD/DEL first
+    proves the set-up; if it fails the rows are skipped with the plugin's answer."""
+    exe = os.path.join(os.path.dirname(sys.executable), "nkframe-cni")
+    if not os.access(exe, os.X_OK):
+        rec.skip("endpoint.*.cni rows", f"no {exe} (install nkframe: make setup)")
         return None
-    front = CniFront(scope, "nkframe")
-    front.name = "cni"
-    front.config = dict(ptp_config(front.data_dir), type="nkframe")
-    probe = scope.netns("cp")
     try:
+        front = NkframeCniFront(scope, exe)
+        probe = scope.netns("cp")
         front.add(99999, probe)
         front.delete(99999, probe)
-    except Exception as e:  # noqa: BLE001 - a configuration we guessed wrong is a skip, not a crash
-        rec.skip("endpoint.*.cni rows", f"nkframe CNI plugin refused the benchmark's configuration: {e}")
+    except Exception as e:  # noqa: BLE001 - a set-up that fails is a skip, not a crash of the section
+        rec.skip("endpoint.*.cni rows", f"nkframe CNI plugin failed its first ADD/DEL: {e}")
         return None
     return front
 
