@@ -69,8 +69,10 @@ def add(inv: Invocation) -> dict:
             raise CniError(INTERNAL, f"{env.ifname} of container {env.container_id} is attached already",
                            f"endpoint {eid} exists; a runtime must DEL an attachment before it adds it again")
         ipam = inv.ipam()
-        leased = ipam.add()
+        ipam.exe  # a missing plugin is a configuration error, with nothing to give back
         try:
+            # The spec: a delegated plugin that fails on ADD gets a DEL before we return.
+            leased = ipam.add()
             spec = {
                 "id": eid,
                 "netns": env.netns,
@@ -92,6 +94,8 @@ def add(inv: Invocation) -> dict:
                 raise cni_error(e, f"add endpoint {eid}") from None
         except BaseException:
             # The agent's add is all or nothing; the address is the one thing left to give back.
+            # (Interrupted while the agent was adding, the endpoint may still complete; the DEL
+            # a runtime must send after a failed ADD removes it.)
             _release(ipam)
             raise
     return result.encode(add_result(inv, ep["spec"], leased, pod_mac, host_mac), conf.version)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 
 from nkframe.cni import result
-from nkframe.cni.errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, TRY_AGAIN_LATER, CniError
+from nkframe.cni.errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, INVALID_ENVIRONMENT, TRY_AGAIN_LATER, CniError
 
 TIMEOUT = 120.0  # seconds; host-local answers in milliseconds, dhcp waits for a server
 FALLBACK = {"1.1.0": "1.0.0"}
@@ -30,7 +30,10 @@ def find(plugin: str, path: tuple[str, ...]) -> str:
         exe = os.path.join(d, plugin)
         if os.path.isfile(exe) and os.access(exe, os.X_OK):
             return exe
-    where = ":".join(path) if path else "(CNI_PATH is empty)"
+    if not path:
+        raise CniError(INVALID_ENVIRONMENT, "CNI_PATH is not set",
+                       f"CNI_PATH must list the directories holding CNI plugins; the IPAM plugin {plugin!r} is looked up there")
+    where = ":".join(path)
     raise CniError(INVALID_CONFIG, f"IPAM plugin {plugin!r} not found",
                    f"no executable {plugin!r} in CNI_PATH {where}; install it (e.g. Debian's containernetworking-plugins) or fix ipam.type")
 
@@ -51,11 +54,19 @@ class Ipam:
         self.environ = environ
         self.conf = conf
         self.data = data
+        self._exe: str | None = None
+
+    @property
+    def exe(self) -> str:
+        """The plugin's executable (CniError 7 if CNI_PATH has none, 4 if CNI_PATH is empty)."""
+        if self._exe is None:
+            self._exe = find(self.plugin, self.path)
+        return self._exe
 
     def _exec(self, command: str, data: bytes) -> tuple[int, bytes]:
         import subprocess
 
-        exe = find(self.plugin, self.path)
+        exe = self.exe
         env = dict(self.environ)
         env["CNI_COMMAND"] = command
         try:

@@ -247,6 +247,22 @@ def test_add_failing_after_ipam_leaves_no_lease_and_no_device(cni, node):
     assert cni.run("DEL", one, cid="ctr-a", pod=pod) == (0, {})
 
 
+def test_an_exhausted_range_is_host_locals_error_and_harms_no_one(cni, node):
+    pa, pb = node.pod(), node.pod()
+    one = cni.conf(name="nkt-one", ipam={"type": "host-local", "dataDir": str(cni.ipam_dir),
+                                         "ranges": [[{"subnet": SUBNET, "rangeStart": "10.77.0.9", "rangeEnd": "10.77.0.9"}]]})
+    cni.ok("ADD", one, cid="ctr-a", pod=pa)
+    rc, err = cni.run("ADD", one, cid="ctr-b", pod=pb)
+    assert rc == 1 and err["msg"].startswith("IPAM plugin host-local:"), err
+    # the DEL that followed host-local's failure released nothing of ctr-a's
+    assert cni.leases("nkt-one") == {"10.77.0.9": "ctr-a"} and cni.endpoint_ids() == [config.endpoint_id("ctr-a", "eth0")]
+    assert not links.link_exists("eth0", netns=pb)
+    assert udp_probe(pa, node.netns, NODE_IP, count=2) == 2
+    cni.ok("DEL", one, cid="ctr-b", pod=pb)
+    cni.ok("DEL", one, cid="ctr-a", pod=pa)
+    assert cni.leases("nkt-one") == {}
+
+
 def test_add_twice_is_refused_and_keeps_the_first_attachment(cni, node):
     pod = node.pod()
     conf = cni.conf()

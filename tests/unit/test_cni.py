@@ -455,3 +455,41 @@ def test_the_plugin_imports_no_engine_cffi_or_pyroute2():
     # Beyond what `import nkframe` itself loads (pluggy, attrs: see docs/cni.md), the plugin adds
     # no third-party module.
     assert not [m for m in mods["ours"] if not m.startswith("nkframe") and m.split(".")[0] in ("pluggy", "attr", "attrs", "click", "rich", "yaml")]
+
+
+def test_an_ipam_failure_on_add_gets_a_del_and_its_own_code(tmp_path):
+    # An IPAM plugin failing on demand (host-local only does when its range is exhausted, see the
+    # host tests) and a stand-in agent socket that answers the one request the plugin sends
+    # before IPAM: "no such endpoint".
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bindir / "flaky-ipam"
+    fake.write_text(f"""#!/bin/sh
+echo "$CNI_COMMAND" >> {calls}
+if [ "$CNI_COMMAND" = ADD ]; then
+  echo '{{"cniVersion": "1.0.0", "code": 11, "msg": "lease server busy", "details": "try later"}}'; exit 1
+fi
+""")
+    fake.chmod(0o755)
+    seen: list[bytes] = []
+    sock = str(tmp_path / "agent.sock")
+    t = _one_shot_server(sock, b'{"v": 1, "id": 1, "ok": false, "error": {"type": "EndpointNotFound", "code": 5, "message": "none"}}\n', seen)
+    doc = conf(agentSocket=sock, ipam={"type": "flaky-ipam"})
+    rc, out, _ = run(env(CNI_PATH=str(bindir), CNI_NETNS="/proc/self/ns/net"), json.dumps(doc))
+    t.join(5)
+    err = json.loads(out)
+    assert rc == 1 and err["code"] == 11 and "flaky-ipam" in err["msg"] and "lease server busy" in err["msg"], err
+    assert calls.read_text().split() == ["ADD", "DEL"]
+    assert protocol.parse_request(seen[0]).method == "endpoint.get"
+
+
+def test_ipam_plugin_lookup(tmp_path):
+    sock = str(tmp_path / "agent.sock")
+    for path, code in (("", 4), (str(tmp_path), 7)):
+        seen: list[bytes] = []
+        t = _one_shot_server(sock, b'{"v": 1, "id": 1, "ok": false, "error": {"type": "EndpointNotFound", "code": 5, "message": "none"}}\n', seen)
+        rc, out, _ = run(env(CNI_PATH=path, CNI_NETNS="/proc/self/ns/net"), json.dumps(conf(agentSocket=sock)))
+        t.join(5)
+        os.unlink(sock)
+        assert rc == 1 and json.loads(out)["code"] == code, out
