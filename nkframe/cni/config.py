@@ -15,7 +15,7 @@ import re
 from collections import namedtuple
 from collections.abc import Mapping
 
-from nkframe.cni import SUPPORTED_VERSIONS
+from nkframe.cni import SUPPORTED_VERSIONS, result
 from nkframe.cni.errors import (
     DECODING_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -240,8 +240,6 @@ def parse(doc: dict, command: str, default_socket: str) -> NetConf:
     Order of checks: version (1), unknown keys (2), then every value (7).  Nothing here touches
     the system.
     """
-    from nkframe.cni import result  # the parsers of prevResult
-
     version = check_version(doc)
     unknown = [k for k in doc if k not in _SPEC_KEYS and k not in OUR_KEYS and not k.startswith("cni.dev/")]
     if unknown:

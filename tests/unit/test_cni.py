@@ -1,8 +1,8 @@
 """The CNI plugin without root: environment and configuration validation, derived names, result
 encoding per spec version, error objects, the agent wire format, and what the executable imports.
 
-The host tests (tests/host/test_cni.py) run the same executable against a real agent and a real
-IPAM plugin."""
+The host tests (tests/host/test_cni_runtime.py) run the same executable against a real agent and
+a real IPAM plugin."""
 
 from __future__ import annotations
 
