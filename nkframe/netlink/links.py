@@ -622,6 +622,40 @@ def add_address(
             if e.code == errno.EEXIST and exist_ok:
                 return
             raise kernel_error(e, f"add address {iface} to {name!r} in {where(netns)}") from None
+        if nodad and iface.version == 6:
+            _wait_local_route(sock, iface.ip, f"{iface} on {name!r} in {where(netns)}")
+
+
+RTN_LOCAL = 2
+_LOCAL_ROUTE_WAIT = 2.0  # seconds; the kernel's address workqueue normally needs well under 1 ms
+
+
+def _wait_local_route(sock: RtnlSocket, ip: Any, what: str) -> None:
+    """Return once the kernel routes ``ip`` locally.
+
+    An IPv6 address added without DAD is not usable when RTM_NEWADDR returns: its local route
+    is installed by the addrconf workqueue a moment later, and a packet to the address in
+    between is dropped ("no route").  A pod that was just given its address, or a test that
+    sends at once, would lose its first packets.
+    """
+    import time
+
+    req = _RTMSG.pack(socket.AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + nl.nla(RTA_DST, ip.packed)
+    deadline = time.monotonic() + _LOCAL_ROUTE_WAIT
+    delay = 0.0002
+    while True:
+        try:
+            replies = sock.request(RTM_GETROUTE, 0, req)
+        except NetlinkError as e:
+            if e.code not in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise kernel_error(e, f"look up the route to {what}") from None
+            replies = []
+        if any(_RTMSG.unpack_from(p)[7] == RTN_LOCAL for _t, p in replies):
+            return
+        if time.monotonic() > deadline:
+            raise KernelError(errno.ETIMEDOUT, f"address {what}: the kernel did not install its local route")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 def del_address(
