@@ -8,7 +8,6 @@
  */
 #include "nkframe_dp.h"
 
-const volatile __u32 NODE_IFINDEX = 0;
 /* The node-side device's MAC: the answer to "who has the gateway". */
 const volatile __u8 NODE_MAC[6] = {};
 /* Gateway addresses the pod routes through (network order); all-zero = not answered. */
@@ -177,7 +176,7 @@ static __always_inline int nd_reply(struct __sk_buff *skb, __u32 node_ifindex)
 SEC("tc")
 int l2_from_pod(struct __sk_buff *skb)
 {
-	__u32 node_ifindex = NODE_IFINDEX;
+	__u32 node_ifindex = nk_skb_ifindex(skb); /* the node-side device, as in l3_from_pod */
 	__u16 proto = nk_ethertype(skb);
 	int ret;
 

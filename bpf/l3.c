@@ -10,14 +10,14 @@
  */
 #include "nkframe_dp.h"
 
-/* The endpoint's node-side device (netkit primary / veth host end), set before load.  Not
- * skb->ifindex: in a netkit peer program that names the device the pod transmits on. */
-const volatile __u32 NODE_IFINDEX = 0;
-
+/* skb->ifindex is the endpoint's node-side device: the host end of a veth (tcx/tc ingress
+ * there), or the netkit primary (netkit_xmit sets skb->dev to the peer of the transmitting pod
+ * device before running the BPF_NETKIT_PEER programs).  Nothing per endpoint is compiled in,
+ * so every endpoint shares one loaded copy. */
 SEC("tc")
 int l3_from_pod(struct __sk_buff *skb)
 {
-	return nk_from_pod(skb, NODE_IFINDEX);
+	return nk_from_pod(skb, nk_skb_ifindex(skb));
 }
 
 SEC("tc")

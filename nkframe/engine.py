@@ -10,6 +10,7 @@ back every earlier one, so a failed add leaves no device, pin, map or link behin
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -24,7 +25,7 @@ import attrs
 import pluggy
 
 from nkframe import attach as attach_mod
-from nkframe import builtin, faults, netns, pins, plugins, specstore
+from nkframe import builtin, faults, netns, pins, plugins, progcache, specstore
 from nkframe.context import DeviceInfo, EndpointContext, UndoLog, UplinkContext
 from nkframe.errors import (
     EndpointExists,
@@ -105,6 +106,8 @@ class Engine:
         self._features = features
         self.uplink = uplink
         self._lock = threading.RLock()
+        # Loaded objects of shared programs (ProgramSpec.shared), reused by every add.
+        self._shared: collections.OrderedDict[tuple, progcache.SharedObject] = collections.OrderedDict()
 
     # -- context management
     def __enter__(self) -> "Engine":
@@ -114,7 +117,10 @@ class Engine:
         self.close()
 
     def close(self) -> None:
-        """Nothing to release: pins keep everything alive on purpose."""
+        """Drop the cached copies of shared programs (attached ones stay: pins hold them)."""
+        with self._lock:
+            while self._shared:
+                self._shared.popitem(last=False)[1].release()
 
     @property
     def hook(self):
@@ -267,8 +273,12 @@ class Engine:
         chosen = self.hook.nkframe_pin_path(root=str(self.layout.root), scope=scope, owner=owner, kind=kind, name=name)
         return str(self.layout.check_inside(chosen)) if chosen else str(default)
 
-    def _load(self, ctx: EndpointContext, chains: dict[str, list[ProgramSpec]]) -> list:
-        """Open and load each distinct (object, globals) once; pinned maps are reused."""
+    def _load(self, ctx: EndpointContext, chains: dict[str, list[ProgramSpec]], *, fresh: bool = False) -> list:
+        """Open and load each distinct (object, globals) once; pinned maps are reused.
+
+        Groups whose specs are all ``shared`` come from the engine's cache (loaded by the first
+        add that needed them); ``fresh`` (upgrade) loads them again and replaces the cached copy.
+        """
         from nkframe import bpf
 
         groups: dict[tuple, list[ProgramSpec]] = defaultdict(list)
@@ -277,23 +287,50 @@ class Engine:
                 groups[_group_key(s)].append(s)
         loaded = []
         for (obj_path, globs), members in groups.items():
-            obj = bpf.BpfObject.open(obj_path)
+            map_paths = self._map_paths(ctx, members)
+            shared = all(s.shared for s in members)
+            key = (obj_path, progcache.file_id(obj_path), globs, tuple(sorted(map_paths.items())))
+            if shared and not fresh and key in self._shared:
+                self._shared.move_to_end(key)
+                obj = self._shared[key]
+            else:
+                obj = bpf.BpfObject.open(obj_path)
+                try:
+                    for name, value in globs:
+                        obj.set_global(name, value)
+                    for map_name, path in map_paths.items():
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                        obj.set_map_pin_path(map_name, path)
+                    obj.load()
+                except BaseException:
+                    obj.close()
+                    raise
+                if shared:
+                    obj = self._cache_shared(key, obj)
             loaded.append(obj)
-            for name, value in globs:
-                obj.set_global(name, value)
-            map_scopes: dict[str, str] = {}
-            for s in members:
-                map_scopes.update(s.maps)
-            for map_name, scope in map_scopes.items():
-                owner = "" if scope == "global" else ctx.spec.id
-                default = self.layout.map_path(scope, owner, map_name)
-                path = self._pin_path(scope, owner, "map", map_name, default)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                obj.set_map_pin_path(map_name, path)
-            obj.load()
             for name, m in obj.maps.items():
                 ctx.maps.setdefault(name, m.dup())
         return loaded
+
+    def _map_paths(self, ctx: EndpointContext, members: list[ProgramSpec]) -> dict[str, str]:
+        map_scopes: dict[str, str] = {}
+        for s in members:
+            map_scopes.update(s.maps)
+        out = {}
+        for map_name, scope in map_scopes.items():
+            owner = "" if scope == "global" else ctx.spec.id
+            default = self.layout.map_path(scope, owner, map_name)
+            out[map_name] = self._pin_path(scope, owner, "map", map_name, default)
+        return out
+
+    def _cache_shared(self, key: tuple, obj) -> "progcache.SharedObject":
+        old = self._shared.pop(key, None)
+        if old is not None:
+            old.release()
+        held = self._shared[key] = progcache.SharedObject(obj)
+        while len(self._shared) > progcache.CACHE_SIZE:
+            self._shared.popitem(last=False)[1].release()
+        return held
 
     def _attach_chains(self, ctx: EndpointContext, chains, loaded, *, pin_prefix: str = "") -> tuple[AttachedProgram, ...]:
         prog_of = programs_by_spec(chains, loaded)

@@ -95,7 +95,7 @@ def upgrade_endpoint(engine, endpoint_id: str) -> Endpoint:
     finish: list = []  # phase 2: remove what the new chains replace
     loaded: list = []
     try:
-        loaded = engine._load(ctx, chains)
+        loaded = engine._load(ctx, chains, fresh=True)  # an upgrade loads what is on disk now
         prog_of = _programs_by_spec(chains, loaded)
         with netns.enter(engine.node_netns):
             for hook in sorted(set(chains) | set(current)):

@@ -238,6 +238,10 @@ class ProgramSpec:
     # map name -> pin scope: "global" (shared by every endpoint) or "endpoint".
     maps: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     plugin: str = ""
+    # One loaded copy per node, attached by every endpoint that asks for the same (object,
+    # globals): no per-endpoint load and verification.  Only for programs with nothing per
+    # endpoint in them (no endpoint-scoped maps; globals the same for every endpoint).
+    shared: bool = False
 
     @name.validator
     def _check_name(self, _a, value):
@@ -249,6 +253,15 @@ class ProgramSpec:
         for k, scope in value.items():
             if scope not in ("global", "endpoint"):
                 raise InvalidSpec(f"map {k!r}: pin scope {scope!r} is not 'global' or 'endpoint'")
+
+    def __attrs_post_init__(self):
+        if self.shared:
+            own = sorted(k for k, scope in self.maps.items() if scope == "endpoint")
+            if own:
+                raise InvalidSpec(
+                    f"program {self.name}: a shared program cannot use endpoint-scoped maps "
+                    f"({', '.join(own)}); make them 'global' or drop shared=True"
+                )
 
 
 @attrs.frozen

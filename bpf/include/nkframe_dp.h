@@ -51,7 +51,7 @@ struct nk_ep_info {
 	__u8 node_mac[6]; /* all zero for netkit L3 */
 };
 
-/* Counter slots of nk_dp_stats (one map per endpoint, one per uplink). */
+/* Counter slots of nk_dp_stats (per device, see below). */
 enum nk_dp_stat {
 	NK_DP_SEEN = 0,       /* every packet the program ran on */
 	NK_DP_LOCAL = 1,      /* redirected to a local endpoint's node-side device */
@@ -76,19 +76,60 @@ struct {
 	__uint(max_entries, NK_DP_MAX_ENDPOINT_ADDRS);
 } nk_endpoints SEC(".maps");
 
+/* Counters per device, keyed by ifindex: the node-side device of each endpoint (one map for
+ * the node, shared by every endpoint's program) or the uplink (its own instance).  The
+ * forwarding programs are the same for every endpoint (they learn the endpoint from
+ * skb->ifindex, see nk_from_pod), so one loaded copy serves the whole node; a device's slot
+ * is made by the first packet it counts and removed with the endpoint. */
+#define NK_DP_MAX_DEVICES 16384
+
+struct nk_dp_counters {
+	struct nk_counter c[NK_DP_STAT_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct nk_dp_counters);
+	__uint(max_entries, NK_DP_MAX_DEVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} nk_dp_stats SEC(".maps");
+
+/* A zeroed value to create a device's slot with (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, struct nk_counter);
-	__uint(max_entries, NK_DP_STAT_MAX);
-} nk_dp_stats SEC(".maps");
+	__type(value, struct nk_dp_counters);
+	__uint(max_entries, 1);
+} nk_dp_zero SEC(".maps");
+
+/* skb->ifindex as one ctx load.  Left to itself clang keeps &skb->ifindex in a register
+ * across calls and loads through it later, which the verifier refuses ("dereference of
+ * modified ctx ptr"). */
+static __always_inline __u32 nk_skb_ifindex(struct __sk_buff *skb)
+{
+	__u32 v;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(__builtin_offsetof(struct __sk_buff, ifindex)));
+	return v;
+}
 
 static __always_inline void nk_dp_count(struct __sk_buff *skb, __u32 which)
 {
-	struct nk_counter *c = bpf_map_lookup_elem(&nk_dp_stats, &which);
+	__u32 dev = nk_skb_ifindex(skb), zero = 0;
+	struct nk_dp_counters *c = bpf_map_lookup_elem(&nk_dp_stats, &dev);
 
-	if (c)
-		nk_count(c, skb->len);
+	if (!c) {
+		struct nk_dp_counters *z = bpf_map_lookup_elem(&nk_dp_zero, &zero);
+
+		if (!z)
+			return;
+		bpf_map_update_elem(&nk_dp_stats, &dev, z, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&nk_dp_stats, &dev);
+		if (!c)
+			return;
+	}
+	nk_count(&c->c[which & (NK_DP_STAT_MAX - 1)], skb->len);
 }
 
 /* Minimal views of the headers we touch (no dependency on kernel struct layouts). */

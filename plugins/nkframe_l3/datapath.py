@@ -121,8 +121,9 @@ def l2_macs(spec: EndpointSpec) -> tuple[str, str]:
 
 def endpoint_program(ctx: EndpointContext, *, name: str, obj: str, program: str, plugin: str,
                      extra_globals: Mapping[str, bytes] | None = None) -> ProgramSpec:
-    glob = {"NODE_IFINDEX": struct.pack("<I", ctx.device.node_ifindex)}
-    glob.update(extra_globals or {})
+    # No per-endpoint globals and only node-wide maps (the L3 case): the spec is the same for
+    # every endpoint, so the engine loads it once per node and every endpoint attaches that copy.
+    glob = dict(extra_globals or {})
     return ProgramSpec(
         name=name,
         object=objects.path(obj),
@@ -130,8 +131,9 @@ def endpoint_program(ctx: EndpointContext, *, name: str, obj: str, program: str,
         hook=Hook.FROM_POD,
         order=FORWARD_ORDER,
         globals=glob,
-        maps={ENDPOINTS_MAP: "global", STATS_MAP: "endpoint"},
+        maps={ENDPOINTS_MAP: "global", STATS_MAP: "global"},
         plugin=plugin,
+        shared=not glob,
     )
 
 
@@ -303,10 +305,23 @@ def unconfigure(ctx: EndpointContext) -> None:
     spec = ctx.spec
     owner = layout.owner_tag(spec.id)
     path = endpoints_map_path(ctx.bpffs_root)
+    ifindexes = set()
     if os.path.exists(path):
         with bpf.Map.from_pin(path) as m:
             for a in spec.addresses:
-                _entry_deleter(m, layout.endpoint_key(a.ip), owner)()
+                key = layout.endpoint_key(a.ip)
+                raw = m.lookup(key)
+                if raw is not None and EndpointEntry.unpack(raw).owner == owner:
+                    ifindexes.add(EndpointEntry.unpack(raw).ifindex)
+                _entry_deleter(m, key, owner)()
+    if ctx.device is not None and ctx.device.node_ifindex:
+        ifindexes.add(ctx.device.node_ifindex)
+    stats = stats_map_path(ctx.bpffs_root)
+    if ifindexes and os.path.exists(stats):
+        # The device's counters go with it (a later device may get the same ifindex).
+        with bpf.Map.from_pin(stats) as m:
+            for idx in ifindexes:
+                m.delete(struct.pack("<I", idx))
     for a in spec.addresses:
         try:
             links.del_route(f"{a.ip}/{a.max_prefixlen}", dev=spec.node_ifname, netns=ctx.node_netns, missing_ok=True)
@@ -318,28 +333,49 @@ def unconfigure(ctx: EndpointContext) -> None:
 # reading back
 
 
-def _read_stats(path: str) -> dict[str, tuple[int, int]]:
+def stats_map_path(bpffs_root: str) -> str:
+    from nkframe import pins
+
+    return str(pins.Layout(bpffs_root).map_path("global", "", STATS_MAP))
+
+
+def _read_stats(path: str, ifindexes: set[int] | None) -> dict[str, tuple[int, int]]:
+    """Counters summed over the given devices' slots (None: every slot in the map)."""
     from nkframe import bpf
 
-    out = {}
+    totals = {s.name.lower(): (0, 0) for s in Stat}
+    if not os.path.exists(path):
+        return totals
     with bpf.Map.from_pin(path) as m:
-        for s in Stat:
-            out[s.name.lower()] = layout.sum_counters(m.lookup_percpu(struct.pack("<I", s)))
-    return out
+        keys = list(m.keys()) if ifindexes is None else [struct.pack("<I", i) for i in ifindexes]
+        for key in keys:
+            per_cpu = m.lookup_percpu(key)
+            if per_cpu is None:
+                continue
+            for s in Stat:
+                p, b = layout.sum_counters(per_cpu, s)
+                tp, tb = totals[s.name.lower()]
+                totals[s.name.lower()] = (tp + p, tb + b)
+    return totals
+
+
+def endpoint_ifindexes(bpffs_root: str, endpoint_id: str) -> set[int]:
+    """The node-side ifindex of an endpoint, from its address entries (empty without any)."""
+    owner = layout.owner_tag(endpoint_id)
+    return {e.ifindex for e in endpoint_entries(bpffs_root).values() if e.owner == owner}
 
 
 def endpoint_stats(bpffs_root: str, endpoint_id: str) -> dict[str, tuple[int, int]]:
-    """Counter name -> (packets, bytes) of one endpoint's forwarding program."""
-    from nkframe import pins
-
-    return _read_stats(str(pins.Layout(bpffs_root).map_path("endpoint", endpoint_id, STATS_MAP)))
+    """Counter name -> (packets, bytes) of one endpoint's forwarding program (its node-side
+    device's slot in the node's ``nk_dp_stats``; all zero for an endpoint with no address)."""
+    return _read_stats(stats_map_path(bpffs_root), endpoint_ifindexes(bpffs_root, endpoint_id))
 
 
 def uplink_stats(bpffs_root: str, ifname: str) -> dict[str, tuple[int, int]]:
     """Counter name -> (packets, bytes) of the uplink program on ``ifname``."""
     from nkframe import pins
 
-    return _read_stats(str(pins.Layout(bpffs_root).map_path("device", ifname, STATS_MAP)))
+    return _read_stats(str(pins.Layout(bpffs_root).map_path("device", ifname, STATS_MAP)), None)
 
 
 def endpoint_entries(bpffs_root: str) -> dict[ipaddress.IPv4Address | ipaddress.IPv6Address, EndpointEntry]:

@@ -15,8 +15,9 @@ import attrs
 from nkframe.errors import InvalidSpec
 
 ENDPOINTS_MAP = "nk_endpoints"  # pinned "global": every endpoint's addresses
-STATS_MAP = "nk_dp_stats"  # pinned per endpoint (and per uplink device)
+STATS_MAP = "nk_dp_stats"  # keyed by ifindex: pinned "global" for endpoints, per uplink device
 MAX_ENDPOINT_ADDRS = 16384  # NK_DP_MAX_ENDPOINT_ADDRS
+MAX_DEVICES = 16384  # NK_DP_MAX_DEVICES
 
 # struct nk_ep_key { __u32 family; __u32 addr[4]; }  (address bytes in network order)
 KEY = struct.Struct("<I16s")
@@ -99,11 +100,13 @@ class EndpointEntry:
         return cls(ifindex, flags, owner, mac_str(pod), mac_str(node))
 
 
-def sum_counters(per_cpu: list[bytes] | None) -> tuple[int, int]:
-    """(packets, bytes) summed over CPUs."""
+def sum_counters(per_cpu: list[bytes] | None, slot: int = 0) -> tuple[int, int]:
+    """(packets, bytes) of counter ``slot`` summed over CPUs (each CPU's value holds
+    STAT_SLOTS counters, struct nk_dp_counters)."""
     pk = by = 0
+    off = slot * COUNTER.size
     for raw in per_cpu or ():
-        p, b = COUNTER.unpack(raw[: COUNTER.size])
+        p, b = COUNTER.unpack(raw[off : off + COUNTER.size])
         pk += p
         by += b
     return pk, by

@@ -35,6 +35,7 @@ def test_constants_match_the_header():
     assert layout.F_TO_POD_CHAIN == _define("NK_EP_F_TO_POD_CHAIN")
     assert layout.F_L2 == _define("NK_EP_F_L2")
     assert layout.MAX_ENDPOINT_ADDRS == _define("NK_DP_MAX_ENDPOINT_ADDRS")
+    assert layout.MAX_DEVICES == _define("NK_DP_MAX_DEVICES")
     enum = dict(re.findall(r"\bNK_DP_([A-Z_]+)\s*=\s*(\d+),", _header()))
     assert int(enum.pop("STAT_MAX")) == layout.STAT_SLOTS
     assert {k: int(v) for k, v in enum.items()} == {s.name: s.value for s in layout.Stat}
@@ -48,7 +49,8 @@ def test_map_sizes_match_the_built_object():
             eps = obj.maps[layout.ENDPOINTS_MAP]
             assert (eps.key_size, eps.value_size, eps.max_entries) == (layout.KEY.size, layout.INFO.size, layout.MAX_ENDPOINT_ADDRS)
             st = obj.maps[layout.STATS_MAP]
-            assert (st.value_size, st.max_entries) == (layout.COUNTER.size, layout.STAT_SLOTS)
+            # struct nk_dp_counters (every slot of one device) per ifindex
+            assert (st.key_size, st.value_size, st.max_entries) == (4, layout.COUNTER.size * layout.STAT_SLOTS, layout.MAX_DEVICES)
 
 
 def test_entry_and_key_round_trip():
@@ -65,6 +67,11 @@ def test_counters_sum_over_cpus():
     cpus = [layout.COUNTER.pack(2, 100), layout.COUNTER.pack(3, 50)]
     assert layout.sum_counters(cpus) == (5, 150)
     assert layout.sum_counters(None) == (0, 0)
+    # A device's value holds every slot; slot 2 of two CPUs.
+    two = [layout.COUNTER.pack(1, 1) + layout.COUNTER.pack(0, 0) + layout.COUNTER.pack(7, 70),
+           layout.COUNTER.pack(0, 0) * 2 + layout.COUNTER.pack(1, 10)]
+    assert layout.sum_counters(two, 2) == (8, 80)
+    assert layout.sum_counters(two, 0) == (1, 1)
 
 
 def test_derived_macs_are_stable_unicast_and_local():
@@ -142,8 +149,11 @@ def test_each_plugin_contributes_for_its_own_mode_only(pm, mode):
     assert [s.name for s in specs] == [f"{mode}_fwd"]
     [s] = specs
     assert s.hook is Hook.FROM_POD and s.order == 500
-    assert s.maps == {"nk_endpoints": "global", "nk_dp_stats": "endpoint"}
-    assert s.globals["NODE_IFINDEX"] == struct.pack("<I", 42)
+    assert s.maps == {"nk_endpoints": "global", "nk_dp_stats": "global"}
+    # L3 has nothing per endpoint in its program: one loaded copy serves the node.  L2 compiles
+    # the endpoint's MAC and gateways in, so each endpoint loads its own.
+    assert "NODE_IFINDEX" not in s.globals
+    assert s.shared is (mode == "l3")
     if mode == "l2":
         assert s.globals["GW4"] == bytes([169, 254, 1, 1])
         assert s.globals["GW6"] == ipaddress.IPv6Address("fe80::1").packed
