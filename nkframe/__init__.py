@@ -9,45 +9,48 @@ The embedding API::
 Plugin authors import :data:`hookimpl` (and the value types) from here.
 """
 
-from nkframe.errors import (
-    EndpointExists,
-    EndpointNotFound,
-    InvalidSpec,
-    KernelError,
-    NetnsNotFound,
-    NkframeError,
-    NotBpffs,
-    NotSupported,
-    PluginError,
-    VerifierError,
-)
-from nkframe.hookspecs import hookimpl
-from nkframe.types import (
-    AttachMode,
-    DeviceHook,
-    DeviceKind,
-    DeviceMode,
-    Endpoint,
-    EndpointSpec,
-    Hook,
-    Mechanism,
-    ProgramSpec,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttachMode", "DeviceHook", "DeviceKind", "DeviceMode", "Endpoint", "EndpointExists",
-    "EndpointNotFound", "EndpointSpec", "Engine", "Hook", "InvalidSpec", "KernelError",
-    "Mechanism", "NetnsNotFound", "NkframeError", "NotBpffs", "NotSupported", "PluginError",
-    "ProgramSpec", "VerifierError", "hookimpl",
-]
+# name -> module.  Resolved on first use (PEP 562), so ``import nkframe.cni`` (a CNI plugin a
+# runtime execs per pod) or ``nkframe.errors`` does not pay for pluggy, attrs and the value
+# types; ``from nkframe import Engine, hookimpl`` works as before.
+_EXPORTS = {
+    "EndpointExists": "nkframe.errors",
+    "EndpointNotFound": "nkframe.errors",
+    "InvalidSpec": "nkframe.errors",
+    "KernelError": "nkframe.errors",
+    "NetnsNotFound": "nkframe.errors",
+    "NkframeError": "nkframe.errors",
+    "NotBpffs": "nkframe.errors",
+    "NotSupported": "nkframe.errors",
+    "PluginError": "nkframe.errors",
+    "VerifierError": "nkframe.errors",
+    "hookimpl": "nkframe.hookspecs",
+    "AttachMode": "nkframe.types",
+    "DeviceHook": "nkframe.types",
+    "DeviceKind": "nkframe.types",
+    "DeviceMode": "nkframe.types",
+    "Endpoint": "nkframe.types",
+    "EndpointSpec": "nkframe.types",
+    "Hook": "nkframe.types",
+    "Mechanism": "nkframe.types",
+    "ProgramSpec": "nkframe.types",
+    "Engine": "nkframe.engine",  # pulls in the cffi bindings
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    # The engine pulls in the cffi bindings; keep `import nkframe` cheap for plugin authors.
-    if name == "Engine":
-        from nkframe.engine import Engine
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nkframe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return Engine
-    raise AttributeError(name)
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
