@@ -142,7 +142,9 @@ class Engine:
         """Build an endpoint: device, programs attached and pinned, configuration.  All or nothing."""
         if not isinstance(spec, EndpointSpec):
             raise InvalidSpec(f"add_endpoint takes an EndpointSpec, not {type(spec).__name__}")
-        with self._lock:
+        from nkframe.netlink import links
+
+        with self._lock, links.batch():
             self.hook.nkframe_endpoint_validate(spec=spec)
             builtin.check_netns(spec.netns, "pod network namespace")
             ep_dir = self.layout.endpoint_dir(spec.id)
@@ -562,7 +564,9 @@ class Engine:
 
     def remove_endpoint(self, endpoint_id: str) -> None:
         """Remove an endpoint and everything built for it.  Works when parts are already gone."""
-        with self._lock:
+        from nkframe.netlink import links
+
+        with self._lock, links.batch():
             ep_dir = self.layout.endpoint_dir(endpoint_id)
             if not ep_dir.exists():
                 raise EndpointNotFound(f"no endpoint {endpoint_id!r} under {self.layout.root}")

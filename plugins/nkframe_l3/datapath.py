@@ -176,8 +176,7 @@ def enable_forwarding(node_netns: str | None) -> None:
     """
     from nkframe.netlink import links
 
-    links.sysctl("net.ipv4.ip_forward", 1, netns=node_netns)
-    links.sysctl("net.ipv6.conf.all.forwarding", 1, netns=node_netns)
+    links.sysctls({"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}, netns=node_netns)
 
 
 def _has_to_pod_programs(ctx: EndpointContext) -> bool:

@@ -262,3 +262,34 @@ def test_ipv6_address_without_dad_is_usable_when_add_returns(two_netns):
     finally:
         rx.close()
         tx.close()
+
+
+def test_batch_shares_one_socket_per_namespace_and_closes_them(two_netns):
+    a, b = two_netns
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    with links.batch():
+        for _ in range(5):
+            links.get_link("lo", netns=a)
+            links.get_link("lo", netns=b)
+            links.set_up("lo", netns=a)
+        assert fds() == before + 2, "one socket per namespace, reused by every call"
+        with links.batch():  # nested: the outer block's sockets
+            links.get_link("lo", netns=a)
+            assert fds() == before + 2
+    assert fds() == before, "the batch closed its sockets"
+    assert links.get_link("lo", netns=a).up
+
+
+def test_sysctls_write_several_in_one_namespace(two_netns):
+    a, b = two_netns
+    got = links.sysctls({"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}, netns=a)
+    assert got == {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
+    assert links.sysctl("net.ipv4.ip_forward", netns=b) == "0", "only the namespace asked for"
+    with pytest.raises(InvalidSpec, match="only keys under net"):
+        links.sysctls({"kernel.panic": 1}, netns=a)
+    with pytest.raises(InvalidSpec, match="does not exist"):
+        links.sysctls({"net.ipv4.no_such_knob": 1}, netns=a)
