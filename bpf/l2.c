@@ -181,7 +181,6 @@ int l2_from_pod(struct __sk_buff *skb)
 	int ret;
 
 	if (proto == NK_ETH_P_ARP) {
-		nk_dp_count(skb, NK_DP_SEEN);
 		if (nk_dp_linear(skb, NK_ETH_HLEN + sizeof(struct nk_arp)) == 0) {
 			ret = arp_reply(skb, node_ifindex);
 			if (ret != -1)
@@ -199,10 +198,8 @@ int l2_from_pod(struct __sk_buff *skb)
 			__u8 *icmp = data + NK_L4_OFF6;
 			if (!NK_NEED(icmp, 1, end) && icmp[0] == NK_ND_NS) {
 				ret = nd_reply(skb, node_ifindex);
-				if (ret != -1) {
-					nk_dp_count(skb, NK_DP_SEEN);
+				if (ret != -1)
 					return ret;
-				}
 			}
 		}
 	}

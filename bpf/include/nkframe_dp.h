@@ -53,7 +53,7 @@ struct nk_ep_info {
 
 /* Counter slots of nk_dp_stats (per device, see below). */
 enum nk_dp_stat {
-	NK_DP_SEEN = 0,       /* every packet the program ran on */
+	NK_DP_SEEN = 0,       /* every packet counted in one of the slots below (each counts once) */
 	NK_DP_LOCAL = 1,      /* redirected to a local endpoint's node-side device */
 	NK_DP_NEIGH = 2,      /* redirect_neigh() via the FIB's egress device */
 	NK_DP_PEER = 3,       /* uplink: redirect_peer() into a pod */
@@ -129,6 +129,8 @@ static __always_inline void nk_dp_count(struct __sk_buff *skb, __u32 which)
 		if (!c)
 			return;
 	}
+	/* One lookup per packet: the packet's outcome and "seen" together. */
+	nk_count(&c->c[NK_DP_SEEN], skb->len);
 	nk_count(&c->c[which & (NK_DP_STAT_MAX - 1)], skb->len);
 }
 
@@ -442,7 +444,6 @@ static __always_inline int nk_from_pod(struct __sk_buff *skb, __u32 node_ifindex
 {
 	__u16 proto = nk_ethertype(skb);
 
-	nk_dp_count(skb, NK_DP_SEEN);
 	if (proto == NK_ETH_P_IP)
 		return nk_forward4(skb, node_ifindex);
 	if (proto == NK_ETH_P_IPV6)
@@ -458,7 +459,6 @@ static __always_inline int nk_uplink_in(struct __sk_buff *skb)
 	struct nk_ep_info *ep = 0;
 	void *data, *end;
 
-	nk_dp_count(skb, NK_DP_SEEN);
 	if (proto == NK_ETH_P_IP) {
 		if (nk_dp_linear(skb, NK_ETH_HLEN + 20))
 			goto not_mine;
