@@ -712,23 +712,30 @@ def list_addresses(
     with _session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         out = []
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            try:
-                # Strict checking lets the kernel filter the dump by ifa_index.
-                replies = sock.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(fam, 0, 0, 0, idx))
-            except NetlinkError as e:
-                if e.code == errno.EAFNOSUPPORT:
-                    continue  # IPv6 disabled in this kernel
-                raise kernel_error(e, f"list addresses of {name!r} in {where(netns)}") from None
-            for _t, p in replies:
-                family, plen, _f, _scope, index = _IFADDRMSG.unpack_from(p)
-                if index != idx:
-                    continue
-                a = attr_map(p, _IFADDRMSG.size)
-                raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
-                if raw:
-                    out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
+        # Strict checking lets the kernel filter the dump by ifa_index.
+        what = f"list addresses of {name!r} in {where(netns)}"
+        for p in _dump_both_families(sock, RTM_GETADDR, lambda fam: _IFADDRMSG.pack(fam, 0, 0, 0, idx), what):
+            family, plen, _f, _scope, index = _IFADDRMSG.unpack_from(p)
+            if index != idx:
+                continue
+            a = attr_map(p, _IFADDRMSG.size)
+            raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+            if raw:
+                out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
         return sorted(out, key=lambda i: (i.version, i))
+
+
+def _dump_both_families(sock: RtnlSocket, mtype: int, request_for, what: str) -> Iterator[bytes]:
+    """The payloads of an IPv4 and then an IPv6 dump (a kernel without IPv6 gives only the first)."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            replies = sock.request(mtype, NLM_F_DUMP, request_for(fam))
+        except NetlinkError as e:
+            if e.code == errno.EAFNOSUPPORT:
+                continue
+            raise kernel_error(e, what) from None
+        for _t, p in replies:
+            yield p
 
 
 # --------------------------------------------------------------------------------------------
@@ -945,22 +952,15 @@ def list_neighbours(
     with _session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         out: dict[str, str | None] = {}
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            try:
-                replies = sock.request(
-                    RTM_GETNEIGH, NLM_F_DUMP, _NDMSG.pack(fam, 0, 0, 0, 0) + nl.nla_u32(NDA_IFINDEX, idx)
-                )
-            except NetlinkError as e:
-                if e.code == errno.EAFNOSUPPORT:
-                    continue
-                raise kernel_error(e, f"list neighbours of {name!r} in {where(netns)}") from None
-            for _t, p in replies:
-                _fam, index, _state, _fl, _type = _NDMSG.unpack_from(p)
-                if index != idx:
-                    continue
-                a = attr_map(p, _NDMSG.size)
-                if NDA_DST in a:
-                    out[str(ipaddress.ip_address(a[NDA_DST]))] = nl.mac(a.get(NDA_LLADDR))
+        what = f"list neighbours of {name!r} in {where(netns)}"
+        req = lambda fam: _NDMSG.pack(fam, 0, 0, 0, 0) + nl.nla_u32(NDA_IFINDEX, idx)  # noqa: E731
+        for p in _dump_both_families(sock, RTM_GETNEIGH, req, what):
+            _fam, index, _state, _fl, _type = _NDMSG.unpack_from(p)
+            if index != idx:
+                continue
+            a = attr_map(p, _NDMSG.size)
+            if NDA_DST in a:
+                out[str(ipaddress.ip_address(a[NDA_DST]))] = nl.mac(a.get(NDA_LLADDR))
         return out
 
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import enum
 import errno
-import itertools
-import os
-import socket
 import struct
-from typing import Iterator
 
 import attrs
 
 from nkframe import netns as _netns
+from nkframe.netlink import nlsock
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 
 # linux/netlink.h
@@ -112,15 +109,7 @@ def nla_s32(atype: int, value: int) -> bytes:
     return nla(atype, struct.pack("=i", value))
 
 
-def iter_attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type without flags, payload) for each attribute in ``buf``; stops at a short tail."""
-    off = 0
-    while off + 4 <= len(buf):
-        length, atype = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > len(buf):
-            break
-        yield atype & NLA_TYPE_MASK, bytes(buf[off + 4 : off + length])
-        off += (length + 3) & ~3
+iter_attrs = nlsock.iter_attrs  # (type without flags, payload) of each attribute
 
 
 def _u32(p: bytes) -> int:
@@ -252,11 +241,8 @@ def decode_queue(payload: bytes) -> QueueInfo:
 # the socket
 
 
-class _NetlinkError(Exception):
-    def __init__(self, code: int, msg: str):
-        super().__init__(code, msg)
-        self.code = code
-        self.msg = msg
+_NetlinkError = nlsock.NetlinkError
+_extack = nlsock.extack_of  # the NLMSGERR_ATTR_MSG text of an error message
 
 
 class GenlSocket:
@@ -266,70 +252,29 @@ class GenlSocket:
         # Same rule as rtnetlink: the socket is made inside the namespace, never by a helper that
         # might create a missing one.
         with _netns.enter(netns):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        try:
-            self.sock.bind((0, 0))
-            # Error replies with the kernel's text and without our whole request echoed back.
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        except BaseException:
-            self.sock.close()
-            raise
-        self._seq = itertools.count(int.from_bytes(os.urandom(2), "little") + 1)
+            self._nl = nlsock.RtnlSocket(NETLINK_GENERIC)
         self.netns = netns
 
+    @property
+    def sock(self):
+        return self._nl.sock
+
     def close(self) -> None:
-        self.sock.close()
+        self._nl.close()
 
     def request(
         self, family: int, cmd: int, version: int, attrs_: bytes, *, dump: bool = False
     ) -> list[bytes]:
         """Send one request; return the attribute payloads of the replies (raises _NetlinkError)."""
-        seq = next(self._seq) & 0xFFFFFFFF
-        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
         body = struct.pack("=BBH", cmd, version, 0) + attrs_
-        self.sock.send(struct.pack("=IHHII", 16 + len(body), family, flags, seq, 0) + body)
-        replies: list[bytes] = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, mflags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
-                msg = data[off + 16 : off + length]
-                off += (length + 3) & ~3
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_ERROR:
-                    (err,) = struct.unpack_from("=i", msg, 0)
-                    if err == 0:
-                        return replies
-                    raise _NetlinkError(-err, _extack(msg, mflags))
-                if mtype == NLMSG_DONE:
-                    return replies
-                replies.append(bytes(msg[4:]))  # skip the genlmsghdr
+        replies = self._nl.request(family, NLM_F_DUMP if dump else 0, body)
+        return [p[4:] for _t, p in replies]  # skip the genlmsghdr
 
     def __enter__(self) -> "GenlSocket":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _extack(msg: bytes, flags: int) -> str:
-    """The NLMSGERR_ATTR_MSG text of an error message, if the kernel sent one."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    # struct nlmsgerr: int error + the request's nlmsghdr (+ its payload unless capped).
-    off = 4 + 16
-    if not flags & NLM_F_CAPPED:
-        (orig_len,) = struct.unpack_from("=I", msg, 4)
-        off = 4 + ((orig_len + 3) & ~3)
-    for atype, p in iter_attrs(msg[off:]):
-        if atype == NLMSGERR_ATTR_MSG:
-            return p.rstrip(b"\0").decode(errors="replace")
-    return ""
 
 
 @attrs.frozen
@@ -423,7 +368,7 @@ class NetdevFamily:
             if e.code == errno.EINVAL:
                 # The attributes themselves passed the policy: what is left is the queue id.
                 raise InvalidSpec(
-                    f"{what}: no such queue" + (f" ({e.msg})" if e.msg else "")
+                    f"{what}: no such queue" + (f" ({e.extack})" if e.extack else "")
                 ) from None
             if e.code == errno.ENOENT:
                 raise KernelError(
@@ -466,7 +411,7 @@ class NetdevFamily:
             replies = self._do(NETDEV_CMD_QUEUE_CREATE, payload)
         except _NetlinkError as e:
             if e.code == errno.EOPNOTSUPP:
-                detail = f" (kernel says: {e.msg})" if e.msg else ""
+                detail = f" (kernel says: {e.extack})" if e.extack else ""
                 if self.has_queue_lease():
                     raise NotSupported(
                         "queue_lease",
@@ -477,13 +422,13 @@ class NetdevFamily:
             if e.code == errno.ERANGE:
                 raise InvalidSpec(
                     f"{what}: no queue {lease_queue_id} on ifindex {lease_ifindex}"
-                    + (f" ({e.msg})" if e.msg else "")
+                    + (f" ({e.extack})" if e.extack else "")
                 ) from None
             if e.code == errno.EBUSY:
                 raise KernelError(
                     errno.EBUSY,
                     f"{what}: the queue is already leased or in use by AF_XDP/io_uring "
-                    "(release it first)" + (f"; kernel says: {e.msg}" if e.msg else ""),
+                    "(release it first)" + (f"; kernel says: {e.extack}" if e.extack else ""),
                 ) from None
             raise _kernel_error(e, what) from None
         for r in replies:
@@ -494,4 +439,4 @@ class NetdevFamily:
 
 
 def _kernel_error(e: _NetlinkError, what: str) -> KernelError:
-    return KernelError(e.code, f"{what} (kernel says: {e.msg})" if e.msg else what)
+    return KernelError(e.code, f"{what} (kernel says: {e.extack})" if e.extack else what)
