@@ -593,10 +593,14 @@ class Engine:
         except NkframeError as e:
             log.warning("unconfigure %s: %s", spec.id, e)
         faults.point("remove.after_unconfigure")
-        self._detach_pinned("endpoint", spec.id, missing_ok=True)
-        faults.point("remove.after_detach")
+        # The device goes first and takes its programs with it, so the pod never sends a packet
+        # without its programs (policy) while the endpoint is taken apart: detaching first left
+        # a window of ~20 ms (the device deletion) in which a veth pod's traffic reached the
+        # node unfiltered.  The links left pinned are defunct; detaching them only unpins them.
         links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
         faults.point("remove.after_device")
+        self._detach_pinned("endpoint", spec.id, missing_ok=True)
+        faults.point("remove.after_detach")
         pins.remove_tree(self.layout.endpoint_dir(spec.id))
 
     def _detach_pinned(self, scope: str, owner: str, *, missing_ok: bool) -> None:

@@ -26,8 +26,8 @@ ADD_POINTS = (
 )
 REMOVE_POINTS = (
     "remove.after_unconfigure",
-    "remove.after_detach",
     "remove.after_device",
+    "remove.after_detach",
 )
 
 
