@@ -118,6 +118,53 @@ def _attach(v: Any, what: str = "attach") -> str:
         raise ProtocolError(f"{what} {v!r} is not one of: {', '.join(m.value for m in AttachMode)}") from None
 
 
+# cni.exec: what a CNI runtime handed the exec'd shim (nkframe/cni/shim.c), run by the agent.
+# The shim writes bytes it cannot decode as lone surrogates U+DC80..U+DCFF (Python's
+# "surrogateescape"), so the original bytes come back exactly, as os.environ would see them.
+CNI_ENV_KEY_MAX = 64
+CNI_ENV_VALUE_MAX = 16 << 10
+CNI_ENV_MAX_KEYS = 32
+CNI_STDIN_MAX = MAX_LINE
+_CNI_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _raw_bytes(v: str, what: str) -> bytes:
+    try:
+        return v.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} holds a lone surrogate other than an escaped byte (U+DC80..U+DCFF)") from None
+
+
+def _cni_env(v: Any, what: str = "env") -> dict[str, str]:
+    """Only ``CNI_*`` variables (``CNI_PATH`` among them): nothing else of the caller's
+    environment reaches the IPAM plugins the agent runs for it."""
+    if not isinstance(v, dict):
+        raise ProtocolError(f"{what} must be an object of CNI_* environment variables")
+    if len(v) > CNI_ENV_MAX_KEYS:
+        raise ProtocolError(f"{what} has {len(v)} variables; at most {CNI_ENV_MAX_KEYS}")
+    out = {}
+    for key, val in v.items():
+        if not (key.startswith("CNI_") and len(key) > 4 and len(key) <= CNI_ENV_KEY_MAX and set(key) <= _CNI_KEY_CHARS):
+            raise ProtocolError(f"{what}: {key[:CNI_ENV_KEY_MAX]!r} is not a CNI_* variable (only CNI_ followed by A-Z, 0-9, _ is passed)")
+        if not isinstance(val, str):
+            raise ProtocolError(f"{what}: {key} must be a string")
+        raw = _raw_bytes(val, f"{what}: {key}")
+        if len(raw) > CNI_ENV_VALUE_MAX or b"\0" in raw:
+            raise ProtocolError(f"{what}: {key} is longer than {CNI_ENV_VALUE_MAX} bytes or holds a NUL byte")
+        # Back to the str os.environ would hold for these bytes (undecodable ones as surrogates).
+        out[key] = raw.decode("utf-8", "surrogateescape")
+    return out
+
+
+def _cni_stdin(v: Any, what: str = "stdin") -> bytes:
+    if not isinstance(v, str):
+        raise ProtocolError(f"{what} must be a string (the network configuration)")
+    raw = _raw_bytes(v, what)
+    if len(raw) > CNI_STDIN_MAX:
+        raise ProtocolError(f"{what} is longer than {CNI_STDIN_MAX} bytes")
+    return raw
+
+
 # method -> {param: (validator, required)}
 METHODS: dict[str, dict[str, tuple[Any, bool]]] = {
     "ping": {},
@@ -129,6 +176,7 @@ METHODS: dict[str, dict[str, tuple[Any, bool]]] = {
     "upgrade": {"ids": (_ids, False)},
     "reconcile": {},
     "gc": {},
+    "cni.exec": {"env": (_cni_env, True), "stdin": (_cni_stdin, True)},
 }
 
 _TARGET_KEYS = {"node_netns", "bpffs_root"}
@@ -175,6 +223,18 @@ def parse_request(line: bytes | str) -> Request:
         raw = {}
     if not isinstance(raw, dict):
         raise ProtocolError("params must be a JSON object")
+    params = validate_params(method, raw)
+    target = doc.get("target") or {}
+    if not isinstance(target, dict) or set(target) - _TARGET_KEYS:
+        raise ProtocolError(f"target must be an object with at most {', '.join(sorted(_TARGET_KEYS))}")
+    for k, v in target.items():
+        if v is not None and (not isinstance(v, str) or not v or "\0" in v):
+            raise ProtocolError(f"target {k} must be a string or null")
+    return Request(method=method, params=params, id=rid, target={k: v for k, v in target.items() if v is not None})
+
+
+def validate_params(method: str, raw: dict) -> dict:
+    """The validated parameters of ``method`` (a key of :data:`METHODS`) from their JSON form."""
     shape = METHODS[method]
     extra = set(raw) - set(shape)
     if extra:
@@ -186,13 +246,7 @@ def parse_request(line: bytes | str) -> Request:
                 raise ProtocolError(f"{method}: parameter {key!r} is required")
             continue
         params[key] = check(raw[key], key)
-    target = doc.get("target") or {}
-    if not isinstance(target, dict) or set(target) - _TARGET_KEYS:
-        raise ProtocolError(f"target must be an object with at most {', '.join(sorted(_TARGET_KEYS))}")
-    for k, v in target.items():
-        if v is not None and (not isinstance(v, str) or not v or "\0" in v):
-            raise ProtocolError(f"target {k} must be a string or null")
-    return Request(method=method, params=params, id=rid, target={k: v for k, v in target.items() if v is not None})
+    return params
 
 
 def encode_request(method: str, params: dict | None = None, *, id: Any = None, target: dict | None = None) -> bytes:

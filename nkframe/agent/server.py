@@ -209,8 +209,9 @@ class Agent:
     # requests
     # ------------------------------------------------------------------------------------------
 
-    def handle_line(self, line: bytes) -> bytes:
-        """One request line in, one response line out.  Never raises."""
+    def handle_line(self, line: bytes, peer_uid: int | None = None) -> bytes:
+        """One request line in, one response line out.  Never raises.  ``peer_uid``: the
+        caller's uid as the socket saw it (None: a caller in this process)."""
         rid = None
         with self._idle:
             self._inflight += 1
@@ -226,6 +227,9 @@ class Agent:
             rid, method = req.id, req.method
             try:
                 self._check_target(req)
+                if req.method == "cni.exec" and peer_uid not in (None, 0):
+                    # It runs IPAM plugins from the caller's CNI_PATH as the agent's user.
+                    raise Refused(f"cni.exec runs CNI plugins as root and is served to root only, not to uid {peer_uid}")
                 result = self.dispatch(req)
             except errors.NkframeError as e:
                 log.info("%s %r failed after %.1f ms: %s", method, rid, 1000 * (time.monotonic() - t0), e)
@@ -311,6 +315,10 @@ class Agent:
             return {"endpoint": protocol.endpoint_to_dict(eng.switch_mechanism(p["id"], p["attach"]))}
         if m == "upgrade":
             return {"endpoints": [protocol.endpoint_to_dict(e) for e in eng.upgrade(p.get("ids"))]}
+        if m == "cni.exec":
+            from nkframe.agent.cni import exec_cni
+
+            return exec_cni(self, p["env"], p["stdin"])
         if m in ("reconcile", "gc"):
             with self._admit:
                 report = eng.reconcile()
@@ -378,7 +386,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             if not line.strip():
                 continue
-            if not self._send(agent.handle_line(line)):
+            if not self._send(agent.handle_line(line, uid)):
                 return
 
     def _send(self, data: bytes) -> bool:

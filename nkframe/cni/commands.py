@@ -24,20 +24,29 @@ RECORD_KEY = "cni"  # spec.options[RECORD_KEY]: which attachment an endpoint is 
 
 
 class Invocation:
-    """One run of the plugin: the environment, the configuration, and what is passed on."""
+    """One run of the plugin: the environment, the configuration, and what is passed on.
 
-    def __init__(self, env: CniEnv, conf: NetConf, environ: Mapping[str, str], data: bytes):
+    ``backend`` is how the commands reach the endpoints: a callable taking the agent's socket
+    path (the configuration's ``agentSocket``) and returning a connection with ``call(method,
+    **params)`` that answers like the agent, raising :class:`AgentFailure` or
+    :class:`AgentUnavailable`, and usable as a context manager.  The default is the socket
+    client (:class:`nkframe.cni.agent.Agent`, the exec'd ``nkframe-cni``); the agent itself
+    passes one that calls its Engine in process (``cni.exec``, :mod:`nkframe.agent.cni`).
+    """
+
+    def __init__(self, env: CniEnv, conf: NetConf, environ: Mapping[str, str], data: bytes, backend=None):
         self.env = env
         self.conf = conf
         self.environ = environ
         self.data = data
+        self.backend = backend or Agent
 
     @property
     def endpoint_id(self) -> str:
         return config.endpoint_id(self.env.container_id, self.env.ifname)
 
     def agent(self) -> Agent:
-        return Agent(self.conf.agent_socket)
+        return self.backend(self.conf.agent_socket)
 
     def ipam(self) -> Ipam | None:
         if self.conf.ipam is None:

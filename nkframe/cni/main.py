@@ -24,9 +24,12 @@ def default_socket(environ: Mapping[str, str]) -> str:
     return environ.get("NKFRAME_AGENT_SOCKET") or DEFAULT_SOCKET
 
 
-def run(environ: Mapping[str, str], data: bytes) -> dict | None:
+def run(environ: Mapping[str, str], data: bytes, *, backend=None, socket: str | None = None) -> dict | None:
     """One invocation: the document to print on success (None: print nothing).  Raises
-    :class:`CniError`."""
+    :class:`CniError`.
+
+    ``backend`` and ``socket`` (the agent's socket when the configuration names none) are for
+    the agent running the plugin in process (:class:`nkframe.cni.commands.Invocation`)."""
     if environ.get("CNI_COMMAND") == "VERSION":
         return version(data)
     # Everything else needs the agent client, the IPAM runner and the parsers; VERSION (which
@@ -35,8 +38,27 @@ def run(environ: Mapping[str, str], data: bytes) -> dict | None:
 
     doc = config.decode(data)
     env = config.CniEnv.from_environ(environ)
-    conf = config.parse(doc, env.command, default_socket(environ))
-    return commands.RUN[env.command](commands.Invocation(env, conf, environ, data))
+    conf = config.parse(doc, env.command, socket or default_socket(environ))
+    return commands.RUN[env.command](commands.Invocation(env, conf, environ, data, backend))
+
+
+def execute(environ: Mapping[str, str], data: bytes, *, backend=None, socket: str | None = None) -> tuple[int, str]:
+    """One invocation as the runtime sees it: (exit status, stdout).  Never raises for a CNI
+    error; an unexpected exception is logged (with its traceback) and becomes error 999."""
+    try:
+        out = run(environ, data, backend=backend, socket=socket)
+    except CniError as e:
+        return 1, _line(e.to_dict(_error_version(data)))
+    except Exception as e:  # noqa: BLE001 - the runtime gets a CNI error, the log the traceback
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        return 1, _line(CniError(INTERNAL, "nkframe-cni failed unexpectedly", f"{type(e).__name__}: {e}").to_dict(_error_version(data)))
+    return 0, (_line(out) if out is not None else "")
+
+
+def _line(doc: dict) -> str:
+    return json.dumps(doc) + "\n"
 
 
 def version(data: bytes) -> dict:
@@ -63,33 +85,20 @@ def _error_version(data: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    data = b""
     try:
+        data = sys.stdin.buffer.read()
+    except OSError as e:
+        err = CniError(IO_FAILURE, "cannot read the network configuration", f"reading stdin failed: {e}")
+        rc, out = 1, _line(err.to_dict(LATEST))
+    else:
+        rc, out = execute(os.environ, data)
+    if out:
         try:
-            data = sys.stdin.buffer.read()
-        except OSError as e:
-            raise CniError(IO_FAILURE, "cannot read the network configuration", f"reading stdin failed: {e}") from None
-        out = run(os.environ, data)
-    except CniError as e:
-        _write(e.to_dict(_error_version(data)))
-        return 1
-    except Exception as e:  # noqa: BLE001 - the runtime gets a CNI error, the log the traceback
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        _write(CniError(INTERNAL, "nkframe-cni failed unexpectedly", f"{type(e).__name__}: {e}").to_dict(_error_version(data)))
-        return 1
-    if out is not None:
-        _write(out)
-    return 0
-
-
-def _write(doc: dict) -> None:
-    try:
-        sys.stdout.write(json.dumps(doc) + "\n")
-        sys.stdout.flush()
-    except OSError:
-        pass  # the runtime went away; the exit status still tells
+            sys.stdout.write(out)
+            sys.stdout.flush()
+        except OSError:
+            pass  # the runtime went away; the exit status still tells
+    return rc
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from nkframe.engine import ReconcileReport
 from nkframe.types import AttachedProgram, DeviceKind, Endpoint, EndpointSpec, Mechanism
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "agent.md")
+CNI_DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "cni.md")
 
 
 def _req(**doc) -> bytes:
@@ -169,6 +170,7 @@ def test_every_method_has_a_handler(tmp_path):
         "endpoint.get": {"id": "a"},
         "endpoint.switch": {"id": "a", "attach": "tcx"},
         "upgrade": {"ids": ["a"]},
+        "cni.exec": {"env": {"CNI_COMMAND": "VERSION"}, "stdin": ""},
     }
     for method in protocol.METHODS:
         answer = json.loads(ag.handle_line(_req(id=1, method=method, params=samples.get(method, {}))))
@@ -211,7 +213,95 @@ def test_netns_roots_and_proc_are_settings(tmp_path):
 def test_every_method_and_error_type_is_documented():
     with open(DOCS) as f:
         text = f.read()
+    with open(CNI_DOCS) as f:
+        cni_text = f.read()
     for method in protocol.METHODS:
-        assert re.search(rf"^\| `{re.escape(method)}` \|", text, re.M), f"method {method} is missing from docs/agent.md"
+        # The CNI shim's method is documented with the CNI plugin.
+        doc, where = (cni_text, "docs/cni.md") if method.startswith("cni.") else (text, "docs/agent.md")
+        assert re.search(rf"^\| `{re.escape(method)}` \|", doc, re.M), f"method {method} is missing from {where}"
     for name in protocol.ERROR_TYPES:
         assert f"`{name}`" in text, f"error type {name} is missing from docs/agent.md"
+
+
+# ----------------------------------------------------------------------------------------------
+# cni.exec (nkframe-cni-shim)
+
+
+def _cni(env=None, stdin="{}", **params):
+    p = {"env": {"CNI_COMMAND": "ADD"} if env is None else env, "stdin": stdin, **params}
+    return protocol.parse_request(_req(v=1, id=1, method="cni.exec", params=p))
+
+
+def test_cni_exec_carries_cni_variables_and_stdin_bytes():
+    r = _cni({"CNI_COMMAND": "ADD", "CNI_PATH": "/opt/cni/bin", "CNI_IFNAME": "eth0"}, '{"a": "é"}')
+    assert r.params["env"] == {"CNI_COMMAND": "ADD", "CNI_PATH": "/opt/cni/bin", "CNI_IFNAME": "eth0"}
+    assert r.params["stdin"] == '{"a": "é"}'.encode()
+
+
+def test_cni_exec_escaped_bytes_come_back_exactly():
+    # The shim writes each byte >= 0x80 as \udcXX: valid UTF-8 becomes text again, the rest
+    # stays as os.environ would hold it, and stdin is the original bytes.
+    line = b'{"v":1,"id":1,"method":"cni.exec","params":{"env":{"CNI_IFNAME":"\\udcc3\\udca9\\udcff"},"stdin":"\\udcc3\\udca9\\udcff"}}\n'
+    r = protocol.parse_request(line)
+    assert r.params["env"]["CNI_IFNAME"] == "é\udcff"
+    assert r.params["stdin"] == b"\xc3\xa9\xff"
+
+
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({"PATH": "/bin"}, "not a CNI_* variable"),
+        ({"LD_PRELOAD": "/tmp/x.so"}, "not a CNI_* variable"),
+        ({"CNI_": "x"}, "not a CNI_* variable"),
+        ({"cni_command": "ADD"}, "not a CNI_* variable"),
+        ({"CNI_COMMAND=X": "ADD"}, "not a CNI_* variable"),
+        ({"CNI_" + "A" * 61: "x"}, "not a CNI_* variable"),
+        ({"CNI_COMMAND": 1}, "must be a string"),
+        ({"CNI_ARGS": "a\0b"}, "NUL"),
+        ({"CNI_ARGS": "x" * (protocol.CNI_ENV_VALUE_MAX + 1)}, "longer than"),
+        ({"CNI_ARGS": "\ud800"}, "lone surrogate"),
+        ({f"CNI_X{i}": "" for i in range(protocol.CNI_ENV_MAX_KEYS + 1)}, "at most"),
+        (["CNI_COMMAND=ADD"], "must be an object"),
+    ],
+)
+def test_cni_exec_env_is_only_bounded_cni_variables(env, why):
+    with pytest.raises(ProtocolError, match=re.escape(why)):
+        _cni(env)
+
+
+def test_cni_exec_stdin_is_bounded_text_and_both_params_are_required():
+    with pytest.raises(ProtocolError, match="must be a string"):
+        _cni(stdin={"cniVersion": "1.0.0"})
+    with pytest.raises(ProtocolError, match="longer than"):
+        protocol.validate_params("cni.exec", {"env": {}, "stdin": "x" * (protocol.CNI_STDIN_MAX + 1)})
+    with pytest.raises(ProtocolError, match="'stdin' is required"):
+        protocol.parse_request(_req(method="cni.exec", params={"env": {}}))
+    with pytest.raises(ProtocolError, match="'env' is required"):
+        protocol.parse_request(_req(method="cni.exec", params={"stdin": ""}))
+    with pytest.raises(ProtocolError, match="unknown parameter"):
+        _cni(argv=["x"])
+
+
+def test_cni_exec_is_served_to_root_only(tmp_path):
+    # Peer uids come from SO_PEERCRED; a non-root uid the operator allowed may not have the
+    # agent exec plugins from its own CNI_PATH.
+    ag = _agent(tmp_path, allowed_uids=(0, 1000))
+    line = _req(id=1, method="cni.exec", params={"env": {"CNI_COMMAND": "VERSION"}, "stdin": ""})
+    answer = json.loads(ag.handle_line(line, peer_uid=1000))
+    assert answer["ok"] is False and answer["error"]["type"] == "Refused" and "root only" in answer["error"]["message"]
+    answer = json.loads(ag.handle_line(line, peer_uid=0))
+    assert answer["ok"] is True and answer["result"]["exit"] == 0
+
+
+def test_cni_exec_answer_has_the_shape_the_shim_reads(tmp_path):
+    import base64
+
+    ag = _agent(tmp_path)
+    line = ag.handle_line(_req(id=1, method="cni.exec", params={"env": {"CNI_COMMAND": "VERSION"}, "stdin": '{"cniVersion": "1.0.0"}'}))
+    head = b'{"v":1,"id":1,"ok":true,"result":{"exit":0,"stdout":"'
+    assert line.startswith(head) and line.endswith(b'"}}\n'), line
+    out = json.loads(base64.b64decode(line[len(head):-4]))
+    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
+    # a CNI error is an answer too: exit 1 and the error object on stdout
+    res = json.loads(ag.handle_line(_req(id=1, method="cni.exec", params={"env": {"CNI_COMMAND": "ADD"}, "stdin": "not json"})))["result"]
+    assert res["exit"] == 1 and json.loads(base64.b64decode(res["stdout"]))["code"] == 6
