@@ -1,8 +1,9 @@
-"""Build steps pyproject.toml cannot express: the cffi extension and the BPF objects.
+"""Build steps pyproject.toml cannot express: the cffi extension, the BPF objects and the CNI shim.
 
 The cffi module is built out-of-line against the system's libbpf/libxdp headers.  BPF C under
 ``bpf/`` is compiled with clang into ``nkframe/_objs/`` (next to the sources for an editable
-install, into the wheel otherwise); objects are never committed.
+install, into the wheel otherwise); objects are never committed.  The CNI shim
+(``nkframe/cni/shim.c``) is compiled with cc into ``nkframe/_bin/`` the same way.
 """
 
 from __future__ import annotations
@@ -40,13 +41,25 @@ def compile_bpf(out_dir: Path) -> None:
             subprocess.run([strip, "-g", str(obj)], check=True)
 
 
+SHIM_SRC = ROOT / "nkframe" / "cni" / "shim.c"
+
+
+def compile_shim(out_dir: Path) -> None:
+    """nkframe-cni-shim, the CNI plugin runtimes exec (docs/cni.md): a few KB of C instead of a
+    Python interpreter per pod."""
+    cc = os.environ.get("CC", "cc")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / "nkframe-cni-shim"
+    if exe.exists() and exe.stat().st_mtime >= SHIM_SRC.stat().st_mtime:
+        return
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(SHIM_SRC)], check=True)
+
+
 class BuildExtWithBpf(build_ext):
     def run(self) -> None:
-        if self.inplace:
-            out = ROOT / "nkframe" / "_objs"
-        else:
-            out = Path(self.build_lib) / "nkframe" / "_objs"
-        compile_bpf(out)
+        base = ROOT if self.inplace else Path(self.build_lib)
+        compile_bpf(base / "nkframe" / "_objs")
+        compile_shim(base / "nkframe" / "_bin")
         super().run()
 
 

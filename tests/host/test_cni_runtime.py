@@ -1,4 +1,5 @@
-"""nkframe's CNI plugin as a runtime uses it: the installed ``nkframe-cni`` executable, exec'd with
+"""nkframe's CNI plugin as a runtime uses it: each of its two executables (the Python
+``nkframe-cni``, and ``nkframe-cni-shim``, which has the agent run the commands), exec'd with
 the CNI environment and the configuration on stdin, found through a private CNI_PATH next to
 Debian's ``host-local`` IPAM plugin, against a real agent serving a node namespace on a private
 bpffs; real packets from the pods, then DEL.  Failures after the address was leased leave no
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import nkframe
 from nkframe import netns
 from nkframe.agent.client import AgentClient
 from nkframe.agent.server import Agent
@@ -29,19 +31,24 @@ pytestmark = pytest.mark.root
 
 HOST_LOCAL = "/usr/lib/cni/host-local"
 EXE = Path(sys.executable).parent / "nkframe-cni"
+SHIM = Path(nkframe.__file__).parent / "_bin" / "nkframe-cni-shim"
 NODE_IP = "192.0.2.1"  # the node's uplink address (tests/conftest.py Node)
 SUBNET = "10.77.0.0/24"
 
 
-@pytest.fixture
-def cni_path(tmp_path):
-    """A private CNI_PATH: host-local and our plugin (as type "nkframe"), nothing else."""
+@pytest.fixture(params=["python", "shim"])
+def cni_path(request, tmp_path):
+    """A private CNI_PATH: host-local and our plugin (as type "nkframe"), nothing else; every
+    test runs with each executable."""
     if not os.access(HOST_LOCAL, os.X_OK):
         pytest.skip(f"{HOST_LOCAL} is missing (apt-get install containernetworking-plugins)")
+    exe = EXE if request.param == "python" else SHIM
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"{exe} is missing: make setup builds it")
     d = tmp_path / "cni-bin"
     d.mkdir()
     (d / "host-local").symlink_to(HOST_LOCAL)
-    (d / "nkframe").symlink_to(EXE)
+    (d / "nkframe").symlink_to(exe)
     return str(d)
 
 
@@ -81,8 +88,10 @@ class Harness:
     def run(self, command: str, conf: dict, *, cid: str, pod: str | None, ifname: str = "eth0", args: str = "") -> tuple[int, dict]:
         """Exec the plugin as a runtime does (from the host's namespace: a runtime runs plugins
         in its own); (exit status, decoded stdout or {})."""
+        # NKFRAME_AGENT_SOCKET as a runtime's own environment would carry it: the shim reads no
+        # agentSocket from the configuration (the Python plugin prefers that one).
         environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
-                   "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path}
+                   "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path, "NKFRAME_AGENT_SOCKET": self.socket}
         if pod is not None:
             environ["CNI_NETNS"] = netns.netns_path(pod)
         if args:
