@@ -10,6 +10,7 @@ and p99 are one run, and the figure is the median of the runs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -310,9 +311,11 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
 
 
 class NkframeCniFront:
-    """nkframe's CNI plugin as a runtime runs it: the venv's ``nkframe-cni`` exec'd by type
-    ``nkframe`` from a private CNI_PATH (symlinks to it and to host-local, nothing installed in
-    /usr/lib/cni), with host-local IPAM like ptp, against an agent of its own (its own node)."""
+    """nkframe's CNI plugin as a runtime runs it: ``nkframe-cni-shim`` (the C shim that has the
+    agent run the commands) exec'd by type ``nkframe`` from a private CNI_PATH (symlinks to it
+    and to host-local, nothing installed in /usr/lib/cni), with host-local IPAM like ptp, against
+    an agent of its own (its own node), found through NKFRAME_AGENT_SOCKET as a runtime's
+    environment would carry it."""
 
     name = "cni"
 
@@ -326,10 +329,28 @@ class NkframeCniFront:
         os.symlink(os.path.join(CNI_PATH, "host-local"), os.path.join(self.bin_dir, "host-local"))
         os.symlink(exe, os.path.join(self.bin_dir, "nkframe"))
         self.data_dir = scope.tmpdir("nkbench-ipam-")
-        self.config = dict(ptp_config(self.data_dir), type="nkframe", agentSocket=self.agent.socket)
+        self.config = dict(ptp_config(self.data_dir), type="nkframe")
+        self._stdin = json.dumps(self.config)
 
     def _call(self, cmd: str, i: int, pod: str) -> None:
-        cni_invoke(cmd, self.config, container_id=f"nkbench-{i}", pod_netns=pod, node_netns=self.node.netns, plugin_dir=self.bin_dir)
+        # As nkbench.topo.cni_invoke runs ptp (nsenter into the node, CNI_* and stdin), plus the
+        # socket variable the shim reads instead of the configuration's agentSocket.
+        from nkbench.topo import CniError, in_netns
+        from nkframe import netns
+
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": cmd,
+            "CNI_CONTAINERID": f"nkbench-{i}",
+            "CNI_NETNS": netns.netns_path(pod),
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": self.bin_dir,
+            "NKFRAME_AGENT_SOCKET": self.agent.socket,
+        }
+        r = subprocess.run(in_netns(self.node.netns, os.path.join(self.bin_dir, "nkframe")), input=self._stdin, env=env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise CniError(f"nkframe {cmd} nkbench-{i}: exit {r.returncode}: {r.stdout.strip() or r.stderr.strip()}")
 
     def add(self, i: int, pod: str) -> None:
         self._call("ADD", i, pod)
@@ -339,12 +360,14 @@ class NkframeCniFront:
 
 
 def nkframe_cni_front(scope: Scope, rec: Recorder):
-    """nkframe's own CNI plugin (rows ``endpoint.*.cni``), invoked exactly like ptp but found in
-    a private CNI_PATH next to host-local and pointed at an agent it starts.  One ADD/DEL first
-    proves the set-up; if it fails the rows are skipped with the plugin's answer."""
-    exe = os.path.join(os.path.dirname(sys.executable), "nkframe-cni")
+    """nkframe's own CNI plugin (rows ``endpoint.*.cni``): the shim, invoked exactly like ptp but
+    found in a private CNI_PATH next to host-local and pointed at an agent it starts.  One
+    ADD/DEL first proves the set-up; if it fails the rows are skipped with the plugin's answer."""
+    import nkframe
+
+    exe = os.path.join(os.path.dirname(nkframe.__file__), "_bin", "nkframe-cni-shim")
     if not os.access(exe, os.X_OK):
-        rec.skip("endpoint.*.cni rows", f"no {exe} (install nkframe: make setup)")
+        rec.skip("endpoint.*.cni rows", f"no {exe} (make setup builds it with cc)")
         return None
     try:
         front = NkframeCniFront(scope, exe)
