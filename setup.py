@@ -47,7 +47,7 @@ SHIM_SRC = ROOT / "nkframe" / "cni" / "shim.c"
 def compile_shim(out_dir: Path) -> None:
     """nkframe-cni-shim, the CNI plugin runtimes exec (docs/cni.md): a few KB of C instead of a
     Python interpreter per pod."""
-    cc = os.environ.get("CC", "cc")
+    cc = os.environ.get("CC") or shutil.which("cc") or "clang"  # clang is a build dependency already (BPF)
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = out_dir / "nkframe-cni-shim"
     if exe.exists() and exe.stat().st_mtime >= SHIM_SRC.stat().st_mtime:
