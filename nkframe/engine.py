@@ -588,17 +588,19 @@ class Engine:
             self.layout.ready_marker(spec.id).rmdir()
         except FileNotFoundError:
             pass
+        # The device goes first and takes its programs with it, so the pod never sends a packet
+        # without its programs (policy) while the endpoint is taken apart: detaching first left
+        # a window of ~20 ms (the device deletion) in which a veth pod's traffic reached the
+        # node unfiltered.  Unconfigure comes after it: state it removes (map entries,
+        # counters) can no longer be recreated by the pod's last packets.  The links left
+        # pinned are defunct; detaching them only unpins them.
+        links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
+        faults.point("remove.after_device")
         try:
             self.hook.nkframe_endpoint_unconfigure(ctx=ctx)
         except NkframeError as e:
             log.warning("unconfigure %s: %s", spec.id, e)
         faults.point("remove.after_unconfigure")
-        # The device goes first and takes its programs with it, so the pod never sends a packet
-        # without its programs (policy) while the endpoint is taken apart: detaching first left
-        # a window of ~20 ms (the device deletion) in which a veth pod's traffic reached the
-        # node unfiltered.  The links left pinned are defunct; detaching them only unpins them.
-        links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
-        faults.point("remove.after_device")
         self._detach_pinned("endpoint", spec.id, missing_ok=True)
         faults.point("remove.after_detach")
         pins.remove_tree(self.layout.endpoint_dir(spec.id))

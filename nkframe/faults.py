@@ -25,8 +25,8 @@ ADD_POINTS = (
     "add.after_open",
 )
 REMOVE_POINTS = (
-    "remove.after_unconfigure",
     "remove.after_device",
+    "remove.after_unconfigure",
     "remove.after_detach",
 )
 

@@ -144,8 +144,9 @@ def nkframe_endpoint_configure(ctx: "EndpointContext") -> None:
 def nkframe_endpoint_unconfigure(ctx: "EndpointContext") -> None:
     """Remove what ``nkframe_endpoint_configure`` put outside the endpoint's own pins.
 
-    :param ctx: the endpoint being removed (``ctx.device`` may be ``None``: the device can be
-        gone already).
+    :param ctx: the endpoint being removed.  On removal its device is already deleted (the
+        engine deletes it first, so no packet of the pod runs without its programs and none
+        can recreate what this hook removes); ``ctx.device`` is ``None``.
 
     Called on removal and garbage collection, also when the device or netns is already gone:
     tolerate missing objects.  Entries in shared (global) maps are the usual case.
