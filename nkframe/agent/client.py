@@ -15,14 +15,13 @@ import errno
 import itertools
 import json
 import os
-import socket
 import sys
 import threading
 from typing import Any, Iterable
 
 import attrs
 
-from nkframe.agent import DEFAULT_SOCKET, protocol
+from nkframe.agent import DEFAULT_SOCKET, protocol, wire
 from nkframe.agent.protocol import AgentUnavailable
 from nkframe.engine import ReconcileReport
 from nkframe.types import AttachMode, Endpoint, EndpointSpec
@@ -59,27 +58,21 @@ class AgentClient:
         self.attach = AttachMode(str(attach).lower())
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(self.socket_path)
-        except FileNotFoundError:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent socket at {self.socket_path} (start one: nkframe agent run)") from None
-        except ConnectionRefusedError:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent listens on {self.socket_path} (a stale socket of a stopped agent; start one: nkframe agent run)") from None
-        except PermissionError:
-            self._sock.close()
-            raise PermissionError(errno.EACCES, f"cannot connect to the agent at {self.socket_path}: permission denied (the socket is root-only)") from None
-        self._rfile = self._sock.makefile("rb")
+            self._conn = wire.Connection(self.socket_path, timeout)
+        except wire.WireError as e:
+            path = self.socket_path
+            if e.kind == wire.MISSING:
+                raise AgentUnavailable(f"no agent socket at {path} (start one: nkframe agent run)") from None
+            if e.kind == wire.STALE:
+                raise AgentUnavailable(f"no agent listens on {path} (a stale socket of a stopped agent; start one: nkframe agent run)") from None
+            if e.kind == wire.DENIED:
+                raise PermissionError(errno.EACCES, f"cannot connect to the agent at {path}: permission denied (the socket is root-only)") from None
+            raise e.error from None  # anything else is not "no agent": the caller sees it as it is
 
     # -- plumbing
     def close(self) -> None:
-        try:
-            self._rfile.close()
-        finally:
-            self._sock.close()
+        self._conn.close()
 
     def __enter__(self) -> "AgentClient":
         return self
@@ -93,14 +86,12 @@ class AgentClient:
             rid = next(self._ids)
             line = protocol.encode_request(method, params, id=rid, target=self.target)
             try:
-                self._sock.sendall(line)
-                raw = self._rfile.readline(protocol.MAX_LINE * 64)
-            except TimeoutError:
-                raise AgentUnavailable(f"the agent at {self.socket_path} did not answer {method} in time") from None
-            except OSError as e:
-                raise AgentUnavailable(f"lost the connection to the agent at {self.socket_path} during {method} ({e}); if it was an add or remove, check the endpoint again once an agent runs") from None
-            if not raw:
-                raise AgentUnavailable(f"the agent at {self.socket_path} closed the connection during {method}; if it was an add or remove, check the endpoint again once an agent runs")
+                raw = self._conn.roundtrip(line, protocol.MAX_LINE * 64)
+            except wire.WireError as e:
+                if e.kind == wire.TIMEOUT:
+                    raise AgentUnavailable(f"the agent at {self.socket_path} did not answer {method} in time") from None
+                broke = f"lost the connection to the agent at {self.socket_path} during {method} ({e.detail})" if e.kind == wire.LOST else f"the agent at {self.socket_path} closed the connection during {method}"
+                raise AgentUnavailable(f"{broke}; if it was an add or remove, check the endpoint again once an agent runs") from None
         doc = json.loads(raw)
         if doc.get("ok"):
             if doc.get("id") != rid:

@@ -1,7 +1,7 @@
 """A minimal client of the nkframe agent for the CNI plugin.
 
-It speaks the agent's wire protocol (JSON lines over its Unix socket, ``docs/agent.md``) with
-``socket`` and ``json`` only: :class:`nkframe.agent.client.AgentClient` decodes answers into
+It speaks the agent's wire protocol (JSON lines over its Unix socket, ``docs/agent.md``) through
+the shared transport :mod:`nkframe.agent.wire` and ``json`` only: :class:`nkframe.agent.client.AgentClient` decodes answers into
 Engine value types and imports the Engine's modules for it, which would cost the plugin, exec'd
 once per pod and operation, more than the request itself.  Endpoints stay plain dicts here.
 
@@ -13,8 +13,8 @@ name, e.g. ``EndpointNotFound``); :func:`cni_error` turns the latter into a CNI 
 from __future__ import annotations
 
 import json
-import socket
 
+from nkframe.agent import wire
 from nkframe.cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENVIRONMENT, TRY_AGAIN_LATER, CniError
 
 PROTOCOL = 1
@@ -44,30 +44,20 @@ class Agent:
     def __init__(self, path: str, timeout: float = 120.0):
         self.path = path
         self._id = 0
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(path)
-        except FileNotFoundError:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent socket at {path}; start the agent (nkframe agent run) or set agentSocket") from None
-        except ConnectionRefusedError:
-            self._sock.close()
-            raise AgentUnavailable(f"no agent listens on {path} (the socket of a stopped agent); start it: nkframe agent run") from None
-        except PermissionError:
-            self._sock.close()
-            raise CniError(INTERNAL, "permission denied on the nkframe agent's socket",
-                           f"cannot connect to {path}: the agent serves root only; run the runtime's CNI calls as root") from None
-        except OSError as e:
-            self._sock.close()
-            raise AgentUnavailable(f"cannot connect to the agent at {path}: {e}") from None
-        self._rfile = self._sock.makefile("rb")
+            self._conn = wire.Connection(path, timeout)
+        except wire.WireError as e:
+            if e.kind == wire.MISSING:
+                raise AgentUnavailable(f"no agent socket at {path}; start the agent (nkframe agent run) or set agentSocket") from None
+            if e.kind == wire.STALE:
+                raise AgentUnavailable(f"no agent listens on {path} (the socket of a stopped agent); start it: nkframe agent run") from None
+            if e.kind == wire.DENIED:
+                raise CniError(INTERNAL, "permission denied on the nkframe agent's socket",
+                               f"cannot connect to {path}: the agent serves root only; run the runtime's CNI calls as root") from None
+            raise AgentUnavailable(f"cannot connect to the agent at {path}: {e.detail}") from None
 
     def close(self) -> None:
-        try:
-            self._rfile.close()
-        finally:
-            self._sock.close()
+        self._conn.close()
 
     def __enter__(self) -> "Agent":
         return self
@@ -80,14 +70,13 @@ class Agent:
         self._id += 1
         line = json.dumps({"v": PROTOCOL, "id": self._id, "method": method, "params": params}, separators=(",", ":")).encode() + b"\n"
         try:
-            self._sock.sendall(line)
-            raw = self._rfile.readline(MAX_ANSWER)
-        except TimeoutError:
-            raise AgentUnavailable(f"the agent at {self.path} did not answer {method} in time") from None
-        except OSError as e:
-            raise AgentUnavailable(f"lost the connection to the agent at {self.path} during {method} ({e})") from None
-        if not raw:
-            raise AgentUnavailable(f"the agent at {self.path} closed the connection during {method}")
+            raw = self._conn.roundtrip(line, MAX_ANSWER)
+        except wire.WireError as e:
+            if e.kind == wire.TIMEOUT:
+                raise AgentUnavailable(f"the agent at {self.path} did not answer {method} in time") from None
+            if e.kind == wire.LOST:
+                raise AgentUnavailable(f"lost the connection to the agent at {self.path} during {method} ({e.detail})") from None
+            raise AgentUnavailable(f"the agent at {self.path} closed the connection during {method}") from None
         try:
             doc = json.loads(raw)
         except ValueError:
