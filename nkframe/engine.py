@@ -291,7 +291,7 @@ class Engine:
         for (obj_path, globs), members in groups.items():
             map_paths = self._map_paths(ctx, members)
             shared = all(s.shared for s in members)
-            key = (obj_path, progcache.file_id(obj_path), globs, tuple(sorted(map_paths.items())))
+            key = (obj_path, progcache.file_id(obj_path), globs, tuple(sorted(map_paths.items()))) if shared else None
             if shared and not fresh and key in self._shared:
                 self._shared.move_to_end(key)
                 obj = self._shared[key]

@@ -17,7 +17,7 @@ import attrs
 
 from nkframe import objects
 from nkframe.context import EndpointContext
-from nkframe.errors import EndpointExists, InvalidSpec, NkframeError
+from nkframe.errors import EndpointExists, InvalidSpec
 from nkframe.types import DeviceHook, DeviceKind, DeviceMode, EndpointSpec, Hook, ProgramSpec
 
 from . import layout
@@ -297,35 +297,33 @@ def endpoints_map_path(bpffs_root: str) -> str:
 
 
 def unconfigure(ctx: EndpointContext) -> None:
-    """Forget the endpoint's addresses and node routes; whatever is already gone is fine."""
-    from nkframe import bpf
-    from nkframe.netlink import links
+    """Forget the endpoint's addresses and its counter slot; whatever is already gone is fine.
 
-    spec = ctx.spec
-    owner = layout.owner_tag(spec.id)
+    The engine deletes the device before this runs, and the node's host routes through it went
+    with it, so there is no route to remove here.
+    """
+    from nkframe import bpf
+
+    owner = layout.owner_tag(ctx.spec.id)
     path = endpoints_map_path(ctx.bpffs_root)
     ifindexes = set()
     if os.path.exists(path):
         with bpf.Map.from_pin(path) as m:
-            for a in spec.addresses:
+            for a in ctx.spec.addresses:
                 key = layout.endpoint_key(a.ip)
                 raw = m.lookup(key)
-                if raw is not None and EndpointEntry.unpack(raw).owner == owner:
-                    ifindexes.add(EndpointEntry.unpack(raw).ifindex)
-                _entry_deleter(m, key, owner)()
-    if ctx.device is not None and ctx.device.node_ifindex:
-        ifindexes.add(ctx.device.node_ifindex)
+                if raw is None:
+                    continue
+                entry = EndpointEntry.unpack(raw)
+                if entry.owner == owner:  # never another endpoint's entry for the address
+                    ifindexes.add(entry.ifindex)
+                    m.delete(key)
     stats = stats_map_path(ctx.bpffs_root)
     if ifindexes and os.path.exists(stats):
         # The device's counters go with it (a later device may get the same ifindex).
         with bpf.Map.from_pin(stats) as m:
             for idx in ifindexes:
                 m.delete(struct.pack("<I", idx))
-    for a in spec.addresses:
-        try:
-            links.del_route(f"{a.ip}/{a.max_prefixlen}", dev=spec.node_ifname, netns=ctx.node_netns, missing_ok=True)
-        except NkframeError as e:  # the device (and with it the route) may be gone
-            log.debug("endpoint %s: route %s: %s", spec.id, a.ip, e)
 
 
 # --------------------------------------------------------------------------------------------
