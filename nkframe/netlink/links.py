@@ -317,9 +317,7 @@ def _session(netns: str | None, ipr: Any = None) -> Iterator[RtnlSocket]:
     if socks is not None and netns in socks:
         yield socks[netns]
         return
-    if netns is not None and not _netns_exists(netns):
-        raise _netns_missing(netns)
-    sock = open_rtnl(netns)
+    sock = open_rtnl(netns)  # NetnsNotFound for a missing namespace (netns.enter checks)
     if socks is not None:
         socks[netns] = sock  # closed when the batch ends
         yield sock
