@@ -252,7 +252,7 @@ class GenlSocket:
         # Same rule as rtnetlink: the socket is made inside the namespace, never by a helper that
         # might create a missing one.
         with _netns.enter(netns):
-            self._nl = nlsock.RtnlSocket(NETLINK_GENERIC)
+            self._nl = nlsock.NetlinkSocket(NETLINK_GENERIC)
         self.netns = netns
 
     @property

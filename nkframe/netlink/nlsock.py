@@ -127,8 +127,9 @@ def extack_of(payload: bytes, flags: int) -> str:
 # the socket
 
 
-class RtnlSocket:
-    """A blocking NETLINK_ROUTE socket, bound for life to the namespace it was created in.
+class NetlinkSocket:
+    """A blocking netlink socket (NETLINK_ROUTE unless told otherwise; netdev.py uses it for
+    generic netlink), bound for life to the namespace it was created in.
 
     One request at a time (callers hold it per thread); every request carries NLM_F_ACK (or is
     a dump), so a reply sequence always ends with the kernel's ack, error or NLMSG_DONE.
@@ -150,7 +151,7 @@ class RtnlSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RtnlSocket":
+    def __enter__(self) -> "NetlinkSocket":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,12 +191,15 @@ class RtnlSocket:
                 replies.append((rtype, body))
 
 
-def open_rtnl(netns: str | None) -> RtnlSocket:
+RtnlSocket = NetlinkSocket  # the rtnetlink users' name for it
+
+
+def open_rtnl(netns: str | None) -> NetlinkSocket:
     """An rtnetlink socket talking to ``netns`` (None: the caller's own namespace)."""
     from nkframe import netns as _netns
 
     with _netns.enter(netns):
-        return RtnlSocket()
+        return NetlinkSocket()
 
 
 def encoded(msg: Any) -> bytes:
