@@ -3,8 +3,12 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
+# Every Debian package a test, the demo or the bench uses.  Tests that need one call
+# tests/requires.py, which fails (not skips) under CI=true when it is missing.
 APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config \
-                iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz
+                iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz \
+                containernetworking-plugins
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 KERNEL ?= 6.12
 K ?=
 
@@ -12,11 +16,11 @@ K ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.apt-ok:
+$(VENV)/.apt-ok: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requires
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
@@ -95,7 +96,7 @@ def test_report_writers_on_synthetic_figures(tmp_path):
     text = docs.read_text()
     assert "`endpoint.add.p50.engine` | 65.0 ± 10.0 ms | 2 | `ptp.add.p50`" in text
     assert "afxdp: a reason" in text
-    pytest.importorskip("matplotlib")
+    requires.module("matplotlib", "matplotlib (pip, the bench extra)")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "endpoint.add.p50.engine" in report.table(rec)
 

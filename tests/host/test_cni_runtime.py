@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requires
 
 import nkframe
 from nkframe import netns
@@ -40,8 +41,7 @@ SUBNET = "10.77.0.0/24"
 def cni_path(request, tmp_path):
     """A private CNI_PATH: host-local and our plugin (as type "nkframe"), nothing else; every
     test runs with each executable."""
-    if not os.access(HOST_LOCAL, os.X_OK):
-        pytest.skip(f"{HOST_LOCAL} is missing (apt-get install containernetworking-plugins)")
+    requires.tool(HOST_LOCAL, "containernetworking-plugins")
     exe = EXE if request.param == "python" else SHIM
     if not os.access(exe, os.X_OK):
         pytest.fail(f"{exe} is missing: make setup builds it")

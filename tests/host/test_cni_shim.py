@@ -11,6 +11,7 @@ import os
 import subprocess
 
 import pytest
+import requires
 from test_cni_runtime import HOST_LOCAL, SHIM, Harness
 
 from nkframe import netns
@@ -21,8 +22,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def shim(node, bpffs_root, tmp_path):
-    if not os.access(HOST_LOCAL, os.X_OK):
-        pytest.skip(f"{HOST_LOCAL} is missing (apt-get install containernetworking-plugins)")
+    requires.tool(HOST_LOCAL, "containernetworking-plugins")
     if not os.access(SHIM, os.X_OK):
         pytest.fail(f"{SHIM} is missing: make setup builds it")
     d = tmp_path / "cni-bin"

@@ -8,6 +8,7 @@ import struct
 from types import SimpleNamespace
 
 import pytest
+import requires
 from click.testing import CliRunner
 
 from nkframe import hookimpl, objects
@@ -69,8 +70,8 @@ def test_graph_dot_names_the_real_chain(engine, node, bpffs_root):
     assert f"netns {node.netns}" in dot
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed (apt-get install graphviz)")
 def test_graph_svg_and_png_files(engine, node, bpffs_root, tmp_path):
+    requires.tool("dot", "graphviz")
     svg_path, png_path = tmp_path / "node.svg", tmp_path / "node.png"
     for path in (svg_path, png_path):
         res = _cli(node, bpffs_root, "graph", "-o", str(path))

@@ -8,6 +8,7 @@ import re
 import shutil
 
 import pytest
+import requires
 from click.testing import CliRunner
 
 from nkframe import graph
@@ -107,10 +108,12 @@ def test_missing_graphviz_is_not_supported_with_a_way_out(monkeypatch):
     assert "apt-get install graphviz" in err.value.reason and "--format dot" in err.value.reason
 
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed (apt-get install graphviz)")
+@pytest.fixture
+def needs_dot():
+    requires.tool("dot", "graphviz")
 
 
-@needs_dot
+@pytest.mark.usefixtures("needs_dot")
 def test_graphviz_accepts_the_dot_and_renders_svg_and_png():
     dot = graph.to_dot(_status())
     svg = html.unescape(graph.render(dot, "svg").decode())  # Graphviz writes '-' as &#45;
@@ -126,7 +129,7 @@ def test_graphviz_accepts_the_dot_and_renders_svg_and_png():
     assert res.returncode == 0 and res.stderr == b"", res.stderr.decode()
 
 
-@needs_dot
+@pytest.mark.usefixtures("needs_dot")
 def test_broken_dot_is_an_error_with_graphviz_message():
     from nkframe.errors import NkframeError
 
