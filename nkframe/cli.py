@@ -373,7 +373,9 @@ def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
     specstore.encode(new_spec)  # too big for the stored spec: refuse before anything changes
     root, spec_path = str(eng.layout.root), eng.layout.spec_path(endpoint_id)
     had_policy = old_spec.options.get("policy") is not None
-    policy_plugin.apply(root, endpoint_id, pol)
+    # The addresses go in with the policy: the uplink program judges outside->pod packets by
+    # them from this moment on, before the endpoint's own programs are attached below.
+    policy_plugin.apply(root, endpoint_id, pol, addresses=[a.ip for a in old_spec.addresses])
     try:
         specstore.replace(spec_path, new_spec)
         if not had_policy:

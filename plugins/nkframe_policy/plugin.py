@@ -106,9 +106,19 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
     policy_maps(ctx.bpffs_root).remove(ctx.spec.id)
 
 
-def apply(bpffs_root: str, endpoint_id: str, policy: Policy | dict) -> None:
-    """Replace an endpoint's policy in place (atomic from the packet's view)."""
-    policy_maps(bpffs_root).apply(endpoint_id, policy)
+def apply(bpffs_root: str, endpoint_id: str, policy: Policy | dict, addresses=None) -> None:
+    """Replace an endpoint's policy in place (atomic from the packet's view).
+
+    ``addresses`` (the endpoint's IPs or interfaces) enter ``nk_pol_addrs`` too, so the uplink
+    program judges packets from outside the node by this policy.  Callers giving a policy to
+    an endpoint that had none must pass them: without them the uplink let every packet from
+    outside through (the L3 datapath delivers those with bpf_redirect_peer(), which skips the
+    to-pod hook) while the endpoint's own programs judged only pod and node traffic.
+    """
+    pm = policy_maps(bpffs_root)
+    pm.apply(endpoint_id, policy)
+    if addresses is not None:
+        pm.set_addresses(endpoint_id, addresses)
 
 
 def counters(bpffs_root: str, endpoint_id: str):

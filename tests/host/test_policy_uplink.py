@@ -172,3 +172,59 @@ def test_uplink_ignores_other_destinations_and_forgets_removed_endpoints(cluster
     assert pm.addresses("pod-a") == set()
     with bpf.Map.from_pin(f"{bpffs_root}/globals/maps/nk_pol_addrs") as m:
         assert list(m.keys()) == []
+
+
+@pytest.fixture(params=["auto", "tc"])
+def bare_cluster(request, node, bpffs_root):
+    """Like ``cluster``, but the pod is created WITHOUT a policy (it gets one later)."""
+    links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
+    links.add_route("fd00:230::/64", via="2001:db8:ff::1", netns=node.outside)
+    eng = Engine(node.netns, bpffs_root, plugin_objects=[nkframe_l3, policy_plugin],
+                 autoload=False, uplink=node.uplink, attach=request.param)
+    try:
+        eng.setup_uplink()
+        pod = node.pod()
+        eng.add_endpoint(EndpointSpec(id="pod-a", netns=pod, addresses=[f"{POD4}/32", f"{POD6}/128"]))
+        _wait_dad(node.netns, node.outside, pod)
+        yield node, eng, pod, request.param
+    finally:
+        for eid in list(eng.layout.endpoint_ids()):
+            eng.remove_endpoint(eid)
+        eng.teardown_uplink()
+        policy_plugin.forget(bpffs_root)
+
+
+def test_policy_applied_after_creation_is_enforced_from_outside(bare_cluster, bpffs_root, tmp_path):
+    """Issue 19: an endpoint created without a policy and given one with `nkframe policy apply`
+    used to receive every packet from outside the node (its addresses never reached the
+    uplink program's map).  Real traffic from the outside namespace, before and after."""
+    import json
+
+    from click.testing import CliRunner
+
+    from nkframe.cli import cli
+
+    node, eng, pod, attach = bare_cluster
+    # No policy yet: everything from outside reaches the pod.
+    for dst in (POD4, POD6):
+        assert udp_probe(node.outside, pod, dst, CLOSED, count=3) == 3
+    path = tmp_path / "deny.json"
+    path.write_text(json.dumps(POLICY))
+    res = CliRunner().invoke(cli, ["--netns", node.netns, "--bpffs-root", bpffs_root, "--attach", attach,
+                                   "--no-agent", "policy", "apply", "pod-a", "-f", str(path)])
+    assert res.exit_code == 0, res.output
+    pm = policy_plugin.policy_maps(bpffs_root)
+    assert {str(a) for a in pm.addresses("pod-a")} == {POD4, POD6}
+    for dst in (POD4, POD6):
+        before = _counters(bpffs_root)
+        assert udp_probe(node.outside, pod, dst, CLOSED, count=3, timeout=0.5) == 0
+        assert _counters(bpffs_root)["udp_deny"] - before["udp_deny"] >= 3
+        assert not tcp_connect(node.outside, pod, dst, CLOSED, timeout=1.0)
+        assert udp_probe(node.outside, pod, dst, OPEN, count=3) == 3
+        assert tcp_connect(node.outside, pod, dst, OPEN, timeout=2.5)
+    # With the datapath forced to redirect_peer (skipping the to-pod programs) the uplink
+    # program alone still judges.
+    _redirect_peer_only(bpffs_root)
+    for dst in (POD4, POD6):
+        assert udp_probe(node.outside, pod, dst, CLOSED, count=3, timeout=0.5) == 0
+        assert udp_probe(node.outside, pod, dst, OPEN, count=3) == 3
