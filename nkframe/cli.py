@@ -390,6 +390,50 @@ def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
     return pol
 
 
+@policy.command("remove")
+@click.argument("endpoint_id")
+@click.pass_context
+def policy_remove(ctx, endpoint_id) -> None:
+    """Take ENDPOINT_ID's policy away: its policy programs are detached, its slot and addresses
+    leave the policy maps, and its spec no longer carries one.  Afterwards every packet to and
+    from the endpoint passes (as for an endpoint created without a policy)."""
+    try:
+        from nkframe_policy import plugin as policy_plugin
+    except ImportError as e:
+        raise errors.PluginError(f"the policy plugin (nkframe_policy) is not installed: {e}") from None
+    if _remove_policy(_engine(ctx), endpoint_id, policy_plugin):
+        click.echo(f"policy of endpoint {endpoint_id} removed")
+    else:
+        click.echo(f"endpoint {endpoint_id} has no policy; nothing to remove")
+
+
+def _remove_policy(eng, endpoint_id: str, policy_plugin) -> bool:
+    """The reverse of :func:`_apply_policy`: spec first, then the chain without the policy
+    programs (an in-place upgrade), then the maps.  The programs keep judging by the old
+    policy until they are detached, so nothing passes early; a failure puts the spec back."""
+    import attrs
+
+    from nkframe import specstore
+
+    ep = eng.get_endpoint(endpoint_id)
+    old_spec = ep.spec
+    if old_spec.options.get("policy") is None:
+        return False
+    if eng.pm.get_plugin("policy") is None:
+        raise errors.PluginError("the policy plugin is not loaded (NKFRAME_PLUGINS or NKFRAME_DISABLE_PLUGIN_AUTOLOAD leave it out)")
+    options = {k: v for k, v in old_spec.options.items() if k != "policy"}
+    new_spec = attrs.evolve(old_spec, options=options)
+    spec_path = eng.layout.spec_path(endpoint_id)
+    specstore.replace(spec_path, new_spec)
+    try:
+        eng.upgrade([endpoint_id])
+    except BaseException:
+        specstore.replace(spec_path, old_spec)
+        raise
+    policy_plugin.policy_maps(str(eng.layout.root)).remove(endpoint_id)
+    return True
+
+
 @cli.command()
 @click.option("--endpoint", "endpoint_id", default=None, help="Only events of this endpoint.")
 @click.option("--reason", "reasons", multiple=True,

@@ -27,8 +27,9 @@ action (``allow`` or ``deny``):
   other than TCP/UDP also have unknown ports.
 * IPv6 extension headers stepped over: hop-by-hop (0), routing (43), destination options (60),
   AH (51) and fragment (44).  ESP (50) and anything else ends the chain and is the protocol.
-* An endpoint whose policy has not been applied (or was removed) drops IP packets with reason
-  ``no_policy``: the policy fails closed.
+* An endpoint created without a policy has no policy programs and passes everything.  The
+  policy *programs* fail closed: one whose endpoint's slot holds no compiled policy drops IP
+  packets with reason ``no_policy``.  docs/policy.md is the user's statement of this contract.
 * The policy is stateless: replies are judged like any other packet.
 
 Allowed packets return -1 ("continue": TC_ACT_UNSPEC / TCX_NEXT / NETKIT_NEXT) so the next

@@ -14,9 +14,22 @@ import yaml
 from .model import PolicyError
 
 
+#: Bounds on what a policy document may be: far above any real policy (10,000 rules are ~600 KB
+#: of YAML and nest 4 deep), far below what would exhaust the interpreter.  A YAML alias is
+#: counted each time it is used, so an alias bomb (a few lines that expand to billions of items)
+#: stops at MAX_ITEMS instead of filling the memory.
+MAX_BYTES = 16 << 20
+MAX_DEPTH = 32
+MAX_ITEMS = 1_000_000
+
+
 def load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    if len(text) > MAX_BYTES:
+        raise PolicyError(f"the policy document is {len(text)} bytes; at most {MAX_BYTES} are accepted")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise PolicyError(f"the document nests too deeply (a policy nests at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -25,10 +38,18 @@ def load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
     lines: dict[tuple, int] = {}
     if node is None:
         return None, lines
-    return _build(node, (), lines), lines
+    budget = [MAX_ITEMS]
+    return _build(node, (), lines, budget), lines
 
 
-def _build(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
+def _build(node: yaml.Node, path: tuple, lines: dict[tuple, int], budget: list[int]) -> Any:
+    if len(path) > MAX_DEPTH:
+        raise PolicyError(f"the document nests more than {MAX_DEPTH} levels deep",
+                          (), node.start_mark.line + 1)
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PolicyError(f"the document expands to more than {MAX_ITEMS} items "
+                          f"(YAML aliases count each time they are used)", (), node.start_mark.line + 1)
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -38,12 +59,12 @@ def _build(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
                 raise PolicyError(
                     f"key {key!r} appears twice", path + (key,), key_node.start_mark.line + 1
                 )
-            out[key] = _build(value_node, path + (key,), lines)
+            out[key] = _build(value_node, path + (key,), lines, budget)
             # An error about the key itself (unknown field) points at the key's line.
             lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, path + (i,), lines) for i, item in enumerate(node.value)]
+        return [_build(item, path + (i,), lines, budget) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 

@@ -381,11 +381,18 @@ class Policy:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Policy":
-        if d is None:
-            d = {}
+        fields = ("ingress", "egress", "default_ingress", "default_egress")
+        if d is None or (isinstance(d, Mapping) and not d):
+            # An empty file, a comment-only file or `null` once replaced a deny policy with
+            # allow/allow: a policy must say what it means.
+            raise PolicyError(
+                "the policy is empty; a policy must set at least one of "
+                f"{', '.join(fields)} (to allow everything, write 'default_ingress: allow' and "
+                "'default_egress: allow'; to take an endpoint's policy away, use "
+                "'nkframe policy remove')"
+            )
         if not isinstance(d, Mapping):
             raise PolicyError(f"a policy must be a mapping, not {type(d).__name__}")
-        fields = ("ingress", "egress", "default_ingress", "default_egress")
         unknown = set(d) - set(fields)
         if unknown:
             name = sorted(map(str, unknown))[0]

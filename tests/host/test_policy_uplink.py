@@ -228,3 +228,29 @@ def test_policy_applied_after_creation_is_enforced_from_outside(bare_cluster, bp
     for dst in (POD4, POD6):
         assert udp_probe(node.outside, pod, dst, CLOSED, count=3, timeout=0.5) == 0
         assert udp_probe(node.outside, pod, dst, OPEN, count=3) == 3
+
+
+def test_policy_remove_takes_the_policy_away_everywhere(cluster, bpffs_root):
+    """`nkframe policy remove`: the programs go, the slot and addresses leave the maps, the
+    spec loses the policy, and traffic from outside the node passes again."""
+    from click.testing import CliRunner
+
+    from nkframe.cli import cli
+
+    node, eng, pod = cluster
+    assert udp_probe(node.outside, pod, POD4, CLOSED, count=3, timeout=0.5) == 0
+    attach = eng.get_endpoint("pod-a").programs[0].mechanism.value
+    args = ["--netns", node.netns, "--bpffs-root", bpffs_root, "--no-agent",
+            "--attach", "tc" if attach == "tc" else "auto", "policy", "remove", "pod-a"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "removed" in res.output
+    ep = eng.get_endpoint("pod-a")
+    assert "policy" not in ep.spec.options
+    assert not [p for p in ep.programs if p.name.startswith("policy_")], ep.programs
+    assert policy_plugin.policy_maps(bpffs_root).addresses("pod-a") == set()
+    for dst in (POD4, POD6):
+        assert udp_probe(node.outside, pod, dst, CLOSED, count=3) == 3
+    # A second remove is a no-op that says so.
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "no policy" in res.output, res.output

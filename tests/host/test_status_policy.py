@@ -66,7 +66,7 @@ def node_with_pods(node, bpffs_root):
     eng = Engine(node.netns, bpffs_root, plugins=["policy"])
     links.add_address("lo", f"{NODE_IP}/32", netns=node.netns)
     pods = {}
-    for i, (eid, options) in enumerate((("with", {"policy": {}}), ("without", {}))):
+    for i, (eid, options) in enumerate((("with", {"policy": {"default_ingress": "allow", "default_egress": "allow"}}), ("without", {}))):
         pod = node.pod(eid[:4])
         ip = f"10.94.0.{10 + i}"
         ep = eng.add_endpoint(EndpointSpec(id=eid, netns=pod, addresses=[f"{ip}/32"], options=options))

@@ -144,7 +144,8 @@ def test_defaults_and_round_trip():
     assert p.default(Direction.INGRESS) is Action.DENY
     assert p.default(Direction.EGRESS) is Action.ALLOW
     assert Policy.from_dict(p.to_dict()) == p
-    assert Policy.from_dict(None) == Policy.allow_all()
+    # An explicit allow-all is a policy; an empty one is refused (see below).
+    assert Policy.from_dict({"default_ingress": "allow", "default_egress": "allow"}) == Policy.allow_all()
 
 
 YAML_OK = """\
@@ -190,5 +191,22 @@ def test_yaml_errors_name_the_line(text, line, message):
     assert str(info.value).startswith(f"line {line}: ")
 
 
-def test_empty_yaml_is_allow_all():
-    assert Policy.from_yaml("") == Policy()
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "null", "~", "{}", "---\n...\n"])
+def test_an_empty_policy_document_is_refused(text):
+    with pytest.raises(PolicyError, match="the policy is empty.*default_ingress: allow"):
+        Policy.from_yaml(text)
+    with pytest.raises(PolicyError, match="the policy is empty"):
+        Policy.from_dict(None)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[" * 5000 + "]" * 5000, "nests"),
+    ("ingress:\n" + "  " + "[" * 40 + "]" * 40 + "\n", "nests more than"),
+    # An alias bomb: 9 levels of 10 aliases each expand to 10**9 items.
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
+     "expands to more than"),
+])
+def test_hostile_yaml_is_one_error(text, match):
+    with pytest.raises(PolicyError, match=match):
+        Policy.from_yaml(text)
