@@ -26,6 +26,8 @@ Environment:
   NKFRAME_VM_KVM         1: use KVM (not available on our machines: nested KVM fails)
   NKFRAME_VM_QEMU_OPTS   extra QEMU arguments, e.g. "-cpu qemu64"
   NKFRAME_VM_APPEND      extra guest kernel arguments, e.g. "mitigations=off"
+  NKFRAME_KERNEL_6_12    pin a series to one release, e.g. 6.12.117+deb12-amd64 (likewise
+  NKFRAME_KERNEL_6_1     for every series); by default each tier takes the newest Debian offers
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ GUEST_MODULES = ("veth", "sch_ingress", "cls_bpf", "act_bpf", "dummy", "tun")
 #: 6-10); alone it should take a third of that.  The limit is there to stop a hung guest, not to
 #: fail a slow one: CI's own limit is 90 min.
 DEFAULT_TIMEOUT = 1200.0
+#: QEMU's TCG threading for the guests.  With "multi" (MTTCG, QEMU's default for an x86 guest
+#: on an x86 host) Debian's 6.12.118 guest once died in the vm-netkit tier with
+#: "Oops: int3 ... RIP: __dev_queue_xmit+0x197" under traffic while programs were attached and
+#: detached: an int3 the kernel's own int3 handler did not claim.  The kernel patches static
+#: branches (the TCX/netkit egress keys in __dev_queue_xmit flip on the first attachment and
+#: off after the last) with text_poke_bp(): int3 first, IPIs to serialise every CPU, then the
+#: new bytes, then the int3 is removed; a CPU that executes the int3 after the patch has
+#: finished finds no patch in progress and oopses.  On hardware the IPIs make that impossible;
+#: with MTTCG another vCPU can run a translation of the page that still holds the int3.  With
+#: "single" one host thread runs every vCPU in turn, so no vCPU executes while another writes
+#: kernel text.  docs/compat.md has the measured cost.  NKFRAME_VM_TCG_THREAD=multi restores
+#: QEMU's default (to reproduce).
+TCG_THREAD = "single"
 #: What a boot, the module loads and the fast-path image mount may take before pytest starts.
 BOOT_ALLOWANCE = 150.0
 
@@ -121,6 +136,16 @@ def series_for(version: str) -> KernelSeries:
         f"unknown kernel {version!r}: use one of {', '.join(SERIES)} "
         f"or a full release such as 6.12.117+deb12-amd64"
     )
+
+
+def pin_variable(series: KernelSeries) -> str:
+    """The environment variable that pins a series to one release: ``NKFRAME_KERNEL_6_12``.
+
+    Debian's archive replaces a series' package within days (6.12.117 by 6.12.118), so the tiers
+    float to the newest by default; a developer reproducing a failure pins the release it ran on
+    (printed by every tier).  A pinned release must be in the cache or still in apt's lists.
+    """
+    return "NKFRAME_KERNEL_" + re.sub(r"\W", "_", series.name)
 
 
 def release_key(release: str) -> tuple[int, ...]:
@@ -259,6 +284,13 @@ def ensure_kernel(
     cache = cache or cache_root()
     cache.mkdir(parents=True, exist_ok=True)
     exact = None if version in SERIES else version
+    pinned = os.environ.get(pin_variable(series), "").strip()
+    if exact is None and pinned:
+        if not series.matches_release(pinned):
+            raise VmError(f"{pin_variable(series)}={pinned!r} is not a release of the "
+                          f"{series.name} series (e.g. {series.description or series.name})")
+        log(f"nkframe-vm: {series.name} pinned to {pinned} by {pin_variable(series)}")
+        exact = pinned
 
     if exact is not None:
         package = f"linux-image-{exact}-unsigned"
@@ -342,6 +374,9 @@ def _download_and_unpack(package: str, release: str, target: Path, log: Log) -> 
 STATUS_FILE = "exit-status"
 CONSOLE_LOG = "console.log"
 DMESG_FILE = "dmesg.txt"
+#: JSON lines the guest's pytest plugin appends as each test starts and ends (see
+#: tests/vm/pytest_nkframe_vm.py): what survives a guest that dies before pytest writes JUnit.
+PROGRESS_FILE = "progress.jsonl"
 GUEST_SCRIPT = "guest-run.sh"
 BEGIN_MARK = "nkframe-vm: begin"
 END_MARK = "nkframe-vm: end"
@@ -597,6 +632,7 @@ def build_vng_command(
     disk: Path | None = None,
     qemu_opts: Sequence[str] = (),
     append: Sequence[str] = (),
+    tcg_thread: str | None = None,
 ) -> list[str]:
     """The vng argv for one boot of ``kernel`` running ``script``.
 
@@ -611,6 +647,9 @@ def build_vng_command(
             "--name", "nkframe-vm", "--force-9p"]
     # vng picks the microvm machine (no PCI) only with KVM; our disk is a PCI device.
     argv.append("--disable-kvm" if not kvm else "--disable-microvm")
+    if not kvm and tcg_thread:
+        # See TCG_THREAD: one host thread runs every vCPU unless told otherwise.
+        argv.append(f"--qemu-opts=-accel tcg,thread={tcg_thread}")
     for d in rwdirs:
         argv += ["--rwdir", str(d)]
     if disk is not None:
@@ -673,7 +712,8 @@ def run(
                                  kvm=os.environ.get("NKFRAME_VM_KVM") == "1",
                                  disk=image.path if image else None,
                                  qemu_opts=[o for o in [os.environ.get("NKFRAME_VM_QEMU_OPTS")] if o],
-                                 append=shlex.split(os.environ.get("NKFRAME_VM_APPEND", "")))
+                                 append=shlex.split(os.environ.get("NKFRAME_VM_APPEND", "")),
+                                 tcg_thread=os.environ.get("NKFRAME_VM_TCG_THREAD", TCG_THREAD))
         return _boot(argv, log_path=log_path, status=status, timeout=timeout, echo=echo,
                      cwd=Path(cwd or REPO_ROOT))
     finally:
@@ -832,6 +872,10 @@ class TierResult:
     counts: TestCounts
     problem: str | None = None
     wall_time: float = 0.0
+    #: The kernel release the tier ran on ("" for the host tiers' callers that don't say).
+    release: str = ""
+    #: The reason of every skipped test (one entry per test), for the tier summary.
+    skips: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -839,6 +883,85 @@ class TierResult:
 
     def line(self) -> str:
         return f"{self.name}: {self.counts.line()}"
+
+
+#: Console lines that mean the guest kernel itself failed (not a test).
+_CRASH_RE = re.compile(r"(Oops: |Kernel panic - not syncing|BUG: |kernel BUG at|"
+                       r"general protection fault|Unable to handle kernel)")
+
+
+def find_crash(console_log: Path, context: int = 12) -> list[str]:
+    """The first lines of the guest kernel's oops/panic in ``console_log``, or [] if none.
+
+    The kernel prints its report on the console: from the first matching line, ``context``
+    lines (the RIP and the start of the call trace) are what a reader needs first.
+    """
+    try:
+        lines = console_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        if _CRASH_RE.search(line):
+            return [ln.rstrip() for ln in lines[i:i + context]]
+    return []
+
+
+@attrs.frozen
+class Progress:
+    """What the guest's pytest plugin streamed out before the guest stopped."""
+
+    counts: TestCounts
+    #: The test that had started and not finished (the one running when the guest died).
+    running: str | None
+    skip_reasons: tuple[str, ...] = ()
+
+
+def parse_progress(path: Path) -> Progress | None:
+    """Read :data:`PROGRESS_FILE`; one outcome per test, the worst of its phases."""
+    import json
+
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    rank = {"passed": 0, "skipped": 1, "failed": 2}
+    outcome: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    started: list[str] = []
+    for raw in text.splitlines():
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue  # a line cut short by the crash
+        node = rec.get("nodeid", "?")
+        if rec.get("event") == "start":
+            started.append(node)
+        elif rec.get("event") == "result":
+            o = rec.get("outcome", "failed")
+            o = "failed" if o not in rank else o
+            if rank[o] >= rank.get(outcome.get(node, "passed"), 0) or node not in outcome:
+                outcome[node] = o
+            if o == "skipped" and rec.get("reason"):
+                reasons[node] = rec["reason"]
+    finished = set(outcome)
+    running = next((n for n in reversed(started) if n not in finished), None)
+    values = list(outcome.values())
+    counts = TestCounts(values.count("passed"), values.count("failed"), values.count("skipped"))
+    return Progress(counts, running, tuple(reasons.values()))
+
+
+def skip_reasons(junit: Path) -> list[str]:
+    """The reason of every skipped test case in a JUnit file (one entry per test)."""
+    try:
+        root = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    out = []
+    for case in root.iter("testcase"):
+        for child in case:
+            if child.tag == "skipped":
+                out.append((child.get("message") or "").strip() or "(no reason given)")
+    return out
 
 
 def tier_result(name: str, junit: Path, exit_code: int | None, what: str,
@@ -949,8 +1072,11 @@ def run_pytest(
     results.mkdir(parents=True, exist_ok=True)
     junit = results / "junit.xml"
     junit.unlink(missing_ok=True)
+    progress = results / PROGRESS_FILE
+    progress.unlink(missing_ok=True)
     venv = REPO_ROOT / ".venv"
     env = {
+        "NKFRAME_VM_PROGRESS": str(progress),
         "NKFRAME_VM": "1",
         "NKFRAME_VM_SERIES": series.name,
         "NKFRAME_VM_RELEASE": kernel.release,
@@ -978,9 +1104,40 @@ def run_pytest(
     if res.exit_code == 124:
         what = (f"pytest used up its {budget} s in the guest and was interrupted: the results "
                 f"are partial (raise NKFRAME_VM_TIMEOUT, now {timeout:.0f} s)")
-    if res.exit_code is None:
+    wall = time.monotonic() - t0
+    crash = find_crash(res.console_log)
+    if res.exit_code is None or crash:
+        return _died(name, kernel, res, junit, progress, crash, what, wall, log)
+    r = tier_result(name, junit, res.exit_code, what, wall)
+    return attrs.evolve(r, release=kernel.release, skips=tuple(skip_reasons(junit)))
+
+
+def _died(name: str, kernel: KernelImage, res: VmResult, junit: Path, progress: Path,
+          crash: list[str], what: str, wall: float, log: Log) -> TierResult:
+    """The tier's result when the guest did not finish (or its kernel oopsed): say so plainly,
+    and keep the results of every test that finished before."""
+    prog = parse_progress(progress)
+    try:
+        counts, skips = parse_junit(junit), tuple(skip_reasons(junit))
+    except VmError:
+        counts = prog.counts if prog else TestCounts()
+        skips = prog.skip_reasons if prog else ()
+    running = prog.running if prog else None
+    if crash:
+        problem = (f"the guest kernel {kernel.release} died"
+                   + (f" while running {running}" if running else "")
+                   + f": {crash[0].strip()}")
+        log(f"nkframe-vm: GUEST KERNEL CRASH in the {name} tier (kernel {kernel.release})"
+            + (f", test running: {running}" if running else "") + ":")
+        for line in crash:
+            log("  | " + line)
+        log(f"nkframe-vm: whole console log: {res.console_log}")
+    else:
+        problem = what + (f" (test running: {running})" if running else "")
         _show_tail(res.console_log, log)
-    return tier_result(name, junit, res.exit_code, what, time.monotonic() - t0)
+    log(f"nkframe-vm: results of the tests that finished before: {counts.line()}")
+    counts = counts + TestCounts(failed=1)  # the tier itself failed, whatever finished
+    return TierResult(name, counts, problem, wall, release=kernel.release, skips=skips)
 
 
 def _show_tail(path: Path, log: Log, n: int = 25) -> None:

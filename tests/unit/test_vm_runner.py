@@ -134,6 +134,10 @@ def test_vng_command(tmp_path):
     extra = vm.build_vng_command(k, script=Path("/s"), rwdirs=[], qemu_opts=["-cpu qemu64"],
                                  append=["mitigations=off"])
     assert "--qemu-opts=-cpu qemu64" in extra and "--append=mitigations=off" in extra
+    single = vm.build_vng_command(k, script=Path("/s"), rwdirs=[], tcg_thread="single")
+    assert "--qemu-opts=-accel tcg,thread=single" in single
+    assert not any("thread=" in a for a in vm.build_vng_command(k, script=Path("/s"), rwdirs=[],
+                                                                 kvm=True, tcg_thread="single"))
 
 
 def _debugfs_ls(image: Path, path: str) -> set[str]:
@@ -357,3 +361,50 @@ def test_run_tiers_rejects_unknown_tier():
     assert r.returncode != 0
     assert "unknown tier(s) vm-bogus" in r.stderr
     assert "vm-netkit" in r.stderr  # says which tiers exist
+
+
+# ------------------------------------------------------------------------------------------
+# what a guest leaves behind when it dies (the real crash: tests/host/test_vm_crash.py)
+
+
+def test_find_crash_returns_the_first_report_lines(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("boot\nok\n[  12.1] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n"
+                   "[  12.1] RIP: 0010:__dev_queue_xmit+0x197/0xe30\nmore\n")
+    lines = vm.find_crash(log, context=2)
+    assert lines[0].endswith("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+    assert "__dev_queue_xmit" in lines[1] and len(lines) == 2
+    log.write_text("boot\nall fine\n")
+    assert vm.find_crash(log) == []
+    assert vm.find_crash(tmp_path / "missing") == []
+
+
+def test_parse_progress_counts_finished_tests_and_names_the_running_one(tmp_path):
+    p = tmp_path / "progress.jsonl"
+    p.write_text(
+        '{"event": "start", "nodeid": "a"}\n'
+        '{"event": "result", "nodeid": "a", "when": "call", "outcome": "passed"}\n'
+        '{"event": "start", "nodeid": "b"}\n'
+        '{"event": "result", "nodeid": "b", "when": "setup", "outcome": "skipped", "reason": "no x"}\n'
+        '{"event": "start", "nodeid": "c"}\n'
+        '{"event": "result", "nodeid": "c", "when": "call", "outcome": "passed"}\n'
+        '{"event": "result", "nodeid": "c", "when": "teardown", "outcome": "failed"}\n'
+        '{"event": "start", "nodeid": "d"}\n'
+        '{"event": "resu')  # cut short by the crash
+    prog = vm.parse_progress(p)
+    assert prog.counts == vm.TestCounts(passed=1, failed=1, skipped=1)
+    assert prog.running == "d"
+    assert prog.skip_reasons == ("no x",)
+    assert vm.parse_progress(tmp_path / "none") is None
+
+
+def test_pin_variable_pins_a_series(tmp_path, monkeypatch):
+    s = vm.series_for("6.12")
+    assert vm.pin_variable(s) == "NKFRAME_KERNEL_6_12"
+    assert vm.pin_variable(vm.series_for("6.1")) == "NKFRAME_KERNEL_6_1"
+    monkeypatch.setenv("NKFRAME_KERNEL_6_12", "6.1.0-9-amd64")
+    with pytest.raises(vm.VmError, match="not a release of the 6.12 series"):
+        vm.ensure_kernel("6.12", cache=tmp_path, offline=True)
+    monkeypatch.setenv("NKFRAME_KERNEL_6_12", "6.12.1+deb12-amd64")
+    with pytest.raises(vm.VmError, match="6.12.1\\+deb12-amd64 is not cached"):
+        vm.ensure_kernel("6.12", cache=tmp_path, offline=True)

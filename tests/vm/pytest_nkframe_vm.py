@@ -103,3 +103,65 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(
         f"nkframe VM: {selected} netkit test(s) selected, {len(forced)} skipped and so failed"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Results streamed out as each test finishes
+# --------------------------------------------------------------------------------------------
+# pytest writes its JUnit XML only when the session ends; a guest kernel that dies half-way
+# (an oops in interrupt context panics the guest) would take every result with it.  With
+# NKFRAME_VM_PROGRESS set, each test's start and outcome are appended to that file (JSON lines,
+# fsync'd, on the directory shared with the host), so the runner can report what finished and
+# which test was running when the guest died.
+
+_PROGRESS = pytest.StashKey[object]()
+
+
+def _progress_write(config, record: dict) -> None:
+    out = config.stash.get(_PROGRESS, None)
+    if out is None:
+        return
+    import json
+
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+    os.fsync(out.fileno())
+
+
+#: pytest_runtest_logreport gets no config argument: the session's, kept here.
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
+    path = os.environ.get("NKFRAME_VM_PROGRESS")
+    if path:
+        config.stash[_PROGRESS] = open(path, "a", buffering=1)
+
+
+def pytest_unconfigure(config):
+    out = config.stash.get(_PROGRESS, None)
+    if out is not None:
+        out.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    _progress_write(item.config, {"event": "start", "nodeid": item.nodeid})
+
+
+def pytest_runtest_logreport(report):
+    config = _CONFIG[0] if _CONFIG else None
+    if config is None:
+        return
+    # One outcome per test: the call phase, or a setup/teardown phase that did not pass.
+    if report.when == "call" or report.outcome != "passed":
+        outcome = report.outcome
+        if report.skipped and hasattr(report, "wasxfail"):
+            outcome = "skipped"
+        reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2])
+        _progress_write(config, {"event": "result", "nodeid": report.nodeid, "when": report.when,
+                                 "outcome": outcome, "reason": reason})
+
