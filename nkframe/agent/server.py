@@ -298,7 +298,7 @@ class Agent:
                 self._check_addresses(spec)
                 ep = eng.add_endpoint(spec)
                 self._index.record(ep.spec)
-            return {"endpoint": protocol.endpoint_to_dict(ep)}
+            return {"endpoint": protocol.endpoint_to_dict(ep), "macs": _device_macs(eng, ep)}
         if m == "endpoint.del":
             with self._admit:
                 try:
@@ -432,3 +432,22 @@ def run(agent: Agent) -> int:
         agent.stop()
     return 0
 
+
+def _device_macs(eng, ep) -> dict:
+    """The hardware addresses of an endpoint's two ends as the kernel reports them.
+
+    CNI results carry them: runtimes (podman's CNI backend among them) refuse an interface
+    without a parseable ``mac``.  A netkit device in L3 mode reports 00:00:00:00:00:00 (it has
+    no link-layer address of its own), which is what it is.  Best effort: an end that cannot be
+    read (a device gone in the meantime) is left out."""
+    from nkframe.netlink import links
+
+    out = {}
+    for key, name, ns in (("node", ep.spec.node_ifname, eng.node_netns), ("pod", ep.spec.ifname, ep.spec.netns)):
+        try:
+            mac = links.get_link(name, netns=ns).address
+        except Exception:  # noqa: BLE001 - best effort, see above
+            continue
+        if mac:
+            out[key] = mac
+    return out

@@ -98,7 +98,8 @@ def add(inv: Invocation) -> dict:
             if conf.mode == "l2":
                 spec["mac"], spec["host_mac"] = pod_mac, host_mac
             try:
-                ep = agent.call("endpoint.add", spec=spec)["endpoint"]
+                added = agent.call("endpoint.add", spec=spec)
+                ep = added["endpoint"]
             except AgentFailure as e:
                 raise cni_error(e, f"add endpoint {eid}") from None
         except BaseException:
@@ -107,7 +108,11 @@ def add(inv: Invocation) -> dict:
             # a runtime must send after a failed ADD removes it.)
             _release(ipam)
             raise
-    return result.encode(add_result(inv, ep["spec"], leased, pod_mac, host_mac), conf.version)
+    # Every interface gets the MAC the kernel gave it unless we chose one (L2): runtimes refuse
+    # a result interface without one ("invalid MAC address" from podman).
+    macs = added.get("macs") or {}
+    return result.encode(add_result(inv, ep["spec"], leased, pod_mac or macs.get("pod"),
+                                    host_mac or macs.get("node")), conf.version)
 
 
 def _netns_exists(env: CniEnv) -> None:

@@ -160,9 +160,15 @@ def test_add_packets_check_del(cni, node, version):
     if version == "0.4.0":
         ip = {"version": "4", **ip}
     mtu = {"mtu": 1400} if version == "1.1.0" else {}
+    # Every interface carries the MAC the kernel reports (runtimes such as podman refuse a
+    # result interface without one), L3 mode included.
+    host_mac = links.get_link(host, netns=node.netns).address
+    pod_mac = links.get_link("eth0", netns=pod).address
+    assert host_mac and pod_mac
     assert doc == {
         "cniVersion": version,
-        "interfaces": [{"name": host, **mtu}, {"name": "eth0", **mtu, "sandbox": netns.netns_path(pod)}],
+        "interfaces": [{"name": host, "mac": host_mac, **mtu},
+                       {"name": "eth0", "mac": pod_mac, **mtu, "sandbox": netns.netns_path(pod)}],
         "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
         "dns": {},
