@@ -636,6 +636,11 @@ class Engine:
     # reconcile
     # ------------------------------------------------------------------------------------------
 
+    def datapath_program(self, mode: str) -> str | None:
+        """The forwarding program a loaded plugin claims for endpoints in ``mode``
+        (``nkframe_datapath_program``), or ``None`` when no loaded plugin forwards that mode."""
+        return self.hook.nkframe_datapath_program(mode=str(mode))
+
     def reconcile(self) -> ReconcileReport:
         """Compare bpffs with the kernel; clean endpoints whose netns or device vanished."""
         from nkframe.netlink import links

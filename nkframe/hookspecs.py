@@ -106,6 +106,20 @@ def nkframe_pin_path(root: str, scope: str, owner: str, kind: str, name: str) ->
     """
 
 
+@hookspec(firstresult=True)
+def nkframe_datapath_program(mode: str) -> "str | None":
+    """Say which program forwards packets of endpoints in ``mode`` (a datapath plugin's claim).
+
+    An endpoint whose mode no loaded plugin claims gets a device but no forwarding: the agent
+    refuses to add it (naming the mode), and ``nkframe status --check`` reports an endpoint
+    whose claimed program is not attached.
+
+    :param mode: the endpoint's mode, ``"l3"`` or ``"l2"``.
+    :returns: the ``ProgramSpec.name`` of the forwarding program this plugin contributes for
+        that mode, or ``None`` ("not mine").
+    """
+
+
 # --------------------------------------------------------------------------------------------
 # Contributions
 # --------------------------------------------------------------------------------------------

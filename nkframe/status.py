@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from nkframe.errors import KernelError, NkframeError
-from nkframe.types import AttachedProgram, Endpoint, Mechanism
+from nkframe.types import AttachedProgram, DeviceMode, Endpoint, Mechanism
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,16 @@ def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
         for p in programs:
             if not p.nkframe:
                 problems.append(f"program {p.name} #{p.prog_id} ({p.mechanism} {p.hook}) is on {spec.node_ifname} but was not attached by nkframe")
+    # A datapath plugin claims the modes it forwards (nkframe_datapath_program).  Engines whose
+    # plugins claim none (test and third-party chains without a datapath) are not judged.
+    want = engine.datapath_program(spec.mode.value)
+    claimed = [m.value for m in DeviceMode if engine.datapath_program(m.value)]
+    if want is None and claimed:
+        problems.append(f"no loaded plugin forwards mode {spec.mode.value} endpoints (only {', '.join(claimed)}): "
+                        f"this one has a device and no datapath")
+    elif want is not None and not any(p.name == want for p in ep.programs):
+        problems.append(f"its {spec.mode.value} datapath program {want} is not attached: the pod has no forwarding "
+                        f"(the endpoint was added without that plugin; remove and add it again with the plugin loaded)")
     counters: dict[str, dict[str, int]] = {}
     counters.update(_plugin_counters(engine, ep, problems))
     generic = map_counters(engine.layout.endpoint_dir(ep.id) / "maps", problems)

@@ -35,6 +35,7 @@ from nkframe import errors, netns
 from nkframe.agent import DEFAULT_SOCKET, protocol
 from nkframe.agent.addresses import AddressIndex
 from nkframe.agent.protocol import Refused, Request
+from nkframe.types import DeviceMode
 
 log = logging.getLogger("nkframe.agent")
 
@@ -294,6 +295,16 @@ class Agent:
         if m == "endpoint.add":
             spec = p["spec"]
             self.check_pod_netns(spec.netns)
+            mode = spec.mode.value
+            others = [m.value for m in DeviceMode if m.value != mode and eng.datapath_program(m.value)]
+            if others and eng.datapath_program(mode) is None:
+                # A device with no forwarding is never what the caller meant (CNI's "mode": "l2"
+                # with an agent started without the L2 plugin gave pods no datapath at all).
+                raise errors.InvalidSpec(
+                    f"no plugin loaded in this agent forwards mode {mode} endpoints (only "
+                    f"{', '.join(others)}), so the pod "
+                    f"would get a device and no datapath; restart the agent with a datapath for "
+                    f"{mode} (nkframe's own: 'nkframe agent run --plugin {mode} ...')")
             with self._admit:
                 self._check_addresses(spec)
                 ep = eng.add_endpoint(spec)

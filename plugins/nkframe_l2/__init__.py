@@ -71,3 +71,8 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
     if _mine(ctx.spec):
         datapath.unconfigure(ctx)
 
+
+@hookimpl
+def nkframe_datapath_program(mode: str):
+    """This plugin forwards L2 endpoints with :data:`PROGRAM`."""
+    return PROGRAM if mode == "l2" else None

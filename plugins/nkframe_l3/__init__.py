@@ -90,3 +90,9 @@ def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
 def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
     if _mine(ctx.spec):
         datapath.unconfigure(ctx)
+
+
+@hookimpl
+def nkframe_datapath_program(mode: str):
+    """This plugin forwards L3 endpoints with :data:`PROGRAM`."""
+    return PROGRAM if mode == "l3" else None

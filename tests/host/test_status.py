@@ -43,6 +43,10 @@ class Counting:
         ]
 
     @hookimpl
+    def nkframe_datapath_program(self, mode):
+        return "count_out"  # stands in for a datapath plugin: its program is what must be there
+
+    @hookimpl
     def nkframe_uplink_programs(self, ctx):
         if not self.uplink:
             return None
@@ -226,3 +230,22 @@ def test_plugin_counters_are_attributed_and_isolated(node, bpffs_root, built):
     assert e.counters["good"]["sent"] == e.counters["maps"]["counts[0]"]
     assert "broken" not in e.counters
     assert any("plugin broken: counters unreadable (map vanished)" in p for p in e.problems)
+
+
+class ClaimsL3:
+    @hookimpl
+    def nkframe_datapath_program(self, mode):
+        return "xx_fwd" if mode == "l3" else None
+
+
+def test_status_check_fails_for_an_endpoint_without_its_datapath(node, bpffs_root):
+    """An endpoint whose mode's forwarding program is not attached (added by an agent without
+    that plugin) is a problem: the pod has a device and no datapath (issue 16)."""
+    eng = Engine(node.netns, bpffs_root, plugin_objects=[Counting(), ClaimsL3()], autoload=False)
+    try:
+        eng.add_endpoint(EndpointSpec(id="pod-n", netns=node.pod(), addresses=["10.88.0.9/32"]))
+        (e,) = status.gather(eng).endpoints
+        assert any("datapath program xx_fwd is not attached" in p for p in e.problems), e.problems
+    finally:
+        for eid in eng.layout.endpoint_ids():
+            eng.remove_endpoint(eid)

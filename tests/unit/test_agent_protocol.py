@@ -144,6 +144,9 @@ class FakeEngine:
         self.calls = []
         self.ep = Endpoint(spec=EndpointSpec(id="a", netns="a"), device_kind=DeviceKind.VETH, node_ifindex=1, mechanism={})
 
+    def datapath_program(self, mode):
+        return "fwd" if mode == "l3" else None  # this fake forwards L3 only
+
     def __getattr__(self, name):
         def record(*a, **kw):
             self.calls.append((name, a))
@@ -176,6 +179,16 @@ def test_every_method_has_a_handler(tmp_path):
         answer = json.loads(ag.handle_line(_req(id=1, method=method, params=samples.get(method, {}))))
         assert answer["ok"] is True, (method, answer)
     assert [c[0] for c in ag.engine.calls] == ["add_endpoint", "remove_endpoint", "get_endpoint", "endpoints", "switch_mechanism", "upgrade", "reconcile", "reconcile"]
+
+
+def test_an_endpoint_whose_mode_no_plugin_forwards_is_refused(tmp_path):
+    ag = _agent(tmp_path)
+    answer = json.loads(ag.handle_line(_req(id=1, method="endpoint.add", params={
+        "spec": {"id": "a", "netns": "podns", "mode": "l2", "mac": "02:00:00:00:00:01"}})))
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == 2 and answer["error"]["type"] == "InvalidSpec"
+    assert "forwards mode l2" in answer["error"]["message"] and "--plugin l2" in answer["error"]["message"]
+    assert ag.engine.calls == []  # refused before the engine was asked
 
 
 @pytest.mark.parametrize(
