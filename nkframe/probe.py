@@ -296,14 +296,20 @@ def _probe_tc(scratch: _Scratch) -> Feature:
     from nkframe.netlink import links
 
     a, b = scratch.ifname("tc"), scratch.ifname("tc")
-    with netns.enter(scratch.name):
-        links.create_veth(links.VethSpec(name=a, peer_name=b), netns=None)
-        idx = links.get_link(a, netns=None).ifindex
-        bpf.tc_hook_create(idx, bpf.TC_INGRESS)
-        prog = _probe_prog("tc")
-        bpf.tc_attach(idx, bpf.TC_INGRESS, prog.fd, handle=1, priority=1)
-        bpf.tc_detach(idx, bpf.TC_INGRESS, handle=1, priority=1)
-        links.delete_link(a, netns=None)
+    # Netlink by the scratch namespace's name, never netns=None: inside links.batch() (an
+    # endpoint add probes on first use) None is the caller's cached node socket, and the pair
+    # once appeared, and stayed, in the node's namespace.  Only the ifindex-based calls run
+    # with the scratch namespace entered.
+    links.create_veth(links.VethSpec(name=a, peer_name=b), netns=scratch.name)
+    try:
+        idx = links.get_link(a, netns=scratch.name).ifindex
+        with netns.enter(scratch.name):
+            bpf.tc_hook_create(idx, bpf.TC_INGRESS)
+            prog = _probe_prog("tc")
+            bpf.tc_attach(idx, bpf.TC_INGRESS, prog.fd, handle=1, priority=1)
+            bpf.tc_detach(idx, bpf.TC_INGRESS, handle=1, priority=1)
+    finally:
+        links.delete_link(a, netns=scratch.name, missing_ok=True)
     return Feature(True, "clsact qdisc and cls_bpf direct-action filter attached on a veth")
 
 
@@ -344,14 +350,14 @@ def _probe_xdp(scratch: _Scratch, *, native: bool) -> Feature:
 
     a, b = scratch.ifname("xd"), scratch.ifname("xd")
     flags = bpf.XDP_FLAGS_DRV_MODE if native else bpf.XDP_FLAGS_SKB_MODE
-    with netns.enter(scratch.name):
-        links.create_veth(links.VethSpec(name=a, peer_name=b), netns=None)
-        try:
-            idx = links.get_link(a, netns=None).ifindex
+    links.create_veth(links.VethSpec(name=a, peer_name=b), netns=scratch.name)  # see _probe_tc
+    try:
+        idx = links.get_link(a, netns=scratch.name).ifindex
+        with netns.enter(scratch.name):
             bpf.xdp_attach(idx, _probe_prog("xdp").fd, flags)
             bpf.xdp_detach(idx, flags)
-        finally:
-            links.delete_link(a, netns=None, missing_ok=True)
+    finally:
+        links.delete_link(a, netns=scratch.name, missing_ok=True)
     mode = "native (driver) mode on veth" if native else "generic (skb) mode"
     return Feature(True, f"XDP program attached in {mode}")
 

@@ -88,3 +88,38 @@ def test_a_reused_pid_does_not_keep_a_dead_probes_namespace():
         child.kill()
         child.wait()
     assert not probe.process_alive(child.pid)
+
+
+def test_an_add_that_probes_leaves_the_node_namespace_as_the_user_asked(node, bpffs_root):
+    """Issue 16: the kernel probe, run by the first endpoint add inside links.batch(), created
+    its tc/xdp veth pairs through the node's cached netlink socket: a stray pair appeared in the
+    node's namespace and stayed.  Now: the node holds its own devices plus the endpoint's
+    node-side device, and after the remove exactly what it held before."""
+    import nkframe_l3
+
+    from nkframe import probe
+    from nkframe.engine import Engine
+    from nkframe.netlink import links
+    from nkframe.types import EndpointSpec
+
+    from nkframe import netns
+
+    saved = probe._cache
+    probe._cache = None  # make the add probe the kernel again, as a new agent's first add does
+    pod = node.pod()
+    try:
+        before = {link.name for link in links.list_links(node.netns)}
+        # An agent serving the namespace it runs in (node_netns=None), as on a real node: run
+        # inside the test's node namespace so a leak would land there, not on the machine.
+        with netns.enter(node.netns):
+            eng = Engine(None, bpffs_root, plugin_objects=[nkframe_l3], autoload=False)
+            ep = eng.add_endpoint(EndpointSpec(id="pod-p", netns=pod, addresses=["10.66.0.5/32"]))
+        assert probe._cache is not None, "the add did not probe: this test would prove nothing"
+        during = {link.name for link in links.list_links(node.netns)}
+        assert during - before == {ep.spec.node_ifname}, f"unexpected devices in the node: {during - before}"
+        with netns.enter(node.netns):
+            eng.remove_endpoint("pod-p")
+        assert {link.name for link in links.list_links(node.netns)} == before
+    finally:
+        if probe._cache is None:
+            probe._cache = saved
