@@ -390,6 +390,39 @@ def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
     return pol
 
 
+@cli.group()
+def node() -> None:
+    """The node as a whole."""
+
+
+@node.command("reset")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@click.pass_context
+def node_reset(ctx, as_json) -> None:
+    """Take everything nkframe built on the node away: every endpoint, the uplink programs, the
+    global maps and the whole bpffs root, and put back the node settings nkframe changed (the
+    forwarding sysctls).  Refused while an agent serves the node: stop it first."""
+    o = ctx.obj
+    if not o.get("no_agent"):
+        from nkframe.agent import client
+
+        c = client.connect(o.get("agent_socket"), node_netns=o["node_netns"], bpffs_root=o["bpffs_root"],
+                           attach=o["attach"], warn=lambda m: None)
+        if c is not None:
+            c.close()
+            click.echo("nkframe: error: an agent serves this node: stop it first (it would go on using "
+                       "what a reset removes), or pass --no-agent if it is gone for good", err=True)
+            raise SystemExit(EXIT_FAILED)
+    done = _engine(ctx).reset_node()
+    if as_json:
+        _print_json(done)
+    elif not done["root_removed"]:
+        click.echo(f"nothing to reset: {o['bpffs_root']} does not exist")
+    else:
+        click.echo(f"removed {len(done['endpoints'])} endpoint(s), the programs of {len(done['devices'])} "
+                   f"device(s) and {o['bpffs_root']}; node settings restored")
+
+
 @policy.command("remove")
 @click.argument("endpoint_id")
 @click.pass_context

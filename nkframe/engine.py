@@ -636,6 +636,37 @@ class Engine:
     # reconcile
     # ------------------------------------------------------------------------------------------
 
+    def reset_node(self) -> dict:
+        """Take everything nkframe built on this node away (``nkframe node reset``).
+
+        Every endpoint is removed (devices, programs, map entries, pins), every device's
+        programs (the uplink's) are detached, the plugins undo what they changed outside bpffs
+        (``nkframe_node_reset``: the L3 plugin puts the forwarding sysctls back), and the bpffs
+        root goes with its global maps.  Safe to repeat; a root that does not exist is a no-op.
+        Returns what was removed.
+        """
+        removed: list[str] = []
+        devices: list[str] = []
+        with self._lock:
+            # An Engine makes its root when it starts: an empty one is nothing to reset.
+            if not self.layout.root.exists() or not any(self.layout.root.iterdir()):
+                pins.remove_tree(self.layout.root)
+                return {"endpoints": removed, "devices": devices, "root_removed": False}
+            for eid in self.layout.endpoint_ids():
+                try:
+                    self.remove_endpoint(eid)
+                except EndpointNotFound:
+                    continue
+                removed.append(eid)
+            dev_root = self.layout.root / "devices"
+            for dev in sorted(os.listdir(dev_root)) if dev_root.is_dir() else ():
+                self._detach_pinned("device", dev, missing_ok=True)
+                pins.remove_tree(self.layout.device_dir(dev))
+                devices.append(dev)
+            self.hook.nkframe_node_reset(node_netns=self.node_netns, bpffs_root=str(self.layout.root))
+            pins.remove_tree(self.layout.root)
+        return {"endpoints": removed, "devices": devices, "root_removed": True}
+
     def datapath_program(self, mode: str) -> str | None:
         """The forwarding program a loaded plugin claims for endpoints in ``mode``
         (``nkframe_datapath_program``), or ``None`` when no loaded plugin forwards that mode."""

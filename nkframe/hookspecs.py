@@ -186,6 +186,19 @@ def nkframe_endpoint_counters(endpoint: "Endpoint", bpffs_root: str, node_netns:
 
 
 @hookspec
+def nkframe_node_reset(node_netns: "str | None", bpffs_root: str) -> None:
+    """Undo what the plugin changed on the node outside bpffs (``nkframe node reset``).
+
+    Called after every endpoint and uplink program is gone and before the bpffs root is removed:
+    restore node settings the plugin changed (sysctls it switched on), drop caches of the
+    root's maps.  Must not fail when there is nothing to undo.
+
+    :param node_netns: the node's network namespace (``None``: the caller's).
+    :param bpffs_root: the engine's bpffs root, still holding the plugin's global pins.
+    """
+
+
+@hookspec
 def nkframe_endpoint_added(endpoint: "Endpoint") -> None:
     """An endpoint is complete and passing traffic.  Observers only.
 

@@ -104,3 +104,44 @@ def load(path: Path) -> EndpointSpec:
         raise NkframeError(f"{path}: no spec stored")
     return decode(value)
 
+
+# --------------------------------------------------------------------------------------------
+# Small JSON documents other than specs (node-wide state a plugin must find again, e.g. the
+# sysctl values it changed), stored the same way: bpffs stays the only state.
+
+
+def store_doc(path: Path, doc: dict) -> None:
+    """Pin ``doc`` (JSON, at most :data:`VALUE_SIZE` - 4 bytes) at ``path``, replacing any."""
+    from nkframe import bpf
+
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    if len(raw) > VALUE_SIZE - 4:
+        raise InvalidSpec(f"{path}: document is {len(raw)} bytes as JSON; at most {VALUE_SIZE - 4} fit")
+    m = bpf.Map.create(BPF_MAP_TYPE_ARRAY, 4, VALUE_SIZE, 1, name="nk_doc")
+    tmp = path.with_name(path.name + "_new")
+    try:
+        m.update(struct.pack("<I", 0), struct.pack("<I", len(raw)) + raw.ljust(VALUE_SIZE - 4, b"\0"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m.pin(str(tmp))
+    finally:
+        m.close()
+    os.replace(tmp, path)
+
+
+def load_doc(path: Path) -> dict | None:
+    """The document pinned at ``path``, or ``None`` if there is none."""
+    from nkframe import bpf
+
+    if not path.exists():
+        return None
+    m = bpf.Map.from_pin(str(path))
+    try:
+        value = m.lookup(struct.pack("<I", 0))
+    finally:
+        m.close()
+    if value is None:
+        return None
+    (n,) = struct.unpack_from("<I", value)
+    if not 0 < n <= len(value) - 4:
+        raise NkframeError(f"{path}: stored document is empty or corrupt")
+    return json.loads(value[4 : 4 + n])

@@ -76,3 +76,10 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
 def nkframe_datapath_program(mode: str):
     """This plugin forwards L2 endpoints with :data:`PROGRAM`."""
     return PROGRAM if mode == "l2" else None
+
+
+@hookimpl
+def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
+    """The shared datapath switched forwarding on for L2 endpoints too: put it back (a second
+    call, from the L3 plugin, finds nothing left to do)."""
+    datapath.restore_forwarding(node_netns, bpffs_root)

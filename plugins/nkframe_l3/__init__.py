@@ -96,3 +96,9 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
 def nkframe_datapath_program(mode: str):
     """This plugin forwards L3 endpoints with :data:`PROGRAM`."""
     return PROGRAM if mode == "l3" else None
+
+
+@hookimpl
+def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
+    """Put the node's forwarding sysctls back as they were before the first endpoint."""
+    datapath.restore_forwarding(node_netns, bpffs_root)

@@ -167,16 +167,50 @@ def add_uplink_program(results: list) -> list:
 # configure / unconfigure
 
 
-def enable_forwarding(node_netns: str | None) -> None:
+FORWARDING_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+#: Where the values in force before the first endpoint are kept (``<root>/globals/<name>``).
+SAVED_SYSCTLS = "l3_sysctls_before"
+
+
+def _saved_sysctls_path(bpffs_root: str):
+    from nkframe import pins
+
+    return pins.Layout(bpffs_root).globals_dir() / SAVED_SYSCTLS
+
+
+def enable_forwarding(node_netns: str | None, bpffs_root: str | None = None) -> None:
     """The node routes for its pods: bpf_fib_lookup() refuses to answer (FWD_DISABLED) on an
     input device without forwarding, and the stack forwards what the programs hand it.
 
-    Node-wide and shared by every endpoint, so it is not undone on removal.  /proc/sys/net
-    belongs to the namespace of the thread that opens it: links.sysctl switches only the netns.
+    Only in the node namespace the engine serves.  Node-wide and shared by every endpoint, so it
+    is not undone on removal; the values in force before nkframe first switched them are kept
+    in bpffs (``bpffs_root``), and ``nkframe node reset`` puts them back
+    (:func:`restore_forwarding`).  /proc/sys/net belongs to the namespace of the thread that
+    opens it: links.sysctl switches only the netns.
     """
+    from nkframe import specstore
     from nkframe.netlink import links
 
-    links.sysctls({"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}, netns=node_netns)
+    if bpffs_root is not None:
+        saved = _saved_sysctls_path(bpffs_root)
+        if not saved.exists():
+            before = {k: links.sysctl(k, netns=node_netns) for k in FORWARDING_SYSCTLS}
+            specstore.store_doc(saved, before)
+    links.sysctls({k: 1 for k in FORWARDING_SYSCTLS}, netns=node_netns)
+
+
+def restore_forwarding(node_netns: str | None, bpffs_root: str) -> dict | None:
+    """Put back the forwarding sysctls as they were before nkframe switched them on; the
+    values restored, or ``None`` when nothing was recorded (nkframe changed nothing)."""
+    from nkframe import specstore
+    from nkframe.netlink import links
+
+    saved = specstore.load_doc(_saved_sysctls_path(bpffs_root))
+    if not saved:
+        return None
+    links.sysctls({k: v for k, v in saved.items() if k in FORWARDING_SYSCTLS}, netns=node_netns)
+    _saved_sysctls_path(bpffs_root).unlink()
+    return saved
 
 
 def _has_to_pod_programs(ctx: EndpointContext) -> bool:
@@ -193,7 +227,7 @@ def configure(ctx: EndpointContext, *, l2: bool) -> None:
     # Before anything changes: a node route or map entry of another endpoint must not be
     # replaced (and then deleted by our rollback).
     _check_addresses_free(ctx.maps[ENDPOINTS_MAP], spec)
-    enable_forwarding(node_ns)
+    enable_forwarding(node_ns, ctx.bpffs_root)
 
     if l2:
         pod_mac, node_mac = l2_macs(spec)

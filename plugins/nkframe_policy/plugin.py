@@ -134,3 +134,9 @@ def nkframe_endpoint_counters(endpoint, bpffs_root: str):
     out = {f"drop_{reason}": cnt.packets for reason, cnt in c.drops.items()}
     out.update({f"rule_{r.direction.value}[{r.index}]": r.packets for r in c.rules if r.packets})
     return out
+
+
+@hookimpl
+def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
+    """The root's maps go with it: drop this process's handles on them."""
+    forget(bpffs_root)
