@@ -98,9 +98,9 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False) -> None:
     policies = {n: bench_policy(n, seed=7) for n in sizes}
     specs = {f"pp-{k}": dict(addresses=[f"{v4}/32", f"{v6}/128"], mode="l2" if k == "c" else "l3") for k, (v4, v6) in POD.items()}
     # An endpoint's spec (options included) must fit bpffs's 4 KiB spec slot, so these endpoints
-    # are added with an empty policy and get their n rules through the policy plugin's apply().
+    # are added with an allow-all policy and get their n rules through the policy plugin's apply().
     for i, n in enumerate(sizes):
-        specs[f"pp-r{n}"] = dict(addresses=[f"10.1.1.{i + 1}/32"], options={"policy": {}})
+        specs[f"pp-r{n}"] = dict(addresses=[f"10.1.1.{i + 1}/32"], options={"policy": {"default_ingress": "allow", "default_egress": "allow"}})
     for eid, kw in specs.items():
         eng.add_endpoint(EndpointSpec(id=eid, netns=node.pod("pp"), **kw))
         scope.defer(f"endpoint {eid}", lambda eid=eid: eng.remove_endpoint(eid))
