@@ -131,8 +131,18 @@ def check_netns(name: str | None, what: str) -> None:
     if name.startswith("/"):
         import os
 
-        if not os.path.exists(name):
-            raise InvalidSpec(f"{what} {name} does not exist")
+        from nkframe.errors import NetnsNotFound
+
+        # The same error for a missing namespace by path as by name; a namespace file that
+        # exists but cannot be read is said to be that, not to be missing.
+        try:
+            os.stat(name)
+        except FileNotFoundError:
+            raise NetnsNotFound(name) from None
+        except PermissionError:
+            raise InvalidSpec(f"{what} {name}: permission denied") from None
+        if not os.access(name, os.R_OK):
+            raise InvalidSpec(f"{what} {name}: permission denied (cannot open it)")
         return
     if not netns.exists(name):
         from nkframe.errors import NetnsNotFound

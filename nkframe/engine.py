@@ -147,6 +147,7 @@ class Engine:
         with self._lock, links.batch():
             self.hook.nkframe_endpoint_validate(spec=spec)
             builtin.check_netns(spec.netns, "pod network namespace")
+            self._check_owned_by_node(spec)
             ep_dir = self.layout.endpoint_dir(spec.id)
             if ep_dir.exists():
                 raise EndpointExists(f"endpoint {spec.id!r} already exists (remove it first)")
@@ -200,6 +201,35 @@ class Engine:
             )
             self.hook.nkframe_endpoint_added(endpoint=endpoint)
             return endpoint
+
+    def _check_owned_by_node(self, spec: EndpointSpec) -> None:
+        """Refuse what belongs to the node: its own namespace as a pod's, an address the node
+        has (its uplink's included: a pod holding it took the node's traffic), or the network
+        or broadcast address of a subnet the node is on.  One check for the agent and for the
+        CLI without one."""
+        from nkframe.netlink import links
+
+        pod_ns = spec.netns if spec.netns.startswith("/") else netns.netns_path(spec.netns)
+        node_ns = (self.node_netns if (self.node_netns or "").startswith("/")
+                   else netns.netns_path(self.node_netns) if self.node_netns else "/proc/thread-self/ns/net")
+        try:
+            a, b = os.stat(pod_ns), os.stat(node_ns)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                raise InvalidSpec(f"pod netns {spec.netns} is the node's own network namespace; a pod needs a namespace of its own")
+        except OSError:
+            pass  # check_netns has said what is missing
+        if not spec.addresses:
+            return
+        mine = links.node_addresses(self.node_netns)
+        for want in spec.addresses:
+            for have in mine:
+                if want.ip == have.ip:
+                    raise InvalidSpec(f"address {want.ip} belongs to the node ({have}); a pod cannot take it")
+                net = have.network
+                if (want.ip.version == net.version and net.prefixlen < net.max_prefixlen - 1
+                        and want.ip in (net.network_address, net.broadcast_address if net.version == 4 else None)):
+                    raise InvalidSpec(f"address {want.ip} is the {'network' if want.ip == net.network_address else 'broadcast'} "
+                                      f"address of the node's subnet {net}; a pod cannot have it")
 
     def _check_name_free(self, spec: EndpointSpec) -> None:
         from nkframe.netlink import links

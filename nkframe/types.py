@@ -118,14 +118,45 @@ def parse_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidSpec(f"{value!r} is not a valid CIDR ({e})") from None
 
 
+def _options(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(f"options must be a mapping of option name to value, not {type(value).__name__}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise InvalidSpec(f"option names must be strings, not {bad[0]!r}")
+    return dict(value)
+
+
+def reserved_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ip`` can never be a pod's address, or ``None``."""
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the limited broadcast address"
+    if ip.is_link_local:
+        return "a link-local address (169.254.0.0/16 and fe80::/10 are the datapath's gateways and neighbour discovery's)"
+    if ip.version == 4 and ip in ipaddress.IPv4Network("240.0.0.0/4"):
+        return "a reserved (class E) address"
+    return None
+
+
 def _addresses(values: Any) -> tuple:
     if isinstance(values, (str, ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
         values = [values]
+    if not isinstance(values, (list, tuple)):
+        raise InvalidSpec(f"addresses must be a list of addresses such as ['10.0.1.5/32'], not {type(values).__name__}")
     out = tuple(parse_interface(v) for v in values)
     seen = set()
     for a in out:
         if a.ip in seen:
             raise InvalidSpec(f"address {a.ip} is listed twice")
+        why = reserved_reason(a.ip)
+        if why:
+            raise InvalidSpec(f"address {a.ip} is {why}; a pod cannot have it")
         seen.add(a.ip)
     return out
 
@@ -182,7 +213,7 @@ class EndpointSpec:
     mac: str | None = attrs.field(default=None, converter=_mac)
     host_mac: str | None = attrs.field(default=None, converter=_mac)
     # Free-form per-plugin settings, e.g. {"policy": {...}}; plugins validate their own keys.
-    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=lambda v: _options(v))
 
     @netns.validator
     def _check_netns(self, _a, value):
@@ -204,7 +235,11 @@ class EndpointSpec:
 
     @mtu.validator
     def _check_mtu(self, _a, value):
-        if value is not None and not (68 <= int(value) <= 65535):
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidSpec(f"mtu must be an integer 68..65535, not {value!r}")
+        if not 68 <= value <= 65535:
             raise InvalidSpec(f"mtu {value} is outside 68..65535")
 
     @mac.validator

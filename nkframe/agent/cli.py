@@ -35,14 +35,21 @@ def agent_run(ctx, socket_path, plugins, netns_roots, no_proc_netns, uplink, ver
     o = ctx.obj
     path = socket_path or o.get("agent_socket") or client.default_socket()
     eng = Engine(o["node_netns"], o["bpffs_root"], attach=o["attach"], plugins=list(plugins) or None, uplink=uplink)
-    if uplink:
-        eng.setup_uplink()
     ag = server.Agent(
         eng,
         path,
         netns_roots=netns_roots or server.DEFAULT_NETNS_ROOTS,
         allow_proc_netns=not no_proc_netns,
     )
+    # The locks first: a second agent for this node (on this socket or another) must be refused
+    # before it touches the node; it once replaced the uplink programs and then gave up.
+    ag.acquire()
+    try:
+        if uplink:
+            eng.setup_uplink()
+    except BaseException:
+        ag.release()
+        raise
     raise SystemExit(server.run(ag))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from nkframe import errors, specstore
+from nkframe import errors, inputs, specstore
 from nkframe.engine import ReconcileReport
 from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint, Mechanism, validate_endpoint_id
 
@@ -204,7 +204,7 @@ def parse_request(line: bytes | str) -> Request:
     if len(line) > MAX_LINE:
         raise ProtocolError(f"request longer than {MAX_LINE} bytes")
     try:
-        doc = json.loads(line)
+        doc = inputs.loads(line)
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(f"request is not JSON: {e}") from None
     if not isinstance(doc, dict):
@@ -216,14 +216,21 @@ def parse_request(line: bytes | str) -> Request:
         raise ProtocolError(f"protocol version {doc.get('v')!r} not supported; this agent speaks {VERSION}")
     rid = _json_id(doc.get("id"))
     method = doc.get("method")
-    if method not in METHODS:
-        raise ProtocolError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ProtocolError(f"unknown method {str(method)[:64]!r}; known: {', '.join(sorted(METHODS))}")
     raw = doc.get("params", {})
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ProtocolError("params must be a JSON object")
-    params = validate_params(method, raw)
+    try:
+        params = validate_params(method, raw)
+    except errors.NkframeError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+        # A parameter of the wrong JSON type that a check did not foresee (e.g. "mtu": "abc",
+        # "options": "x"): the caller's mistake, answered as one, never a dropped connection.
+        raise ProtocolError(f"{method}: malformed parameters ({type(e).__name__}: {e})") from None
     target = doc.get("target") or {}
     if not isinstance(target, dict) or set(target) - _TARGET_KEYS:
         raise ProtocolError(f"target must be an object with at most {', '.join(sorted(_TARGET_KEYS))}")

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-from nkframe import errors, netns
+from nkframe import errors, inputs, netns
 from nkframe.agent import DEFAULT_SOCKET, protocol
 from nkframe.agent.addresses import AddressIndex
 from nkframe.agent.protocol import Refused, Request
@@ -42,6 +42,8 @@ log = logging.getLogger("nkframe.agent")
 # Where pod namespaces may live when given as a path: iproute2's and the container runtimes'
 # directories.  /proc/<pid>/ns/net (what CNI passes for a process) is allowed separately.
 DEFAULT_NETNS_ROOTS = ("/run/netns", "/var/run/netns")
+#: Where the one-agent-per-node locks live (see Agent._take_node_lock).
+NODE_LOCK_DIR = "/run/nkframe/nodes"
 _PROC_NETNS = re.compile(r"^/proc/[1-9][0-9]*/(task/[1-9][0-9]*/)?ns/net$")
 
 
@@ -105,6 +107,7 @@ class Agent:
         self.startup: dict[str, Any] = {}
         self._server: _Server | None = None
         self._lock_fd = -1
+        self._node_lock_fd = -1
         self._serving = False
         # Held for every request that can change which endpoints exist (add, del, reconcile),
         # so the address check, the change and the index update are one step among requests.
@@ -120,11 +123,29 @@ class Agent:
     # life cycle
     # ------------------------------------------------------------------------------------------
 
+    def acquire(self) -> None:
+        """Take the agent's locks: its socket's, and the node's (node namespace + bpffs root),
+        so a second agent for the same node is refused whichever socket it names.  Call it
+        before anything on the node is touched (``agent run`` attaches the uplink programs only
+        after it); :meth:`start` takes them if they are not held yet."""
+        if self._lock_fd >= 0:
+            return
+        check_socket_dir(self.socket_path)
+        self._take_lock()
+        try:
+            self._take_node_lock()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def release(self) -> None:
+        """Drop the locks :meth:`acquire` took (an ``agent run`` that failed before serving)."""
+        self._release_lock()
+
     def start(self) -> None:
         """Lock, reconcile from the pins, bind the socket.  Returns when requests can be served."""
         t0 = time.monotonic()
-        check_socket_dir(self.socket_path)
-        self._take_lock()
+        self.acquire()
         try:
             t1 = time.monotonic()
             with self._admit:
@@ -166,10 +187,37 @@ class Agent:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def _take_node_lock(self) -> None:
+        """One agent per node: a lock named after the node's identity (its network namespace's
+        inode and the bpffs root's real path), in NODE_LOCK_DIR, taken with flock (dropped by the
+        kernel when the holder dies)."""
+        import hashlib
+
+        ns = self._node_ns
+        root = os.path.realpath(str(self.engine.layout.root))
+        ident = f"{ns[0]}:{ns[1]}:{root}" if ns else root
+        os.makedirs(NODE_LOCK_DIR, mode=0o700, exist_ok=True)
+        path = os.path.join(NODE_LOCK_DIR, "node-" + hashlib.sha256(ident.encode()).hexdigest()[:16] + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentRunning(f"another agent already serves this node (node netns "
+                               f"{self.engine.node_netns or '(its own)'}, bpffs root {root}): {holder}; "
+                               f"one agent per node: stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {self.socket_path}\n".encode(), 0)
+        self._node_lock_fd = fd
+
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._node_lock_fd >= 0:
+            os.close(self._node_lock_fd)
+            self._node_lock_fd = -1
 
     def _bind(self) -> None:
         # We hold the lock, so a socket file left here is a dead agent's: replace it.
@@ -225,6 +273,10 @@ class Agent:
                 rid = _best_effort_id(line)
                 log.info("request %r refused: %s", rid, e)
                 return protocol.fail(rid, e)
+            except Exception as e:  # noqa: BLE001 - bad input is answered, whatever broke on it
+                rid = None
+                log.info("request refused: %s: %s", type(e).__name__, e)
+                return protocol.fail(rid, protocol.ProtocolError(f"malformed request ({type(e).__name__})"))
             rid, method = req.id, req.method
             try:
                 self._check_target(req)
@@ -348,7 +400,7 @@ class Agent:
 
 def _best_effort_id(line: bytes) -> Any:
     try:
-        rid = json.loads(line).get("id")
+        rid = inputs.loads(line).get("id")
     except Exception:  # noqa: BLE001 - only for echoing the id back
         return None
     return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None

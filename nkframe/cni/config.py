@@ -15,6 +15,7 @@ import re
 from collections import namedtuple
 from collections.abc import Mapping
 
+from nkframe import inputs
 from nkframe.cni import SUPPORTED_VERSIONS, result
 from nkframe.cni.errors import (
     DECODING_FAILURE,
@@ -188,7 +189,7 @@ class NetConf(namedtuple("NetConf", "version name type ipam dns prev_result agen
 def decode(data: bytes) -> dict:
     """The JSON object on stdin.  Raises CniError 6 (not JSON) or 7 (not an object)."""
     try:
-        doc = json.loads(data)
+        doc = inputs.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(DECODING_FAILURE, "cannot decode the network configuration", f"stdin is not JSON: {e}") from None
     if not isinstance(doc, dict):

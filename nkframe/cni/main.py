@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from nkframe import inputs
 from nkframe.cni import LATEST, SUPPORTED_VERSIONS
 from nkframe.cni.errors import DECODING_FAILURE, INTERNAL, IO_FAILURE, CniError
 
@@ -67,7 +68,7 @@ def version(data: bytes) -> dict:
     v = None
     if data.strip():
         try:
-            doc = json.loads(data)
+            doc = inputs.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise CniError(DECODING_FAILURE, "cannot decode the VERSION request", f"stdin is not JSON: {e}") from None
         v = doc.get("cniVersion") if isinstance(doc, dict) else None
@@ -77,7 +78,7 @@ def version(data: bytes) -> dict:
 def _error_version(data: bytes) -> str:
     """An error is written in the configuration's version when we speak it, else the latest."""
     try:
-        doc = json.loads(data)
+        doc = inputs.loads(data)
     except (ValueError, UnicodeDecodeError):
         return LATEST
     v = doc.get("cniVersion") if isinstance(doc, dict) else None

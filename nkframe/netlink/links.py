@@ -723,6 +723,20 @@ def list_addresses(
         return sorted(out, key=lambda i: (i.version, i))
 
 
+def node_addresses(netns: str | None = None, *, ipr: Any = None) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """Every address on every device of a namespace (one dump per family)."""
+    with _session(netns, ipr) as sock:
+        out = []
+        what = f"list the addresses in {where(netns)}"
+        for p in _dump_both_families(sock, RTM_GETADDR, lambda fam: _IFADDRMSG.pack(fam, 0, 0, 0, 0), what):
+            family, plen, _f, _scope, _index = _IFADDRMSG.unpack_from(p)
+            a = attr_map(p, _IFADDRMSG.size)
+            raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+            if raw:
+                out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
+        return sorted(out, key=lambda i: (i.version, i))
+
+
 def _dump_both_families(sock: RtnlSocket, mtype: int, request_for, what: str) -> Iterator[bytes]:
     """The payloads of an IPv4 and then an IPv6 dump (a kernel without IPv6 gives only the first)."""
     for fam in (socket.AF_INET, socket.AF_INET6):

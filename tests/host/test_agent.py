@@ -389,3 +389,98 @@ def test_nkframe_agent_run_serves_until_sigterm(node, bpffs_root, sockdir):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def _spec_req(rid, **spec):
+    return json.dumps({"id": rid, "method": "endpoint.add",
+                       "params": {"spec": {"id": f"h{rid}", "netns": "p", **spec}}}).encode() + b"\n"
+
+
+HOSTILE = [
+    # (request line, words the one-line answer must contain) -- issue 17's agent cases
+    (b'{"id": 1, "method": ["ping"]}\n', "unknown method"),
+    (_spec_req(2, mtu="abc"), "mtu"),
+    (_spec_req(3, options="x"), "options"),
+    (b'{"id": 4, "method": "endpoint.add", "params": {"spec": {"id": "h4", "netns": "p", "options": '
+     + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}}}\n", "nests"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests"),
+    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"\n", "nests"),
+    (_spec_req(7, addresses={"10.77.40.9/32": 1}), "must be a list"),
+    (_spec_req(8, addresses=["0.0.0.0/32"]), "unspecified"),
+    (_spec_req(9, addresses=["255.255.255.255/32"]), "broadcast"),
+    (_spec_req(10, addresses=["224.0.0.1/32"]), "multicast"),
+    (_spec_req(11, addresses=["127.0.0.1/32"]), "loopback"),
+    (_spec_req(12, addresses=["::/128"]), "unspecified"),
+    (_spec_req(13, addresses=["::1/128"]), "loopback"),
+    (_spec_req(14, addresses=["ff02::1/128"]), "multicast"),
+    (b'{"id": 15, "method": "ping", "params": []}\n', "params"),
+    (b'{"id": 16, "method": "endpoint.del", "params": {"id": ["x"]}}\n', "id"),
+    (b'{"id": 17, "method": null}\n', "unknown method"),
+    (b'{"id": {"x": 1}, "method": "ping"}\n', "id"),
+]
+
+
+def test_hostile_requests_get_one_answer_each_and_the_agent_keeps_serving(agent, caplog):
+    """Every malformed request is answered (code 2), on the same connection, with no traceback
+    in the agent's log; afterwards the agent still serves (issue 17)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="nkframe.agent")
+    lines = [line for line, _ in HOSTILE] + [b'{"id": 99, "method": "ping"}\n']
+    *answers, last = _raw(agent.socket_path, *lines)
+    for (line, words), a in zip(HOSTILE, answers):
+        assert a["ok"] is False, (line[:80], a)
+        assert a["error"]["code"] == 2, (line[:80], a)
+        assert a["error"]["type"] in ("ProtocolError", "InvalidSpec"), (line[:80], a)
+        assert words in a["error"]["message"], (line[:80], a["error"]["message"])
+    assert last["ok"] is True and last["id"] == 99
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+    assert agent.engine.layout.endpoint_ids() == []
+
+
+def test_addresses_the_node_owns_are_refused(agent, node):
+    """The node's uplink address (a pod holding it took the node's traffic), and the network and
+    broadcast addresses of the node's subnet (issue 17)."""
+    pod = node.pod()
+    for addr, words in (("192.0.2.1/32", "belongs to the node"), ("192.0.2.0/32", "network address"),
+                        ("192.0.2.255/32", "broadcast address"), ("2001:db8:ff::1/128", "belongs to the node")):
+        [a] = _raw(agent.socket_path, json.dumps({"id": 1, "method": "endpoint.add", "params": {
+            "spec": {"id": "own", "netns": pod, "addresses": [addr]}}}).encode() + b"\n")
+        assert a["ok"] is False and a["error"]["code"] == 2, a
+        assert words in a["error"]["message"], a
+    assert agent.engine.layout.endpoint_ids() == []
+
+
+def test_one_agent_per_node_whichever_socket_and_the_loser_changes_nothing(node, bpffs_root, tmp_path):
+    """Issue 17: a second `agent run` for a node was refused only after it had replaced the
+    uplink programs, and one on another socket started and served.  Now the node lock is taken
+    first: the second agent exits, naming the first, and the uplink is as the first left it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "nkframe")
+    base = [exe, "--netns", node.netns, "--bpffs-root", bpffs_root, "agent", "run", "--plugin", "l3", "--uplink", node.uplink]
+    d1, d2 = tmp_path / "a", tmp_path / "b"
+    for d in (d1, d2):
+        d.mkdir(mode=0o700)
+    first = subprocess.Popen([*base, "--socket", str(d1 / "s.sock")], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (d1 / "s.sock").exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the first agent did not start"
+            time.sleep(0.1)
+        eng = Engine(node.netns, bpffs_root, plugin_objects=[], autoload=False)
+        before = [(a.name, a.prog_id, a.link_id) for a in eng.attached(node.uplink)]
+        assert before, "the first agent attached its uplink programs"
+        for d in (d1, d2):  # the same socket, and another one
+            r = subprocess.run([*base, "--socket", str(d / "s.sock")], capture_output=True, text=True, timeout=120)
+            assert r.returncode != 0
+            assert "another agent" in r.stderr and "Traceback" not in r.stderr, r.stderr
+            assert [(a.name, a.prog_id, a.link_id) for a in eng.attached(node.uplink)] == before
+        assert not (d2 / "s.sock").exists()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)

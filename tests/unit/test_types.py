@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from nkframe import specstore
 from nkframe.engine import order_chain
 from nkframe.errors import InvalidSpec, PluginError
-from nkframe.types import (
+from nkframe.types import (  # noqa: I001
+    reserved_reason,
     AttachMode,
     DeviceMode,
     EndpointSpec,
@@ -66,8 +67,8 @@ ids = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
 
 @given(
     eid=ids,
-    v4=st.lists(st.ip_addresses(v=4), max_size=2, unique=True),
-    v6=st.lists(st.ip_addresses(v=6), max_size=2, unique=True),
+    v4=st.lists(st.ip_addresses(v=4).filter(lambda a: reserved_reason(a) is None), max_size=2, unique=True),
+    v6=st.lists(st.ip_addresses(v=6).filter(lambda a: reserved_reason(a) is None), max_size=2, unique=True),
     mode=st.sampled_from(["l2", "l3"]),
     mtu=st.one_of(st.none(), st.integers(68, 65535)),
 )
@@ -136,3 +137,18 @@ def test_netkit_set_policy_encoding():
     for off in (0, 4 + len(kind)):
         got[off + 2 : off + 4] = (int.from_bytes(got[off + 2 : off + 4], "little") & 0x7FFF).to_bytes(2, "little")
     assert bytes(got) == linkinfo
+
+
+@pytest.mark.parametrize("addr,why", [
+    ("0.0.0.0/32", "unspecified"), ("255.255.255.255/32", "limited broadcast"), ("224.0.0.1/32", "multicast"),
+    ("127.0.0.1/32", "loopback"), ("169.254.1.1/32", "link-local"), ("240.0.0.1/32", "class E"),
+    ("::/128", "unspecified"), ("::1/128", "loopback"), ("ff02::1/128", "multicast"), ("fe80::1/128", "link-local"),
+])
+def test_addresses_that_are_never_a_pods_are_refused_as_input(addr, why):
+    with pytest.raises(InvalidSpec, match=why):
+        EndpointSpec(id="a", netns="p", addresses=[addr])
+
+
+def test_addresses_must_be_a_list():
+    with pytest.raises(InvalidSpec, match="must be a list"):
+        EndpointSpec(id="a", netns="p", addresses={"10.77.40.9/32": 1})
