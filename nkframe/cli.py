@@ -35,6 +35,26 @@ def _exit_code(e: BaseException) -> int:
 class _Group(click.Group):
     """Turns nkframe errors into one clear line and a documented exit code."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's usage errors (missing option, bad value, unknown option or command) as one
+        ``nkframe: error: ...`` line with exit code 2, as for every other bad input, instead of
+        click's Usage/Try/Error block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name or "nkframe", complete_var, False, **extra)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "nkframe"
+            click.echo(f"nkframe: error: {e.format_message()} (see '{where} --help')", err=True)
+            sys.exit(EXIT_INPUT)
+        except click.ClickException as e:
+            click.echo(f"nkframe: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code if e.exit_code else EXIT_INPUT)
+        except click.exceptions.Abort:
+            click.echo("nkframe: aborted", err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
