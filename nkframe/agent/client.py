@@ -66,6 +66,8 @@ class AgentClient:
                 raise AgentUnavailable(f"no agent socket at {path} (start one: nkframe agent run)") from None
             if e.kind == wire.STALE:
                 raise AgentUnavailable(f"no agent listens on {path} (a stale socket of a stopped agent; start one: nkframe agent run)") from None
+            if e.kind == wire.BUSY:
+                raise AgentUnavailable(e.detail) from None
             if e.kind == wire.DENIED:
                 raise PermissionError(errno.EACCES, f"cannot connect to the agent at {path}: permission denied (the socket is root-only)") from None
             raise e.error from None  # anything else is not "no agent": the caller sees it as it is

@@ -463,7 +463,9 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # an idle client connection must not hold up shutdown
     block_on_close = False
-    request_queue_size = 128
+    # Clients retry a full queue for a while (wire.BUSY_WAIT): 1,024 waiting connections cover
+    # the documented concurrency (runtimes start pods by the dozen) with room to spare.
+    request_queue_size = 1024
 
     def __init__(self, path: str, agent: Agent):
         self.agent = agent

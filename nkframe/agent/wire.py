@@ -9,12 +9,16 @@ caller turns into its own error type and wording.
 from __future__ import annotations
 
 import socket
+import time
 
 # WireError.kind
 MISSING = "missing"  # no socket file
 STALE = "stale"  # a socket nobody listens on (an agent that was killed)
 DENIED = "denied"  # the socket is not ours to use
 CONNECT = "connect"  # any other connect failure
+BUSY = "busy"  # the listen queue stayed full for BUSY_WAIT seconds
+#: How long a connect waits for a full listen queue to drain before giving up.
+BUSY_WAIT = 10.0
 TIMEOUT = "timeout"  # no answer in time
 LOST = "lost"  # the connection broke while sending or receiving
 CLOSED = "closed"  # the agent closed the connection without an answer
@@ -36,7 +40,7 @@ class Connection:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(timeout)
         try:
-            self._sock.connect(path)
+            self._connect(path, min(timeout, BUSY_WAIT) if timeout else BUSY_WAIT)
         except FileNotFoundError:
             self._sock.close()
             raise WireError(MISSING) from None
@@ -50,6 +54,22 @@ class Connection:
             self._sock.close()
             raise WireError(CONNECT, str(e), e) from None
         self._rfile = self._sock.makefile("rb")
+
+    def _connect(self, path: str, wait: float) -> None:
+        # A Unix socket whose listen backlog is full refuses a connect with EAGAIN at once (the
+        # socket has a timeout, so it is non-blocking underneath): under a burst of clients
+        # that is "busy", not "no agent".  Retry with a growing pause for up to ``wait`` s.
+        deadline = time.monotonic() + wait
+        pause = 0.002
+        while True:
+            try:
+                self._sock.connect(path)
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise WireError(BUSY, f"the agent at {path} stayed busy (its listen queue full) for {wait:.0f} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     def roundtrip(self, line: bytes, max_answer: int) -> bytes:
         """Send one request line; the answer line (raises WireError TIMEOUT, LOST or CLOSED)."""

@@ -484,3 +484,20 @@ def test_one_agent_per_node_whichever_socket_and_the_loser_changes_nothing(node,
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(60)
+
+
+def test_300_concurrent_clients_all_get_answers(agent):
+    """Issue 17: 300 concurrent AgentClient connections gave 147 raw BlockingIOError (EAGAIN
+    at connect: the listen queue was full).  Now connect waits for a full queue, bounded, and
+    every client is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nkframe.agent.client import AgentClient
+
+    def one(_):
+        with AgentClient(agent.socket_path) as c:
+            return c.ping()["pid"]
+
+    with ThreadPoolExecutor(300) as pool:
+        pids = list(pool.map(one, range(300)))
+    assert pids == [os.getpid()] * 300
