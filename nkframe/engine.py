@@ -305,11 +305,14 @@ class Engine:
         chosen = self.hook.nkframe_pin_path(root=str(self.layout.root), scope=scope, owner=owner, kind=kind, name=name)
         return str(self.layout.check_inside(chosen)) if chosen else str(default)
 
-    def _load(self, ctx: EndpointContext, chains: dict[str, list[ProgramSpec]], *, fresh: bool = False) -> list:
+    def _load(self, ctx: EndpointContext, chains: dict[str, list[ProgramSpec]], *, fresh: set | None = None) -> list:
         """Open and load each distinct (object, globals) once; pinned maps are reused.
 
         Groups whose specs are all ``shared`` come from the engine's cache (loaded by the first
-        add that needed them); ``fresh`` (upgrade) loads them again and replaces the cached copy.
+        add that needed them).  ``fresh`` (an upgrade) is the set of shared groups this upgrade
+        has already reloaded: a group not in it is loaded again from disk, replaces the cached
+        copy and joins the set, so every endpoint of one upgrade shares the one new copy
+        (each endpoint once got a copy of its own).
         """
         from nkframe import bpf
 
@@ -322,7 +325,7 @@ class Engine:
             map_paths = self._map_paths(ctx, members)
             shared = all(s.shared for s in members)
             key = (obj_path, progcache.file_id(obj_path), globs, tuple(sorted(map_paths.items()))) if shared else None
-            if shared and not fresh and key in self._shared:
+            if shared and (fresh is None or key in fresh) and key in self._shared:
                 self._shared.move_to_end(key)
                 obj = self._shared[key]
             else:
@@ -339,6 +342,8 @@ class Engine:
                     raise
                 if shared:
                     obj = self._cache_shared(key, obj)
+                    if fresh is not None:
+                        fresh.add(key)
             loaded.append(obj)
             for name, m in obj.maps.items():
                 ctx.maps.setdefault(name, m.dup())

@@ -62,10 +62,11 @@ def upgrade(engine, endpoint_ids: Iterable[str] | None = None) -> list[Endpoint]
                     raise EndpointNotFound(f"no endpoint {eid!r} under {engine.layout.root}")
                 if not engine.layout.ready_marker(eid).exists():
                     raise NkframeError(f"endpoint {eid} is not complete (an add or remove was interrupted); run reconcile first")
-        return [upgrade_endpoint(engine, eid) for eid in ids]
+        reloaded: set = set()  # shared programs reloaded by this upgrade: one new copy for all
+        return [upgrade_endpoint(engine, eid, reloaded) for eid in ids]
 
 
-def upgrade_endpoint(engine, endpoint_id: str) -> Endpoint:
+def upgrade_endpoint(engine, endpoint_id: str, reloaded: set | None = None) -> Endpoint:
     from nkframe.engine import _close_all
     from nkframe.netlink import links
 
@@ -95,7 +96,8 @@ def upgrade_endpoint(engine, endpoint_id: str) -> Endpoint:
     finish: list = []  # phase 2: remove what the new chains replace
     loaded: list = []
     try:
-        loaded = engine._load(ctx, chains, fresh=True)  # an upgrade loads what is on disk now
+        # An upgrade loads what is on disk now; shared programs once per upgrade.
+        loaded = engine._load(ctx, chains, fresh=set() if reloaded is None else reloaded)
         prog_of = _programs_by_spec(chains, loaded)
         with netns.enter(engine.node_netns):
             for hook in sorted(set(chains) | set(current)):

@@ -81,6 +81,24 @@ def test_a_new_engine_loads_its_own_copy(node, bpffs_root):
         b.remove_endpoint(eid)
 
 
+def test_one_upgrade_of_many_endpoints_gives_them_one_new_copy(node, bpffs_root):
+    """Issue 17: after `agent upgrade`, endpoints that shared one l3_fwd each had their own
+    copy.  One upgrade of several endpoints loads the shared program once for all of them."""
+    eng = _engine(node, bpffs_root)
+    eps = [eng.add_endpoint(EndpointSpec(id=f"up-{i}", netns=node.pod(), addresses=[f"10.221.2.{i + 1}/32"]))
+           for i in range(3)]
+    old = {_fwd(ep).prog_id for ep in eps}
+    assert len(old) == 1
+    ups = eng.upgrade()  # every endpoint, as the agent's upgrade does
+    new = {_fwd(ep).prog_id for ep in ups}
+    assert len(new) == 1 and new != old, f"one new shared copy expected, got {new} (was {old})"
+    later = eng.add_endpoint(EndpointSpec(id="up-9", netns=node.pod(), addresses=["10.221.2.9/32"]))
+    assert {_fwd(later).prog_id} == new
+    for eid in list(eng.layout.endpoint_ids()):
+        eng.remove_endpoint(eid)
+    eng.close()
+
+
 def test_shared_program_with_endpoint_maps_is_refused():
     with pytest.raises(InvalidSpec, match="cannot use endpoint-scoped maps"):
         ProgramSpec(name="x", object=objects.path("count"), program="count", hook=Hook.FROM_POD,
