@@ -501,3 +501,25 @@ def test_300_concurrent_clients_all_get_answers(agent):
     with ThreadPoolExecutor(300) as pool:
         pids = list(pool.map(one, range(300)))
     assert pids == [os.getpid()] * 300
+
+
+def test_the_cli_without_an_agent_validates_like_the_agent(node, bpffs_root, tmp_path):
+    """Issue 17: `--no-agent --pod-netns <the node's own netns>` created the pod end inside the
+    node; a missing namespace was InvalidSpec by path and NetnsNotFound by name.  One check now."""
+    base = ["--netns", node.netns, "--bpffs-root", bpffs_root, "--no-agent", "endpoint", "add"]
+    cases = [
+        (["own", "--pod-netns", node.netns, "--address", "10.77.9.1/32"], 2, "node's own network namespace"),
+        (["own", "--pod-netns", f"/run/netns/{node.netns}", "--address", "10.77.9.1/32"], 2, "node's own network namespace"),
+        (["gone", "--pod-netns", "nkt-no-such-ns"], 5, "nkt-no-such-ns"),
+        (["gone", "--pod-netns", "/run/netns/nkt-no-such-ns"], 5, "nkt-no-such-ns"),
+        (["mine", "--pod-netns", node.pod(), "--address", "192.0.2.1/32"], 2, "belongs to the node"),
+        (["bc", "--pod-netns", node.pod(), "--address", "192.0.2.255/32"], 2, "broadcast address"),
+        (["lo", "--pod-netns", node.pod(), "--address", "127.0.0.1/32"], 2, "loopback"),
+    ]
+    before = {link.name for link in links.list_links(node.netns)}
+    for argv, code, words in cases:
+        r = CliRunner().invoke(cli, base + argv, env=_NO_PLUGINS)
+        assert r.exit_code == code, (argv, r.exit_code, r.output)
+        assert words in r.output and r.output.startswith("nkframe: error: "), (argv, r.output)
+    assert {link.name for link in links.list_links(node.netns)} == before
+    assert not os.path.isdir(os.path.join(bpffs_root, "endpoints")) or not os.listdir(os.path.join(bpffs_root, "endpoints"))
