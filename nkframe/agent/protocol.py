@@ -122,7 +122,7 @@ def _attach(v: Any, what: str = "attach") -> str:
 # The shim writes bytes it cannot decode as lone surrogates U+DC80..U+DCFF (Python's
 # "surrogateescape"), so the original bytes come back exactly, as os.environ would see them.
 CNI_ENV_KEY_MAX = 64
-CNI_ENV_VALUE_MAX = 16 << 10
+CNI_ENV_VALUE_MAX = 64 << 10  # nkframe.cni.config.CNI_VALUE_MAX
 CNI_ENV_MAX_KEYS = 32
 CNI_STDIN_MAX = MAX_LINE
 _CNI_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")

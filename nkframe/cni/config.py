@@ -117,6 +117,12 @@ def derived_mac(endpoint_id: str, side: str) -> str:
 # environment
 
 
+#: The variables the CNI specification defines: all that either executable reads or forwards.
+CNI_VARIABLES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+#: The longest value of one of them (the same limit in the shim and the agent's protocol).
+CNI_VALUE_MAX = 64 << 10
+
+
 class CniEnv(namedtuple("CniEnv", "command container_id netns ifname args path")):
     """The ``CNI_*`` environment of one invocation.
 
@@ -128,6 +134,12 @@ class CniEnv(namedtuple("CniEnv", "command container_id netns ifname args path")
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "CniEnv":
+        # The shim forwards exactly these variables and refuses the same over-long values
+        # (nkframe/cni/shim.c): both executables accept and refuse the same environments.
+        for key in CNI_VARIABLES:
+            if len(environ.get(key, "").encode(errors="surrogateescape")) > CNI_VALUE_MAX:
+                raise CniError(INVALID_ENVIRONMENT, f"{key} is too long",
+                               f"{key} is longer than {CNI_VALUE_MAX} bytes")
         command = environ.get("CNI_COMMAND", "")
         if not command:
             raise CniError(INVALID_ENVIRONMENT, "CNI_COMMAND is not set",
@@ -267,10 +279,17 @@ def parse(doc: dict, command: str, default_socket: str) -> NetConf:
         it = ipam.get("type")
         if not isinstance(it, str) or not _PLUGIN_TYPE_RE.match(it):
             raise _bad(f"'ipam.type' is {it!r}; it must name an IPAM plugin's executable in CNI_PATH (e.g. host-local)")
+        if it in (ptype, "nkframe", "nkframe-cni", "nkframe-cni-shim"):
+            # The plugin would exec itself as its own IPAM, which execs itself again...: a
+            # configuration once made the agent fork 100+ nested plugins in half a second.
+            raise _bad(f"'ipam.type' is {it!r}, nkframe itself; it must name an IPAM plugin (e.g. host-local)")
     elif command == "ADD":
         raise _bad("'ipam' is missing; nkframe takes pod addresses from an IPAM plugin, e.g. "
                    '"ipam": {"type": "host-local", "subnet": "10.22.0.0/16"}')
     dns = _obj(doc, "dns") or {}
+    # Checked here, before anything exists: a bad 'dns' once failed the ADD after the endpoint
+    # and the lease were made.
+    result.parse_dns(dns, "dns", code=INVALID_CONFIG)
     for key in ("args", "runtimeConfig", "capabilities"):
         _obj(doc, key)
     runtime_config = doc.get("runtimeConfig") or {}

@@ -88,7 +88,7 @@ def parse(doc: object, what: str, *, code: int) -> dict:
             entry["gateway"] = str(gw)
         if ip.get("interface") is not None:
             idx = _uint(ip["interface"], code, f"{w}.interface")
-            if out["interfaces"] and idx >= len(out["interfaces"]):
+            if idx >= len(out["interfaces"]):
                 raise _fail(code, w, f"interface {idx} is not an index into interfaces (it has {len(out['interfaces'])})")
             entry["interface"] = idx
         out["ips"].append(entry)

@@ -42,6 +42,19 @@
 #define TRY_AGAIN_LATER 11
 #define NOT_AVAILABLE 50  /* STATUS: cannot serve ADD */
 #define INTERNAL 999
+/* The variables the CNI specification defines: the only ones forwarded (nkframe-cni reads just
+ * these too), each at most CNI_VALUE_MAX bytes (nkframe.cni.config.CNI_VALUE_MAX). */
+#define CNI_VALUE_MAX (64 << 10)
+static const char *const CNI_VARIABLES[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS",
+					    "CNI_IFNAME", "CNI_ARGS", "CNI_PATH", NULL};
+
+static int cni_variable(const char *name, size_t len)
+{
+	for (const char *const *v = CNI_VARIABLES; *v; v++)
+		if (strlen(*v) == len && memcmp(*v, name, len) == 0)
+			return 1;
+	return 0;
+}
 
 extern char **environ;
 
@@ -256,8 +269,11 @@ int main(void)
 	int first = 1;
 	for (char **e = environ; *e; e++) {
 		const char *eq = strchr(*e, '=');
-		if (strncmp(*e, "CNI_", 4) != 0 || !eq)
+		if (!eq || !cni_variable(*e, (size_t)(eq - *e)))
 			continue;
+		if (strlen(eq + 1) > CNI_VALUE_MAX)
+			fail(INVALID_ENVIRONMENT, "a CNI variable is too long", "%.*s is longer than %d bytes",
+			     (int)(eq - *e), *e, CNI_VALUE_MAX);
 		puts_(&req, first ? "\"" : ",\"");
 		first = 0;
 		put_escaped(&req, *e, (size_t)(eq - *e));

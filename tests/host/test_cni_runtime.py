@@ -85,7 +85,8 @@ class Harness:
         d.update(kw)
         return d
 
-    def run(self, command: str, conf: dict, *, cid: str, pod: str | None, ifname: str = "eth0", args: str = "") -> tuple[int, dict]:
+    def run(self, command: str, conf: dict, *, cid: str, pod: str | None, ifname: str = "eth0", args: str = "",
+            stdin: bytes | None = None, env: dict | None = None) -> tuple[int, dict]:
         """Exec the plugin as a runtime does (from the host's namespace: a runtime runs plugins
         in its own); (exit status, decoded stdout or {})."""
         # NKFRAME_AGENT_SOCKET as a runtime's own environment would carry it: the shim reads no
@@ -96,8 +97,10 @@ class Harness:
             environ["CNI_NETNS"] = netns.netns_path(pod)
         if args:
             environ["CNI_ARGS"] = args
+        environ.update(env or {})
         exe = os.path.join(self.cni_path, conf["type"])
-        p = subprocess.run([exe], input=json.dumps(conf).encode(), env=environ, capture_output=True, timeout=120)
+        p = subprocess.run([exe], input=json.dumps(conf).encode() if stdin is None else stdin, env=environ,
+                           capture_output=True, timeout=120)
         out = p.stdout.decode().strip()
         return p.returncode, (json.loads(out) if out else {})
 
@@ -359,3 +362,44 @@ def test_gc_removes_attachments_the_runtime_no_longer_has(cni, node):
     for cid, pod, conf in (("ctr-a", pa, net), ("ctr-c", pc, other)):
         cni.ok("DEL", conf, cid=cid, pod=pod)
     assert cni.endpoint_ids() == []
+
+
+_PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "x"}],
+         "ips": [{"address": "10.9.9.9/32", "interface": 3}]}
+HOSTILE_CNI = [
+    # (id, conf changes, raw stdin, extra environment, expected exit code) -- issue 16 item 5
+    ("dns-nameservers-int", {"dns": {"nameservers": 5}}, None, {}, 7),
+    ("dns-search-int", {"dns": {"search": 5}}, None, {}, 7),
+    ("dns-domain-list", {"dns": {"domain": ["a"]}}, None, {}, 7),
+    ("prev-ips-index-past-interfaces", {"prevResult": _PREV}, None, {}, 7),
+    ("prev-ips-index-no-interfaces", {"prevResult": {**_PREV, "interfaces": []}}, None, {}, 7),
+    ("ipam-is-nkframe", {"ipam": {"type": "nkframe"}}, None, {}, 7),
+    ("deep-json", None, b"[" * 100_000 + b"]" * 100_000, {}, 6),
+    ("deep-object", None, b'{"a":' * 50_000 + b"1" + b"}" * 50_000, {}, 6),
+    ("empty-policy", {"policy": {}}, None, {}, 7),
+    ("lowercase-cni-var", {}, None, {"CNI_foo": "bar"}, 0),
+    ("forty-cni-vars", {}, None, {f"CNI_X{i}": "v" for i in range(40)}, 0),
+    ("cni-args-20k", {}, None, {"CNI_ARGS": "IgnoreUnknown=1;K=" + "a" * 20_000}, 0),
+    ("cni-args-70k", {}, None, {"CNI_ARGS": "IgnoreUnknown=1;K=" + "a" * 70_000}, 4),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_CNI, ids=[c[0] for c in HOSTILE_CNI])
+def test_hostile_cni_input_same_answer_from_both_executables(cni, node, case):
+    """Each bad input gets its CNI error code before anything is created (no endpoint, no
+    lease, no device), from nkframe-cni and from the shim alike (the cni_path fixture runs
+    every test with each); the good ones pass through both."""
+    _name, changes, stdin, env, want = case
+    pod = node.pod()
+    conf = cni.conf(**(changes or {}))
+    links_before = cni.node_links()
+    rc, doc = cni.run("ADD", conf, cid="ctr-h", pod=pod, stdin=stdin, env=env)
+    assert (rc == 0) == (want == 0), (rc, doc)
+    if want:
+        assert doc.get("code") == want and doc.get("msg"), doc
+        assert "Traceback" not in json.dumps(doc)
+        assert cni.endpoint_ids() == [] and cni.leases() == {} and cni.node_links() == links_before
+    else:
+        assert cni.endpoint_ids() == [config.endpoint_id("ctr-h", "eth0")]
+        cni.ok("DEL", conf, cid="ctr-h", pod=pod)
+        assert cni.endpoint_ids() == [] and cni.leases() == {}
