@@ -160,15 +160,18 @@ def endpoint() -> None:
 @click.option("--device", type=click.Choice(["auto", "netkit", "veth"]), default="auto", show_default=True)
 @click.option("--mac", default=None, help="Pod MAC address (L2 only).")
 @click.option("--mtu", type=int, default=None)
+@click.option("--option", "option_args", multiple=True, metavar="KEY=JSON",
+              help="A spec option for plugins, its value as JSON, e.g. --option 'portblock={\"port\": 22}' "
+                   "or --option policy=@p.json (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mode, device, mac, mtu, as_json) -> None:
+def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mode, device, mac, mtu, option_args, as_json) -> None:
     """Create endpoint ENDPOINT_ID in an existing pod namespace."""
     from nkframe.types import EndpointSpec
 
     spec = EndpointSpec(
         id=endpoint_id, netns=pod_netns, addresses=addresses, ifname=ifname, host_ifname=host_ifname,
-        mode=mode, device=device, mac=mac, mtu=mtu,
+        mode=mode, device=device, mac=mac, mtu=mtu, options=_options(option_args),
     )
     ep = _api(ctx).add_endpoint(spec)
     if as_json:
@@ -176,6 +179,29 @@ def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mo
     else:
         click.echo(f"endpoint {ep.id}: {ep.device_kind} {ep.spec.node_ifname} (ifindex {ep.node_ifindex}), "
                    + ", ".join(f"{h}: {m}" for h, m in ep.mechanism.items()))
+
+
+def _options(args) -> dict:
+    """``KEY=JSON`` (or ``KEY=@FILE`` holding JSON) pairs as a spec's options."""
+    from nkframe import inputs
+
+    out: dict = {}
+    for arg in args:
+        key, eq, raw = arg.partition("=")
+        if not eq or not key:
+            raise errors.InvalidSpec(f"--option {arg!r}: write KEY=JSON, e.g. --option 'portblock={{\"port\": 22}}'")
+        if key in out:
+            raise errors.InvalidSpec(f"--option {key} is given twice")
+        if raw.startswith("@"):
+            try:
+                raw = open(raw[1:], encoding="utf-8").read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise errors.InvalidSpec(f"--option {key}: cannot read {raw[1:]}: {e}") from None
+        try:
+            out[key] = inputs.loads(raw)
+        except ValueError as e:
+            raise errors.InvalidSpec(f"--option {key}: the value is not JSON ({e}); quote strings: {key}='\"text\"'") from None
+    return out
 
 
 @endpoint.command("del")

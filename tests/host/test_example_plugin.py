@@ -147,3 +147,24 @@ def test_example_plugin_refuses_a_bad_option_before_building_anything(installed,
     assert "not a port number" in got["error"][1]
     assert not os.path.exists(f"{bpffs_root}/endpoints/bad")
     assert [l.name for l in links.list_links(netns=pod)] == ["lo"]
+
+
+def test_the_cli_turns_an_option_gated_plugin_on_with_option(installed, node, bpffs_root):
+    """Issue 12: `nkframe endpoint add` had no way to pass spec.options, so the documented
+    example plugin could not be turned on from the CLI.  `--option KEY=JSON` does it."""
+    env = dict(os.environ, PYTHONPATH=str(installed), NKFRAME_PLUGINS="portblock", NKFRAME_NO_AGENT="1")
+    env.pop("NKFRAME_DISABLE_PLUGIN_AUTOLOAD", None)
+    base = [sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "--bpffs-root", bpffs_root]
+    pod = node.pod("opt")
+    res = subprocess.run([*base, "endpoint", "add", "opt", "--pod-netns", pod, "--address", "10.96.1.10/32",
+                          "--option", f'portblock={{"udp_ports": [{BLOCKED}]}}', "--json"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    try:
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert [p["name"] for p in doc["programs"]] == ["portblock"]
+        bad = subprocess.run([*base, "endpoint", "add", "opt2", "--pod-netns", pod, "--option", "portblock={nope"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert bad.returncode == 2 and bad.stderr.startswith("nkframe: error: --option portblock: the value is not JSON"), bad.stderr
+    finally:
+        Engine(node.netns, bpffs_root, autoload=False).remove_endpoint("opt")
