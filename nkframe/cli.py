@@ -66,6 +66,24 @@ class _Group(click.Group):
             ctx.exit(EXIT_KERNEL)
 
 
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A table: rich's on a terminal; aligned plain text, whole and uncut, when stdout is a pipe
+    or a file (docs/cli.md promises it: rich cut piped tables to 80 columns and lost names)."""
+    if not sys.stdout.isatty():
+        from nkframe.status import plain
+
+        click.echo(plain(title, columns, rows))
+        return
+    from rich.table import Table
+
+    t = Table(title=title or None)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    _console().print(t)
+
+
 def _console():
     from rich.console import Console
 
@@ -127,16 +145,9 @@ def probe(as_json: bool, require: tuple[str, ...]) -> None:
     if as_json:
         _print_json(feats.to_dict())
     else:
-        from rich.table import Table
-
-        t = Table(title=f"kernel {feats.kernel} · libbpf {feats.libbpf} · libxdp {feats.libxdp or 'missing'}")
-        t.add_column("feature")
-        t.add_column("supported")
-        t.add_column("reason", overflow="fold")
-        for name in feats:
-            f = feats[name]
-            t.add_row(name, "[green]yes[/]" if f.supported else "[red]no[/]", f.reason)
-        _console().print(t)
+        _table(f"kernel {feats.kernel} · libbpf {feats.libbpf} · libxdp {feats.libxdp or 'missing'}",
+               ["feature", "supported", "reason"],
+               [[name, "yes" if feats[name].supported else "no", feats[name].reason] for name in feats])
     missing = [r for r in require if not feats.supported(r)]
     if missing:
         raise SystemExit(EXIT_FAILED)
@@ -222,19 +233,13 @@ def endpoint_ls(ctx, as_json) -> None:
     if as_json:
         _print_json([endpoint_doc(e) for e in eps])
         return
-    from rich.table import Table
-
-    t = Table()
-    for col in ("id", "netns", "device", "mode", "addresses", "attach", "programs"):
-        t.add_column(col)
-    for e in eps:
-        t.add_row(
-            e.id, e.spec.netns, f"{e.device_kind} {e.spec.node_ifname}", e.spec.mode.value,
-            " ".join(str(a) for a in e.spec.addresses),
-            " ".join(f"{h}:{m}" for h, m in sorted(e.mechanism.items())),
-            " ".join(f"{p.name}#{p.prog_id}" for p in e.programs),
-        )
-    _console().print(t)
+    _table("endpoints", ["id", "netns", "device", "mode", "addresses", "attach", "programs"], [
+        [e.id, e.spec.netns, f"{e.device_kind} {e.spec.node_ifname}", e.spec.mode.value,
+         " ".join(str(a) for a in e.spec.addresses),
+         " ".join(f"{h}:{m}" for h, m in sorted(e.mechanism.items())),
+         " ".join(f"{p.name}#{p.prog_id}" for p in e.programs)]
+        for e in eps
+    ])
 
 
 def endpoint_doc(e) -> dict:
@@ -270,25 +275,26 @@ def attached(ctx, device, as_json) -> None:
     o = ctx.obj
     st = links.get_link(device, netns=o["node_netns"])
     progs = list_attached(st.ifindex, netns_name=o["node_netns"], netkit=st.kind == "netkit")
+    # The kernel's name is the program function's, cut to 15 bytes; nkframe's is the spec's
+    # (what status, graph and the pins say).  "-": not attached by nkframe under this root.
+    ours = _engine(ctx).program_names()
     if as_json:
         _print_json([
             {"mechanism": str(p.mechanism), "direction": p.hook, "prog_id": p.prog_id, "name": p.name,
+             "nkframe_name": ours.get(p.prog_id),
              "link_id": p.link_id, "tc_handle": p.tc_handle, "tc_priority": p.tc_priority}
             for p in progs
         ])
         return
-    from rich.table import Table
-
-    t = Table(title=f"{device} (ifindex {st.ifindex}, {st.kind or 'device'})")
-    for col in ("mechanism", "direction", "order", "prog id", "name", "link id / tc handle:prio"):
-        t.add_column(col)
     order: dict[tuple, int] = {}
+    rows = []
     for p in progs:
         k = (p.mechanism, p.hook)
         order[k] = order.get(k, 0) + 1
         where = str(p.link_id) if p.link_id else (f"{p.tc_handle:#x}:{p.tc_priority:#x}" if p.tc_handle else "-")
-        t.add_row(str(p.mechanism), p.hook, str(order[k]), str(p.prog_id), p.name, where)
-    _console().print(t)
+        rows.append([str(p.mechanism), p.hook, str(order[k]), str(p.prog_id), ours.get(p.prog_id, "-"), p.name, where])
+    _table(f"{device} (ifindex {st.ifindex}, {st.kind or 'device'})",
+           ["mechanism", "direction", "order", "prog id", "nkframe name", "kernel name", "link id / tc handle:prio"], rows)
 
 
 @cli.command()

@@ -825,6 +825,24 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------
 
+    def program_names(self) -> dict[int, str]:
+        """Program id -> the name nkframe gave it (its ProgramSpec's), for every program this
+        root pinned: endpoints' and node devices'.  The kernel keeps only the first 15 bytes
+        of a program's function name (BPF_OBJ_NAME_LEN), which is not the spec's name."""
+        from nkframe.netlink import links
+
+        out: dict[int, str] = {}
+        for ep in self.endpoints():
+            out.update((p.prog_id, p.name) for p in ep.programs)
+        dev_root = self.layout.root / "devices"
+        for dev in sorted(os.listdir(dev_root)) if dev_root.is_dir() else ():
+            try:
+                ifindex = links.get_link(dev, netns=self.node_netns).ifindex
+            except KernelError:
+                continue
+            out.update((p.prog_id, p.name) for p in self._read_programs("device", dev, ifindex))
+        return out
+
     def attached(self, ifname: str) -> list[AttachedProgram]:
         """Every program attached to a device in the node netns, by any mechanism."""
         from nkframe.netlink import links

@@ -249,3 +249,21 @@ def test_status_check_fails_for_an_endpoint_without_its_datapath(node, bpffs_roo
     finally:
         for eid in eng.layout.endpoint_ids():
             eng.remove_endpoint(eid)
+
+
+def test_ls_and_attached_print_plain_whole_lines_when_piped(node, bpffs_root):
+    """Issue 12: piped `endpoint ls` and `attached` were box-drawn tables cut to 80 columns,
+    losing names and addresses; docs/cli.md promises plain text."""
+    eng = Engine(node.netns, bpffs_root, plugin_objects=[Counting()], autoload=False)
+    pod = node.pod("a-rather-long-pod-namespace-name")
+    addrs = [f"10.88.1.{i}/32" for i in range(1, 7)]
+    ep = eng.add_endpoint(EndpointSpec(id="pod-with-a-long-identifier", netns=pod, addresses=addrs))
+    try:
+        out = _cli(node, bpffs_root, "--no-agent", "endpoint", "ls").stdout
+        assert not set(out) & set("─│┃┏┗╭╰━"), out
+        [line] = [ln for ln in out.splitlines() if ln.startswith("pod-with-a-long-identifier")]
+        assert pod in line and all(a in line for a in addrs), line
+        out = _cli(node, bpffs_root, "attached", ep.spec.node_ifname).stdout
+        assert not set(out) & set("─│┃┏┗╭╰━") and "count_out" in out and "count_in" in out, out
+    finally:
+        eng.remove_endpoint(ep.id)
