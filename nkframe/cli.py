@@ -59,6 +59,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except errors.NkframeError as e:
+            if (ctx.obj or {}).get("verbose"):
+                import traceback
+
+                traceback.print_exception(e)
             click.echo(f"nkframe: error: {e}", err=True)
             ctx.exit(_exit_code(e))
         except PermissionError as e:
@@ -100,11 +104,18 @@ def _print_json(doc: Any) -> None:
 @click.option("--attach", "attach_mode", envvar="NKFRAME_ATTACH", default="auto", type=click.Choice(["auto", "netkit", "tcx", "tc"]), show_default=True, help="Force an attach mechanism.")
 @click.option("--agent-socket", envvar="NKFRAME_AGENT_SOCKET", default=None, help="The agent's socket (default /run/nkframe/agent.sock); endpoint add/del/ls and gc go through a running agent.")
 @click.option("--no-agent", is_flag=True, envvar="NKFRAME_NO_AGENT", help="Act on bpffs and the kernel directly even when an agent runs.")
+@click.option("-v", "--verbose", is_flag=True, envvar="NKFRAME_VERBOSE", help="On an error, print its traceback too (and debug logs).")
 @click.version_option(package_name="nkframe")
 @click.pass_context
-def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode: str, agent_socket: str | None, no_agent: bool) -> None:
+def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode: str, agent_socket: str | None, no_agent: bool,
+        verbose: bool) -> None:
     """nkframe: BPF dataplanes on the Linux netkit device."""
-    ctx.obj = {"node_netns": node_netns, "bpffs_root": bpffs_root, "attach": attach_mode, "agent_socket": agent_socket, "no_agent": no_agent}
+    ctx.obj = {"node_netns": node_netns, "bpffs_root": bpffs_root, "attach": attach_mode, "agent_socket": agent_socket, "no_agent": no_agent,
+               "verbose": verbose}
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="nkframe %(levelname)s %(name)s: %(message)s")
 
 
 def _engine(ctx: click.Context):

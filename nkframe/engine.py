@@ -35,6 +35,7 @@ from nkframe.errors import (
     NkframeError,
     NotSupported,
     PluginError,
+    VerifierError,
 )
 from nkframe.types import (
     AttachedProgram,
@@ -182,10 +183,17 @@ class Engine:
                 # before it leaves an endpoint reconcile() finishes off (the caller never
                 # heard "done").
                 self.layout.ready_marker(spec.id).mkdir()
-            except BaseException:
+            except BaseException as e:
                 failures = ctx.undo.rollback()
                 if failures:
                     log.error("rollback of %s left %d problem(s): %s", spec.id, len(failures), failures)
+                if isinstance(e, Exception) and not isinstance(e, NkframeError):
+                    # A plugin's bug (a plain exception out of a hook): one error that names the
+                    # plugin and says the add was undone; the traceback goes to the log.
+                    log.debug("add %s failed in a plugin", spec.id, exc_info=True)
+                    raise PluginError(f"{self._blame(e)} failed while adding endpoint {spec.id} "
+                                      f"({type(e).__name__}: {e}); the add was undone"
+                                      + (f" except: {'; '.join(failures)}" if failures else "")) from e
                 raise
             finally:
                 _close_all(loaded)
@@ -201,6 +209,30 @@ class Engine:
             )
             self.hook.nkframe_endpoint_added(endpoint=endpoint)
             return endpoint
+
+    def _blame(self, exc: BaseException) -> str:
+        """"plugin NAME (hook HOOK)" for the deepest traceback frame that is a registered
+        plugin's code, or "nkframe" when none is."""
+        import inspect
+        import traceback
+
+        files: dict[str, str] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            try:
+                f = inspect.getfile(plugin if inspect.ismodule(plugin) else type(plugin))
+            except TypeError:
+                continue
+            files[os.path.dirname(f) if f.endswith("__init__.py") else f] = name
+        plugin = hook = None
+        for frame in traceback.extract_tb(exc.__traceback__):
+            for path, name in files.items():
+                if frame.filename == path or frame.filename.startswith(path + os.sep):
+                    plugin = plugin or name
+                    if frame.name.startswith("nkframe_"):
+                        plugin, hook = name, frame.name
+        if plugin is None:
+            return "nkframe"
+        return f"plugin {plugin!r}" + (f" (hook {hook})" if hook else "")
 
     def _check_owned_by_node(self, spec: EndpointSpec) -> None:
         """Refuse what belongs to the node: its own namespace as a pod's, an address the node
@@ -337,6 +369,11 @@ class Engine:
                         os.makedirs(os.path.dirname(path), exist_ok=True)
                         obj.set_map_pin_path(map_name, path)
                     obj.load()
+                except VerifierError as e:
+                    obj.close()
+                    who = ", ".join(sorted({f"plugin {s.plugin!r}" if s.plugin else "an unnamed plugin" for s in members}))
+                    progs = ", ".join(s.name for s in members)
+                    raise VerifierError(e.errno, f"program {progs} of {who} ({os.path.basename(obj_path)})", e.log) from None
                 except BaseException:
                     obj.close()
                     raise

@@ -85,6 +85,9 @@ class VerifierError(KernelError):
     def __init__(self, err: int, what: str, log: str):
         super().__init__(err, what)
         self.log = log
+        # The kernel says EACCES (or EINVAL) for a program the verifier refused: say what it is.
+        name = _errno.errorcode.get(abs(err), f"errno {abs(err)}")
+        self.strerror = f"{what}: rejected by the verifier ({name})"
 
     def __str__(self) -> str:
         tail = "\n".join(self.log.rstrip().splitlines()[-40:])

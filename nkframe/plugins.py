@@ -10,6 +10,7 @@ allow-list of entry-point names.
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib.metadata import entry_points
 from typing import Iterable
@@ -22,6 +23,9 @@ from nkframe.errors import PluginError
 ENTRY_POINT_GROUP = "nkframe.plugins"
 DISABLE_AUTOLOAD_ENV = "NKFRAME_DISABLE_PLUGIN_AUTOLOAD"
 ALLOW_ENV = "NKFRAME_PLUGINS"
+
+
+log = logging.getLogger("nkframe.plugins")
 
 
 def available() -> dict[str, str]:
@@ -59,14 +63,26 @@ def make_manager(
         if unknown:
             have = ", ".join(sorted(eps)) or "none installed"
             raise PluginError(f"unknown plugin(s) {', '.join(unknown)}; installed plugins: {have}")
+        # Asked for by name, a plugin that fails is an error.  Autoloaded, it is skipped with a
+        # warning (and listed by broken()): one broken third-party plugin must not stop `ls`,
+        # `del` or `gc` of endpoints that never needed it.
+        strict = plugins is not None
         for name in names:
+            where = f"plugin {name!r} ({eps[name].value})"
             try:
                 obj = eps[name].load()
             except Exception as e:  # noqa: BLE001 - report any import failure with its source
-                raise PluginError(f"plugin {name!r} ({eps[name].value}) failed to load: {e}") from e
+                _broken(pm, name, f"{where} failed to load: {type(e).__name__}: {e}", strict)
+                continue
             if pm.is_registered(obj):
                 continue
-            pm.register(obj, name=name)
+            try:
+                pm.register(obj, name=name)
+                pm.check_pending()
+            except (pluggy.PluginValidationError, ValueError) as e:
+                if pm.is_registered(obj):
+                    pm.unregister(obj)
+                _broken(pm, name, f"{where} is broken: {e}", strict)
     for obj in extra:
         pm.register(obj)
     try:
@@ -74,6 +90,19 @@ def make_manager(
     except pluggy.PluginValidationError as e:
         raise PluginError(f"plugin implements a hook nkframe does not define: {e}") from e
     return pm
+
+
+def _broken(pm: pluggy.PluginManager, name: str, why: str, strict: bool) -> None:
+    if strict:
+        raise PluginError(why)
+    pm._nkframe_broken = {**getattr(pm, "_nkframe_broken", {}), name: why}  # noqa: SLF001 - our own attribute
+    log.warning("%s; it is skipped (endpoints that need it cannot be added)", why)
+
+
+def broken(pm: pluggy.PluginManager) -> dict[str, str]:
+    """Autoloaded plugins that were skipped because they failed to load or register: name ->
+    why."""
+    return dict(getattr(pm, "_nkframe_broken", {}))
 
 
 def loaded(pm: pluggy.PluginManager) -> list[str]:

@@ -354,7 +354,8 @@ def test_verifier_rejection_shows_the_log_and_leaves_nothing(node, bpffs_root):
     class Bad:
         @hookimpl
         def nkframe_programs_collect(self, ctx):
-            return [ProgramSpec(name="bad", object=objects.path("test_bad"), program="bad_read", hook=Hook.FROM_POD)]
+            return [ProgramSpec(name="bad", object=objects.path("test_bad"), program="bad_read", hook=Hook.FROM_POD,
+                                plugin="badplugin")]
 
     eng = _engine(node, bpffs_root, Bad())
     pod = node.pod()
@@ -363,6 +364,9 @@ def test_verifier_rejection_shows_the_log_and_leaves_nothing(node, bpffs_root):
         eng.add_endpoint(EndpointSpec(id="badprog", netns=pod))
     assert err.value.log and "invalid access to packet" in err.value.log
     assert "verifier log" in str(err.value)
+    # Issue 12: it read "EACCES (Permission denied)"; it names the plugin and the program.
+    first = str(err.value).splitlines()[0]
+    assert "rejected by the verifier" in first and "plugin 'badplugin'" in first and "program bad " in first, first
     assert _kernel_snapshot(node) == before
     assert not os.path.exists(f"{bpffs_root}/endpoints/badprog")
 
@@ -391,3 +395,24 @@ def test_netkit_endpoint_is_born_closed_and_opened_after_attach(node, bpffs_root
     assert (info.policy, info.peer_policy) == (netkit.NetkitPolicy.PASS, netkit.NetkitPolicy.PASS)
     assert info.mode == netkit.NetkitMode.L3
     eng.remove_endpoint("nk-a")
+
+
+def test_a_plugin_that_raises_is_named_and_the_add_undone(node, bpffs_root):
+    """Issue 12: a plugin raising in nkframe_endpoint_configure gave a 50-line traceback.  Now one
+    PluginError names the plugin's hook and says the add was undone, and nothing is left."""
+    from nkframe.errors import PluginError
+
+    class Raising(Counting):
+        @hookimpl
+        def nkframe_endpoint_configure(self, ctx):
+            raise RuntimeError("boom")
+
+    eng = _engine(node, bpffs_root, Raising())
+    before = _kernel_snapshot(node)
+    with pytest.raises(PluginError) as err:
+        eng.add_endpoint(EndpointSpec(id="raiser", netns=node.pod(), addresses=["10.99.5.1/32"]))
+    msg = str(err.value)
+    assert "hook nkframe_endpoint_configure" in msg and "RuntimeError: boom" in msg and "the add was undone" in msg, msg
+    assert "\n" not in msg
+    assert _kernel_snapshot(node) == before
+    assert not os.path.exists(f"{bpffs_root}/endpoints/raiser")
