@@ -92,14 +92,19 @@ def replace(path: Path, spec: EndpointSpec) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path) -> EndpointSpec:
+def _read_slot(path: Path) -> bytes | None:
+    """The value of the one-entry map pinned at ``path``."""
     from nkframe import bpf
 
     m = bpf.Map.from_pin(str(path))
     try:
-        value = m.lookup(struct.pack("<I", 0))
+        return m.lookup(struct.pack("<I", 0))
     finally:
         m.close()
+
+
+def load(path: Path) -> EndpointSpec:
+    value = _read_slot(path)
     if value is None:
         raise NkframeError(f"{path}: no spec stored")
     return decode(value)
@@ -130,15 +135,9 @@ def store_doc(path: Path, doc: dict) -> None:
 
 def load_doc(path: Path) -> dict | None:
     """The document pinned at ``path``, or ``None`` if there is none."""
-    from nkframe import bpf
-
     if not path.exists():
         return None
-    m = bpf.Map.from_pin(str(path))
-    try:
-        value = m.lookup(struct.pack("<I", 0))
-    finally:
-        m.close()
+    value = _read_slot(path)
     if value is None:
         return None
     (n,) = struct.unpack_from("<I", value)

@@ -174,23 +174,12 @@ class Agent:
             log.warning("reconcile: %s", p)
 
     def _take_lock(self) -> None:
-        # flock, not a pid file: the kernel drops it when the holder dies, SIGKILL included.
-        path = self.socket_path + ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AgentRunning(f"another agent (pid {holder}) serves {self.socket_path}; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = _flock(self.socket_path + ".lock", f"{os.getpid()}",
+                               lambda holder: f"another agent (pid {holder}) serves {self.socket_path}; stop it first")
 
     def _take_node_lock(self) -> None:
         """One agent per node: a lock named after the node's identity (its network namespace's
-        inode and the bpffs root's real path), in NODE_LOCK_DIR, taken with flock (dropped by the
-        kernel when the holder dies)."""
+        inode and the bpffs root's real path), in NODE_LOCK_DIR."""
         import hashlib
 
         ns = self._node_ns
@@ -198,18 +187,10 @@ class Agent:
         ident = f"{ns[0]}:{ns[1]}:{root}" if ns else root
         os.makedirs(NODE_LOCK_DIR, mode=0o700, exist_ok=True)
         path = os.path.join(NODE_LOCK_DIR, "node-" + hashlib.sha256(ident.encode()).hexdigest()[:16] + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise AgentRunning(f"another agent already serves this node (node netns "
-                               f"{self.engine.node_netns or '(its own)'}, bpffs root {root}): {holder}; "
-                               f"one agent per node: stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {self.socket_path}\n".encode(), 0)
-        self._node_lock_fd = fd
+        self._node_lock_fd = _flock(
+            path, f"pid {os.getpid()} on {self.socket_path}",
+            lambda holder: (f"another agent already serves this node (node netns {self.engine.node_netns or '(its own)'}, "
+                            f"bpffs root {root}): {holder}; one agent per node: stop it first"))
 
     def _release_lock(self) -> None:
         if self._lock_fd >= 0:
@@ -396,6 +377,21 @@ class Agent:
         # Engine): one directory read, specs only of endpoints not seen yet.
         self._index.sync()
         self._index.check(spec)
+
+
+def _flock(path: str, holder: str, refused) -> int:
+    """An exclusive flock on ``path`` (not a pid file: the kernel drops it when the holder dies,
+    SIGKILL included) with ``holder`` written in; AgentRunning(refused(their holder)) if taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        theirs = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AgentRunning(refused(theirs)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{holder}\n".encode(), 0)
+    return fd
 
 
 def _best_effort_id(line: bytes) -> Any:

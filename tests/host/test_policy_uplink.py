@@ -10,6 +10,7 @@ device (its choice while to-pod programs are attached) and with redirect_peer.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -57,26 +58,32 @@ def _wait_dad(*namespaces: str, timeout: float = 5.0) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(params=["auto", "tc"])
-def cluster(request, node, bpffs_root):
+@contextlib.contextmanager
+def _one_pod(node, bpffs_root, attach, options):
     """A node with the L3 datapath and the policy plugin, its uplink programs attached, and one
-    pod whose ingress policy allows only port OPEN from the outside."""
+    pod (pod-a) with ``options``."""
     links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
     links.add_route("fd00:230::/64", via="2001:db8:ff::1", netns=node.outside)
     eng = Engine(node.netns, bpffs_root, plugin_objects=[nkframe_l3, policy_plugin],
-                 autoload=False, uplink=node.uplink, attach=request.param)
+                 autoload=False, uplink=node.uplink, attach=attach)
     try:
         eng.setup_uplink()
         pod = node.pod()
-        eng.add_endpoint(EndpointSpec(id="pod-a", netns=pod, addresses=[f"{POD4}/32", f"{POD6}/128"],
-                                      options={"policy": POLICY}))
+        eng.add_endpoint(EndpointSpec(id="pod-a", netns=pod, addresses=[f"{POD4}/32", f"{POD6}/128"], options=options))
         _wait_dad(node.netns, node.outside, pod)
-        yield node, eng, pod
+        yield eng, pod
     finally:
         for eid in list(eng.layout.endpoint_ids()):
             eng.remove_endpoint(eid)
         eng.teardown_uplink()
         policy_plugin.forget(bpffs_root)
+
+
+@pytest.fixture(params=["auto", "tc"])
+def cluster(request, node, bpffs_root):
+    """One pod whose ingress policy allows only port OPEN from the outside."""
+    with _one_pod(node, bpffs_root, request.param, {"policy": POLICY}) as (eng, pod):
+        yield node, eng, pod
 
 
 def _counters(root):
@@ -177,21 +184,8 @@ def test_uplink_ignores_other_destinations_and_forgets_removed_endpoints(cluster
 @pytest.fixture(params=["auto", "tc"])
 def bare_cluster(request, node, bpffs_root):
     """Like ``cluster``, but the pod is created WITHOUT a policy (it gets one later)."""
-    links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
-    links.add_route("fd00:230::/64", via="2001:db8:ff::1", netns=node.outside)
-    eng = Engine(node.netns, bpffs_root, plugin_objects=[nkframe_l3, policy_plugin],
-                 autoload=False, uplink=node.uplink, attach=request.param)
-    try:
-        eng.setup_uplink()
-        pod = node.pod()
-        eng.add_endpoint(EndpointSpec(id="pod-a", netns=pod, addresses=[f"{POD4}/32", f"{POD6}/128"]))
-        _wait_dad(node.netns, node.outside, pod)
+    with _one_pod(node, bpffs_root, request.param, {}) as (eng, pod):
         yield node, eng, pod, request.param
-    finally:
-        for eid in list(eng.layout.endpoint_ids()):
-            eng.remove_endpoint(eid)
-        eng.teardown_uplink()
-        policy_plugin.forget(bpffs_root)
 
 
 def test_policy_applied_after_creation_is_enforced_from_outside(bare_cluster, bpffs_root, tmp_path):
