@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
-from test_agent_support import Counting, count_obj, version_count, wire  # noqa: F401 - fixture
+from test_agent_support import Counting, count_obj, served, version_count, wire  # noqa: F401 - fixture
 
 from nkframe import netns
 from nkframe.agent import kobjects, protocol
@@ -42,20 +42,8 @@ def sockdir(tmp_path):
 def agent(node, bpffs_root, sockdir):
     """An agent in this process (a thread serves the socket), with the Counting plugin."""
     eng = Engine(node.netns, bpffs_root, plugin_objects=[Counting()], autoload=False)
-    ag = Agent(eng, str(sockdir / "agent.sock"))
-    ag.start()
-    t = threading.Thread(target=ag.serve_forever, daemon=True)
-    t.start()
-    try:
+    with served(eng, str(sockdir / "agent.sock")) as ag:
         yield ag
-    finally:
-        ag.stop()
-        t.join(10)
-        for eid in eng.layout.endpoint_ids():  # whatever a failed test left
-            try:
-                eng.remove_endpoint(eid)
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def _raw(path: str, *lines: bytes) -> list[dict]:

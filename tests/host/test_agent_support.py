@@ -14,6 +14,7 @@ Run as a script it is that child: ``python test_agent_support.py agent NODE BPFF
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -234,6 +235,28 @@ def assert_no_loss(results: list[dict], *, min_sent: int = 500) -> None:
         assert r["lost_in_path"] == 0, f"the datapath lost {r['lost_in_path']} of {r['sent']} datagrams (first gaps {r['first_lost']}): {r}"
         if not os.environ.get("NKFRAME_VM"):
             assert r["lost"] == 0, f"lost {r['lost']} of {r['sent']} datagrams, first {r['first_lost']}: {r}"
+
+
+@contextlib.contextmanager
+def served(engine, socket_path: str):
+    """An agent for ``engine`` in this process (a thread serves the socket); on exit it stops,
+    and endpoints a failed test left are removed."""
+    from nkframe.agent.server import Agent
+
+    ag = Agent(engine, socket_path)
+    ag.start()
+    t = threading.Thread(target=ag.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield ag
+    finally:
+        ag.stop()
+        t.join(10)
+        for eid in engine.layout.endpoint_ids():
+            try:
+                engine.remove_endpoint(eid)
+            except Exception:  # noqa: BLE001 - best effort cleanup after a failed test
+                pass
 
 
 class AgentProcess:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import socket
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -16,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nkframe.agent import protocol
-from nkframe.agent.server import Agent
 from nkframe.cli import cli
 from nkframe.engine import Engine
+from test_agent_support import served
 
 pytestmark = pytest.mark.root
 
@@ -40,28 +39,19 @@ requests = st.fixed_dictionaries(
 
 
 @pytest.fixture
-def served(node, bpffs_root, tmp_path):
+def agent(node, bpffs_root, tmp_path):
     d = tmp_path / "run"
     d.mkdir(mode=0o700)
     eng = Engine(node.netns, bpffs_root, plugin_objects=[], autoload=False)
-    ag = Agent(eng, str(d / "agent.sock"))
-    ag.start()
-    t = threading.Thread(target=ag.serve_forever, daemon=True)
-    t.start()
-    try:
+    with served(eng, str(d / "agent.sock")) as ag:
         yield ag
-    finally:
-        ag.stop()
-        t.join(10)
-        for eid in eng.layout.endpoint_ids():
-            eng.remove_endpoint(eid)
 
 
-def test_random_requests_each_get_one_answer(served, caplog):
+def test_random_requests_each_get_one_answer(agent, caplog):
     caplog.set_level(logging.INFO, logger="nkframe.agent")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)
-        s.connect(served.socket_path)
+        s.connect(agent.socket_path)
         f = s.makefile("rb")
 
         @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -78,7 +68,7 @@ def test_random_requests_each_get_one_answer(served, caplog):
         check()
     assert "Traceback" not in caplog.text and "internal error" not in caplog.text
     # Random specs never name an existing pod netns, so nothing was built.
-    assert served.engine.layout.endpoint_ids() == []
+    assert agent.engine.layout.endpoint_ids() == []
 
 
 words = st.sampled_from(["endpoint", "add", "del", "ls", "status", "attached", "gc", "policy", "apply", "remove",
