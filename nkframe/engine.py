@@ -218,6 +218,8 @@ class Engine:
 
         files: dict[str, str] = {}
         for name, plugin in self.pm.list_name_plugin():
+            if name.isdigit():  # registered without a name: pluggy names it by id()
+                name = getattr(plugin, "__name__", None) or type(plugin).__qualname__
             try:
                 f = inspect.getfile(plugin if inspect.ismodule(plugin) else type(plugin))
             except TypeError:

@@ -124,8 +124,11 @@ def test_failed_add_leaves_nothing(node, bpffs_root):
     before = _kernel_snapshot(node)
     eng = _engine(node, bpffs_root, Boom())
     pod = node.pod()
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(PluginError, match="injected failure") as err:
         eng.add_endpoint(EndpointSpec(id="pod-b", netns=pod, addresses=["10.98.0.11/32"]))
+    assert "Boom" in str(err.value) and "nkframe_endpoint_configure" in str(err.value)
+    assert "the add was undone" in str(err.value)
+    assert isinstance(err.value.__cause__, RuntimeError)
     assert _kernel_snapshot(node) == before, "no device left in the node"
     assert [l.name for l in links.list_links(netns=pod)] == ["lo"], "no device left in the pod"
     assert not os.path.exists(f"{bpffs_root}/endpoints/pod-b"), "no pins left"

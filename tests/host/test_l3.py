@@ -19,7 +19,7 @@ import nkframe_l2
 import nkframe_l3
 from nkframe import hookimpl, netns, objects
 from nkframe.engine import Engine
-from nkframe.errors import EndpointExists
+from nkframe.errors import EndpointExists, PluginError
 from nkframe.netlink import links
 from nkframe.testing import tcp_connect, udp_probe
 from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
@@ -123,8 +123,9 @@ def test_failed_add_rolls_back_map_entries_and_routes(node, bpffs_root):
             raise RuntimeError("injected failure after the datapath configured")
 
     eng = _engine(node, bpffs_root, Boom())
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(PluginError, match="injected failure") as err:
         eng.add_endpoint(_spec(node.pod()))
+    assert isinstance(err.value.__cause__, RuntimeError)
     assert nkframe_l3.endpoint_entries(bpffs_root) == {}
     assert f"{A4}/32" not in _routes(node.netns)
     assert f"{A6}/128" not in _routes(node.netns, socket.AF_INET6)
