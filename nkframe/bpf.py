@@ -30,6 +30,48 @@ import attrs
 
 from nkframe._bpf import capture_log, check, ffi, lib
 from nkframe.errors import InvalidSpec, KernelError, NkframeError, VerifierError
+from nkframe.uapi import (  # noqa: F401 - re-exported names
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_FS_MAGIC,
+    BPF_F_AFTER,
+    BPF_F_BEFORE,
+    BPF_F_ID,
+    BPF_F_LINK,
+    BPF_F_REPLACE,
+    BPF_LINK_CREATE,
+    BPF_LINK_TYPE_NETKIT,
+    BPF_LINK_TYPE_TCX,
+    BPF_LINK_TYPE_XDP,
+    BPF_MAP_TYPE_ARRAY,
+    BPF_MAP_TYPE_HASH,
+    BPF_MAP_TYPE_LPM_TRIE,
+    BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_LRU_PERCPU_HASH,
+    BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
+    BPF_MAP_TYPE_PERCPU_HASH,
+    BPF_MAP_TYPE_PROG_ARRAY,
+    BPF_MAP_TYPE_XSKMAP,
+    BPF_NETKIT_PEER,
+    BPF_NETKIT_PRIMARY,
+    BPF_NOEXIST,
+    BPF_PROG_QUERY,
+    BPF_PROG_TYPE_SCHED_ACT,
+    BPF_PROG_TYPE_SCHED_CLS,
+    BPF_PROG_TYPE_XDP,
+    BPF_TCX_EGRESS,
+    BPF_TCX_INGRESS,
+    BPF_XDP,
+    ENOTSUPP,
+    TC_EGRESS,
+    TC_INGRESS,
+    XDP_FLAGS_DRV_MODE,
+    XDP_FLAGS_HW_MODE,
+    XDP_FLAGS_REPLACE,
+    XDP_FLAGS_SKB_MODE,
+    XDP_FLAGS_UPDATE_IF_NOEXIST,
+)
 
 __all__ = [
     "BpfObject", "Program", "Map", "Link",
@@ -40,75 +82,16 @@ __all__ = [
     "tc_hook_create", "tc_hook_destroy", "tc_attach", "tc_detach", "tc_query", "tc_list",
 ]
 
-# ---------------------------------------------------------------------------------------------
-# uAPI numbers (include/uapi/linux/bpf.h, if_link.h).  The system headers are 6.1's, so the
-# newer ones are spelled out here rather than taken from lib.
-# ---------------------------------------------------------------------------------------------
+# The uAPI numbers live in nkframe.uapi (imported above, so bpf.BPF_* keeps working).
 
-# bpf(2) commands
-BPF_PROG_QUERY = 16
-BPF_LINK_CREATE = 28
-
-# attach types
-BPF_XDP = 37
-BPF_TCX_INGRESS = 46
-BPF_TCX_EGRESS = 47
-BPF_NETKIT_PRIMARY = 54
-BPF_NETKIT_PEER = 55
-
-# attach flags (mprog anchors, 6.6+)
-BPF_F_REPLACE = 1 << 2
-BPF_F_BEFORE = 1 << 3
-BPF_F_AFTER = 1 << 4
-BPF_F_ID = 1 << 5
-BPF_F_LINK = 1 << 13
-
-# program types
-BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_PROG_TYPE_SCHED_ACT = 4
-BPF_PROG_TYPE_XDP = 6
-
-# map types
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PROG_ARRAY = 3
-BPF_MAP_TYPE_PERCPU_HASH = 5
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_MAP_TYPE_XSKMAP = 17
-BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
 _PERCPU_MAP_TYPES = frozenset({
     BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
     BPF_MAP_TYPE_LRU_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE,
 })
 
-# link types
-BPF_LINK_TYPE_XDP = 6
-BPF_LINK_TYPE_TCX = 11
-BPF_LINK_TYPE_NETKIT = 13
-
-# map update flags
-BPF_ANY = 0
-BPF_NOEXIST = 1
-BPF_EXIST = 2
-
-# XDP attach flags (linux/if_link.h)
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
-XDP_FLAGS_REPLACE = 1 << 4
-
-# legacy TC hook points (libbpf enum bpf_tc_attach_point)
-TC_INGRESS = 1
-TC_EGRESS = 2
 # tc parent handles of the clsact qdisc's two hooks (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_*))
 _TC_PARENT = {TC_INGRESS: 0xFFFFFFF2, TC_EGRESS: 0xFFFFFFF3}
 
-BPF_FS_MAGIC = 0xCAFE4A11
-ENOTSUPP = 524  # the kernel-internal "not supported" that bpf(2) leaks to user space
 
 ATTACH_TYPE_NAMES = {
     BPF_XDP: "xdp",

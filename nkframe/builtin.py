@@ -38,7 +38,7 @@ def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
     kind, reason = choose_device(ctx)
     node_if, pod_if = spec.node_ifname, spec.ifname
     if kind is DeviceKind.NETKIT_SINGLE:
-        raise NotSupported("netkit_single", "single-mode devices are built by the nkframe_vm plugin")
+        raise NotSupported("netkit_single", "nkframe does not build single-mode netkit devices for endpoints yet; use device netkit or veth")
     if kind is DeviceKind.NETKIT:
         nk = netkit.NetkitSpec(
             name=node_if,

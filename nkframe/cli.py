@@ -11,7 +11,6 @@ Tables go to a terminal; ``--json`` prints one JSON document for scripts, stable
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -55,6 +54,20 @@ class _Group(click.Group):
             sys.exit(EXIT_FAILED)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    # -- commands plugins add (nkframe_cli_commands), on the root group only
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        if ctx.parent is not None:
+            return own
+        return sorted(set(own) | set(_plugin_commands()))
+
+    def get_command(self, ctx: click.Context, name: str):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and ctx.parent is None:
+            cmd = _plugin_commands().get(name)
+        return cmd
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -68,6 +81,35 @@ class _Group(click.Group):
         except PermissionError as e:
             click.echo(f"nkframe: error: {e} (nkframe needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)", err=True)
             ctx.exit(EXIT_KERNEL)
+
+
+_PLUGIN_COMMANDS: dict | None = None
+
+
+def _plugin_commands() -> dict:
+    """name -> command, from every loaded plugin's ``nkframe_cli_commands`` (once per process).
+    Plugins are chosen as for an Engine (entry points, NKFRAME_PLUGINS, autoload switch); a
+    broken one is skipped with a warning by the loader, and a plugin list naming an unknown
+    plugin adds no commands here (the command that builds an Engine reports it)."""
+    global _PLUGIN_COMMANDS
+    if _PLUGIN_COMMANDS is None:
+        from nkframe import plugins
+
+        found: dict = {}
+        try:
+            pm = plugins.make_manager(None)
+        except errors.PluginError:
+            pm = None
+        for contribution in (pm.hook.nkframe_cli_commands() if pm is not None else ()):
+            for cmd in contribution or ():
+                if not isinstance(cmd, click.Command) or not cmd.name:
+                    click.echo(f"nkframe: warning: a plugin's nkframe_cli_commands returned {cmd!r}, not a named click command; ignored", err=True)
+                elif cmd.name in cli.commands or cmd.name in found:
+                    click.echo(f"nkframe: warning: a plugin's command {cmd.name!r} clashes with an existing one; ignored", err=True)
+                else:
+                    found[cmd.name] = cmd
+        _PLUGIN_COMMANDS = found
+    return _PLUGIN_COMMANDS
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -94,7 +136,8 @@ def _console():
     return Console()
 
 
-def _print_json(doc: Any) -> None:
+def print_json(doc: Any) -> None:
+    """One JSON document on standard output, as every ``--json`` option prints it."""
     click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
 
 
@@ -118,7 +161,9 @@ def cli(ctx: click.Context, node_netns: str | None, bpffs_root: str, attach_mode
         logging.basicConfig(level=logging.DEBUG, format="nkframe %(levelname)s %(name)s: %(message)s")
 
 
-def _engine(ctx: click.Context):
+def engine_for(ctx: click.Context):
+    """An :class:`~nkframe.engine.Engine` for the root options (``--netns``, ``--bpffs-root``,
+    ``--attach``): what plugin commands use to act on the node."""
     from nkframe.engine import Engine
 
     o = ctx.obj
@@ -136,7 +181,7 @@ def _api(ctx: click.Context):
                            warn=lambda m: click.echo(f"nkframe: {m}", err=True))
         if c is not None:
             return c
-    return _engine(ctx)
+    return engine_for(ctx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +199,7 @@ def probe(as_json: bool, require: tuple[str, ...]) -> None:
     if unknown:
         raise errors.InvalidSpec(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(probe_mod.FEATURES)}")
     if as_json:
-        _print_json(feats.to_dict())
+        print_json(feats.to_dict())
     else:
         _table(f"kernel {feats.kernel} · libbpf {feats.libbpf} · libxdp {feats.libxdp or 'missing'}",
                ["feature", "supported", "reason"],
@@ -197,7 +242,7 @@ def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mo
     )
     ep = _api(ctx).add_endpoint(spec)
     if as_json:
-        _print_json(endpoint_doc(ep))
+        print_json(endpoint_doc(ep))
     else:
         click.echo(f"endpoint {ep.id}: {ep.device_kind} {ep.spec.node_ifname} (ifindex {ep.node_ifindex}), "
                    + ", ".join(f"{h}: {m}" for h, m in ep.mechanism.items()))
@@ -242,7 +287,7 @@ def endpoint_ls(ctx, as_json) -> None:
     """List endpoints (read from bpffs and the kernel)."""
     eps = _api(ctx).endpoints()
     if as_json:
-        _print_json([endpoint_doc(e) for e in eps])
+        print_json([endpoint_doc(e) for e in eps])
         return
     _table("endpoints", ["id", "netns", "device", "mode", "addresses", "attach", "programs"], [
         [e.id, e.spec.netns, f"{e.device_kind} {e.spec.node_ifname}", e.spec.mode.value,
@@ -288,9 +333,9 @@ def attached(ctx, device, as_json) -> None:
     progs = list_attached(st.ifindex, netns_name=o["node_netns"], netkit=st.kind == "netkit")
     # The kernel's name is the program function's, cut to 15 bytes; nkframe's is the spec's
     # (what status, graph and the pins say).  "-": not attached by nkframe under this root.
-    ours = _engine(ctx).program_names()
+    ours = engine_for(ctx).program_names()
     if as_json:
-        _print_json([
+        print_json([
             {"mechanism": str(p.mechanism), "direction": p.hook, "prog_id": p.prog_id, "name": p.name,
              "nkframe_name": ours.get(p.prog_id),
              "link_id": p.link_id, "tc_handle": p.tc_handle, "tc_priority": p.tc_priority}
@@ -316,7 +361,7 @@ def reconcile(ctx, as_json) -> None:
     rep = _api(ctx).reconcile()
     doc = {"healthy": list(rep.healthy), "removed": list(rep.removed), "problems": list(rep.problems)}
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         click.echo(f"{len(rep.healthy)} healthy, {len(rep.removed)} removed")
         for p in rep.problems:
@@ -342,9 +387,9 @@ def status(ctx, endpoint_ids, as_json, check) -> None:
     """Endpoints (or only ENDPOINT_IDS) with devices, attach mechanisms, program chains and counters."""
     from nkframe import status as status_mod
 
-    st = status_mod.gather(_engine(ctx), endpoint_ids or None)
+    st = status_mod.gather(engine_for(ctx), endpoint_ids or None)
     if as_json:
-        _print_json(status_mod.to_dict(st))
+        print_json(status_mod.to_dict(st))
     else:
         text = status_mod.render(st, _console())
         if text is not None:
@@ -366,7 +411,7 @@ def graph(ctx, output, fmt) -> None:
     fmt = graph_mod.format_for(output, fmt)
     if fmt == "png" and output == "-" and sys.stdout.isatty():
         raise errors.InvalidSpec("refusing to write PNG to a terminal; pass -o FILE.png or pipe it")
-    data = graph_mod.render(graph_mod.to_dot(status_mod.gather(_engine(ctx))), fmt)
+    data = graph_mod.render(graph_mod.to_dot(status_mod.gather(engine_for(ctx))), fmt)
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -374,83 +419,6 @@ def graph(ctx, output, fmt) -> None:
         with open(output, "wb") as f:
             f.write(data)
         click.echo(f"wrote {output} ({fmt}, {len(data)} bytes)", err=True)
-
-
-@cli.group()
-def policy() -> None:
-    """L3/L4 allow/deny policies of endpoints (the policy plugin)."""
-
-
-@policy.command("apply")
-@click.argument("endpoint_id")
-@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="The policy, YAML or JSON ('-': standard input).")
-@click.option("--dry-run", is_flag=True, help="Validate the document only; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the policy as applied, as JSON.")
-@click.pass_context
-def policy_apply(ctx, endpoint_id, path, dry_run, as_json) -> None:
-    """Make FILE the policy of ENDPOINT_ID, atomically for packets, and record it in its spec."""
-    try:
-        from nkframe_policy import Policy
-        from nkframe_policy import plugin as policy_plugin
-    except ImportError as e:
-        raise errors.PluginError(f"the policy plugin (nkframe_policy) is not installed: {e}") from None
-    try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise errors.InvalidSpec(f"cannot read policy file {path}: {e}") from None
-    where = "<stdin>" if path == "-" else path
-    try:
-        # JSON is YAML too, so one parser gives line numbers for both.
-        pol = Policy.from_yaml(text)
-    except errors.InvalidSpec as e:
-        raise errors.InvalidSpec(f"{where}: {e}") from None
-    if not dry_run:
-        pol = _apply_policy(_engine(ctx), endpoint_id, pol, policy_plugin)
-    if as_json:
-        _print_json({"endpoint": endpoint_id, "applied": not dry_run, "policy": pol.to_dict()})
-    else:
-        rules = len(pol.ingress) + len(pol.egress)
-        verb = "is valid" if dry_run else f"applied to endpoint {endpoint_id}"
-        click.echo(f"policy {where} ({rules} rule(s)) {verb}")
-
-
-def _apply_policy(eng, endpoint_id: str, pol, policy_plugin):
-    """Put ``pol`` in the kernel's policy maps and in the endpoint's stored spec.
-
-    An endpoint created with a policy has the policy programs attached: the maps are switched
-    (atomic for packets), then the spec records it.  One created without gets the policy into
-    the maps first and then its programs through an in-place upgrade of its chain, so the
-    programs never run without a policy.  A failure puts the old spec (and policy) back.
-    """
-    import attrs
-
-    from nkframe import specstore
-
-    if eng.pm.get_plugin("policy") is None:
-        raise errors.PluginError("the policy plugin is not loaded (NKFRAME_PLUGINS or NKFRAME_DISABLE_PLUGIN_AUTOLOAD leave it out)")
-    ep = eng.get_endpoint(endpoint_id)
-    old_spec = ep.spec
-    new_spec = attrs.evolve(old_spec, options={**old_spec.options, "policy": pol.to_dict()})
-    eng.hook.nkframe_endpoint_validate(spec=new_spec)
-    specstore.encode(new_spec)  # too big for the stored spec: refuse before anything changes
-    root, spec_path = str(eng.layout.root), eng.layout.spec_path(endpoint_id)
-    had_policy = old_spec.options.get("policy") is not None
-    # The addresses go in with the policy: the uplink program judges outside->pod packets by
-    # them from this moment on, before the endpoint's own programs are attached below.
-    policy_plugin.apply(root, endpoint_id, pol, addresses=[a.ip for a in old_spec.addresses])
-    try:
-        specstore.replace(spec_path, new_spec)
-        if not had_policy:
-            eng.upgrade([endpoint_id])
-    except BaseException:
-        specstore.replace(spec_path, old_spec)
-        if had_policy:
-            policy_plugin.apply(root, endpoint_id, old_spec.options["policy"])
-        else:
-            policy_plugin.policy_maps(root).remove(endpoint_id)
-        raise
-    return pol
 
 
 @cli.group()
@@ -476,58 +444,14 @@ def node_reset(ctx, as_json) -> None:
             click.echo("nkframe: error: an agent serves this node: stop it first (it would go on using "
                        "what a reset removes), or pass --no-agent if it is gone for good", err=True)
             raise SystemExit(EXIT_FAILED)
-    done = _engine(ctx).reset_node()
+    done = engine_for(ctx).reset_node()
     if as_json:
-        _print_json(done)
+        print_json(done)
     elif not done["root_removed"]:
         click.echo(f"nothing to reset: {o['bpffs_root']} does not exist")
     else:
         click.echo(f"removed {len(done['endpoints'])} endpoint(s), the programs of {len(done['devices'])} "
                    f"device(s) and {o['bpffs_root']}; node settings restored")
-
-
-@policy.command("remove")
-@click.argument("endpoint_id")
-@click.pass_context
-def policy_remove(ctx, endpoint_id) -> None:
-    """Take ENDPOINT_ID's policy away: its policy programs are detached, its slot and addresses
-    leave the policy maps, and its spec no longer carries one.  Afterwards every packet to and
-    from the endpoint passes (as for an endpoint created without a policy)."""
-    try:
-        from nkframe_policy import plugin as policy_plugin
-    except ImportError as e:
-        raise errors.PluginError(f"the policy plugin (nkframe_policy) is not installed: {e}") from None
-    if _remove_policy(_engine(ctx), endpoint_id, policy_plugin):
-        click.echo(f"policy of endpoint {endpoint_id} removed")
-    else:
-        click.echo(f"endpoint {endpoint_id} has no policy; nothing to remove")
-
-
-def _remove_policy(eng, endpoint_id: str, policy_plugin) -> bool:
-    """The reverse of :func:`_apply_policy`: spec first, then the chain without the policy
-    programs (an in-place upgrade), then the maps.  The programs keep judging by the old
-    policy until they are detached, so nothing passes early; a failure puts the spec back."""
-    import attrs
-
-    from nkframe import specstore
-
-    ep = eng.get_endpoint(endpoint_id)
-    old_spec = ep.spec
-    if old_spec.options.get("policy") is None:
-        return False
-    if eng.pm.get_plugin("policy") is None:
-        raise errors.PluginError("the policy plugin is not loaded (NKFRAME_PLUGINS or NKFRAME_DISABLE_PLUGIN_AUTOLOAD leave it out)")
-    options = {k: v for k, v in old_spec.options.items() if k != "policy"}
-    new_spec = attrs.evolve(old_spec, options=options)
-    spec_path = eng.layout.spec_path(endpoint_id)
-    specstore.replace(spec_path, new_spec)
-    try:
-        eng.upgrade([endpoint_id])
-    except BaseException:
-        specstore.replace(spec_path, old_spec)
-        raise
-    policy_plugin.policy_maps(str(eng.layout.root)).remove(endpoint_id)
-    return True
 
 
 @cli.command()

@@ -144,8 +144,7 @@ class Demo:
 
     def counters(self) -> dict:
         """Policy counters of pod-b that moved: drops by reason, packets per rule."""
-        from nkframe_policy import plugin as policy_plugin
-
+        policy_plugin = self.engine.pm.get_plugin("policy")  # the demo's Engine loads it
         c = policy_plugin.counters(str(self.engine.layout.root), "pod-b")
         drops = {reason: cnt.packets for reason, cnt in c.drops.items() if cnt.packets}
         rules = {f"{r.direction.value}[{r.index}]": r.packets for r in c.rules if r.packets}
@@ -154,8 +153,6 @@ class Demo:
     # -- tear down
     def cleanup(self) -> None:
         if self.engine is not None:
-            from nkframe_policy import plugin as policy_plugin
-
             for ep in list(self.engine.layout.endpoint_ids()):
                 try:
                     self.engine.remove_endpoint(ep)
@@ -165,7 +162,9 @@ class Demo:
                 self.engine.teardown_uplink()
             except Exception as e:  # noqa: BLE001
                 self.log(f"cleanup uplink: {e}")
-            policy_plugin.forget(str(self.engine.layout.root))
+            policy_plugin = self.engine.pm.get_plugin("policy")
+            if policy_plugin is not None:
+                policy_plugin.forget(str(self.engine.layout.root))
         for ns in (*self.pod_ns.values(), self.out_ns, self.node_ns):
             netns.delete(ns)
         if self.bpffs:

@@ -199,6 +199,19 @@ def nkframe_node_reset(node_netns: "str | None", bpffs_root: str) -> None:
 
 
 @hookspec
+def nkframe_cli_commands() -> "list":
+    """Commands the plugin adds to the ``nkframe`` command line.
+
+    Return a list of :mod:`click` commands or groups; each becomes ``nkframe <name>``.  They run
+    with the root options in ``ctx.obj`` (use :func:`nkframe.cli.engine_for` for an
+    :class:`~nkframe.engine.Engine` built from them, :func:`nkframe.cli.print_json` for
+    ``--json``), and their :class:`~nkframe.errors.NkframeError` exceptions become the usual
+    one-line error and exit code.  A name nkframe already has is not replaced (a warning says
+    so).  Called when the command line starts; keep it cheap (import click, define commands).
+    """
+
+
+@hookspec
 def nkframe_endpoint_added(endpoint: "Endpoint") -> None:
     """An endpoint is complete and passing traffic.  Observers only.
 

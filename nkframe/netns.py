@@ -80,7 +80,7 @@ def _nsfs_dev() -> int:
     return os.stat("/proc/thread-self/ns/net").st_dev
 
 
-def _is_netns_file(path: str) -> bool:
+def is_netns_file(path: str) -> bool:
     try:
         return os.stat(path).st_dev == _nsfs_dev()
     except FileNotFoundError:
@@ -89,7 +89,7 @@ def _is_netns_file(path: str) -> bool:
 
 def exists(name: str) -> bool:
     """True if ``/run/netns/<name>`` is a live namespace (a stale empty file does not count)."""
-    return _is_netns_file(netns_path(name))
+    return is_netns_file(netns_path(name))
 
 
 def list_names() -> list[str]:
@@ -98,7 +98,7 @@ def list_names() -> list[str]:
         entries = os.listdir(NETNS_RUN_DIR)
     except FileNotFoundError:
         return []
-    return sorted(n for n in entries if _is_netns_file(os.path.join(NETNS_RUN_DIR, n)))
+    return sorted(n for n in entries if is_netns_file(os.path.join(NETNS_RUN_DIR, n)))
 
 
 def _resolve(name_or_path: str) -> tuple[str, str]:
@@ -161,7 +161,7 @@ def create(name: str) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
     except FileExistsError:
-        hint = "delete it first" if _is_netns_file(path) else "a stale file; delete() removes it"
+        hint = "delete it first" if is_netns_file(path) else "a stale file; delete() removes it"
         raise KernelError(errno.EEXIST, f"create network namespace {name!r} ({hint})") from None
     os.close(fd)
 
@@ -253,7 +253,7 @@ def ipr(netns: str | None = None) -> Iterator["IPRoute"]:
     """
     from pyroute2 import IPRoute  # deferred: importing pyroute2 costs ~100 ms
 
-    if netns is not None and not _is_netns_file(_resolve(netns)[1]):
+    if netns is not None and not is_netns_file(_resolve(netns)[1]):
         raise NetnsNotFound(netns)
     with enter(netns):
         sock = IPRoute(ext_ack=True, strict_check=True)

@@ -26,9 +26,11 @@ import shutil
 from pathlib import Path
 
 from nkframe.errors import KernelError, NotBpffs
+from nkframe.uapi import (
+    BPF_FS_MAGIC,
+)
 
 DEFAULT_ROOT = "/sys/fs/bpf/nkframe"
-BPF_FS_MAGIC = 0xCAFE4A11
 
 
 class _Statfs(ctypes.Structure):
@@ -157,13 +159,13 @@ class Layout:
     def links(self, scope: str, owner: str) -> dict[str, list[Path]]:
         """hook -> pinned link paths in chain order."""
         base = self._scope_dir(scope, owner) / "links"
-        return _by_hook(base)
+        return by_hook(base)
 
     def tc_pins(self, scope: str, owner: str) -> dict[str, list[Path]]:
-        return _by_hook(self._scope_dir(scope, owner) / "tc")
+        return by_hook(self._scope_dir(scope, owner) / "tc")
 
 
-def _by_hook(base: Path) -> dict[str, list[Path]]:
+def by_hook(base: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     if not base.is_dir():
         return out

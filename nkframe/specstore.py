@@ -15,9 +15,11 @@ from pathlib import Path
 
 from nkframe.errors import InvalidSpec, NkframeError
 from nkframe.types import EndpointSpec
+from nkframe.uapi import (
+    BPF_MAP_TYPE_ARRAY,
+)
 
 VALUE_SIZE = 4096
-BPF_MAP_TYPE_ARRAY = 2
 SCHEMA = 1
 
 

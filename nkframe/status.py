@@ -35,11 +35,13 @@ import attrs
 
 from nkframe.errors import KernelError, NkframeError
 from nkframe.types import AttachedProgram, DeviceMode, Endpoint, Mechanism
+from nkframe.uapi import (
+    BPF_MAP_TYPE_ARRAY,
+    BPF_MAP_TYPE_PERCPU_ARRAY,
+)
 
 log = logging.getLogger(__name__)
 
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
 MAX_COUNTER_SLOTS = 64
 COUNTERS_HOOK = "nkframe_endpoint_counters"
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"

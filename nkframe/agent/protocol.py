@@ -352,14 +352,13 @@ def endpoint_from_dict(d: dict) -> Endpoint:
 
 
 def report_to_dict(r: ReconcileReport) -> dict:
-    return {"healthy": list(r.healthy), "removed": list(r.removed), "repaired": list(r.repaired), "problems": list(r.problems)}
+    return {"healthy": list(r.healthy), "removed": list(r.removed), "problems": list(r.problems)}
 
 
 def report_from_dict(d: dict) -> ReconcileReport:
     return ReconcileReport(
         healthy=tuple(d.get("healthy", ())),
         removed=tuple(d.get("removed", ())),
-        repaired=tuple(d.get("repaired", ())),
         problems=tuple(d.get("problems", ())),
     )
 

@@ -1,7 +1,9 @@
 """Attach mechanisms: one module each (netkit, tcx, tc) with the same verbs.
 
-:func:`backend` returns the module-level backend for a mechanism; :mod:`nkframe.attach.select`
-picks one per device and direction.
+:func:`backend` returns the module-level backend for a mechanism.  Which mechanism an endpoint
+gets per hook is the ``nkframe_attach_select`` hook's answer (the default, in
+:mod:`nkframe.builtin`, prefers netkit, then TCX, then TC), asked by
+:class:`nkframe.engine.Engine`.
 """
 
 from __future__ import annotations

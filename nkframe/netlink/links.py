@@ -22,31 +22,59 @@ import attrs
 
 from nkframe import netns as _netns
 from nkframe.errors import InvalidSpec, KernelError
-from nkframe.types import IFNAMSIZ, validate_ifname  # noqa: F401 - re-exported
+from nkframe.types import validate_ifname  # noqa: F401 - re-exported
 from nkframe.netlink import nlsock as nl
 from nkframe.netlink._rtnl import kernel_error, where
 from nkframe.netlink.nlsock import NetlinkError, RtnlSocket, attr_map, encoded, open_rtnl
+from nkframe.uapi import (
+    IFA_F_NODAD,
+    IFF_LOWER_UP,
+    IFF_UP,
+    IFLA_ADDRESS,
+    IFLA_GRO_MAX_SIZE,
+    IFLA_GSO_MAX_SIZE,
+    IFLA_IFNAME,
+    IFLA_INFO_KIND,
+    IFLA_LINK,
+    IFLA_LINKINFO,
+    IFLA_LINK_NETNSID,
+    IFLA_MTU,
+    IFLA_NUM_RX_QUEUES,
+    IFLA_NUM_TX_QUEUES,
+    IFLA_OPERSTATE,
+    IFLA_STATS64,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NUD_PERMANENT,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTNH_F_ONLINK,
+    RTN_LOCAL,
+    RTN_UNICAST,
+    RTPROT_STATIC,
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+)
 
 MIN_MTU = 68  # ETH_MIN_MTU, and the IPv4 minimum
 MAX_MTU = 65535  # ETH_MAX_MTU, the most veth and netkit accept
 MAX_QUEUES = 4096  # rtnl_create_link refuses more (and fewer than 1)
 
-# uAPI numbers (linux/rtnetlink.h, linux/if_addr.h, linux/neighbour.h, linux/if.h)
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_REPLACE = 1, 4, 0x200, 0x400, 0x100
-NLM_F_DUMP = 0x300
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-IFA_F_NODAD = 0x02
-RT_TABLE_MAIN = 254
-RTPROT_STATIC = 4
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
-RTN_UNICAST = 1
-RTNH_F_ONLINK = 4
-NUD_PERMANENT = 0x80
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -108,16 +136,16 @@ def _opt(validator: Any) -> Any:
     return attrs.validators.optional(validator)
 
 
-def _ifname(_inst: Any, attr: attrs.Attribute, value: str) -> None:
+def check_ifname(_inst: Any, attr: attrs.Attribute, value: str) -> None:
     validate_ifname(value)
 
 
-def _netns_name(_inst: Any, attr: attrs.Attribute, value: str | None) -> None:
+def check_netns_name(_inst: Any, attr: attrs.Attribute, value: str | None) -> None:
     if value is not None and "/" not in value:
         _netns.validate_name(value)
 
 
-def _int_range(lo: int, hi: int, what: str) -> Any:
+def int_range(lo: int, hi: int, what: str) -> Any:
     def check(_inst: Any, attr: attrs.Attribute, value: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise InvalidSpec(f"{attr.name} = {value!r}: {what} must be an integer in {lo}..{hi}")
@@ -125,13 +153,13 @@ def _int_range(lo: int, hi: int, what: str) -> Any:
     return check
 
 
-def _mac_conv(value: str | None) -> str | None:
+def to_mac(value: str | None) -> str | None:
     return None if value is None else validate_mac(value)
 
 
-_mtu = _opt(_int_range(MIN_MTU, MAX_MTU, "MTU"))
-_queues = _opt(_int_range(1, MAX_QUEUES, "queue count"))
-_u32 = _opt(_int_range(1, 0xFFFFFFFF, "size"))
+check_mtu = _opt(int_range(MIN_MTU, MAX_MTU, "MTU"))
+check_queues = _opt(int_range(1, MAX_QUEUES, "queue count"))
+check_size = _opt(int_range(1, 0xFFFFFFFF, "size"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,21 +229,21 @@ def _s32(p: bytes | None) -> int | None:
 class VethSpec:
     """A veth pair; the peer is created straight in ``peer_netns`` (None: next to ``name``)."""
 
-    name: str = attrs.field(validator=_ifname)
-    peer_name: str = attrs.field(validator=_ifname)
-    peer_netns: str | None = attrs.field(default=None, validator=_netns_name)
-    mtu: int | None = attrs.field(default=None, validator=_mtu)
-    peer_mtu: int | None = attrs.field(default=None, validator=_mtu)
-    address: str | None = attrs.field(default=None, converter=_mac_conv)
-    peer_address: str | None = attrs.field(default=None, converter=_mac_conv)
-    num_tx_queues: int | None = attrs.field(default=None, validator=_queues)
-    num_rx_queues: int | None = attrs.field(default=None, validator=_queues)
-    peer_num_tx_queues: int | None = attrs.field(default=None, validator=_queues)
-    peer_num_rx_queues: int | None = attrs.field(default=None, validator=_queues)
-    gso_max_size: int | None = attrs.field(default=None, validator=_u32)
-    gro_max_size: int | None = attrs.field(default=None, validator=_u32)
-    peer_gso_max_size: int | None = attrs.field(default=None, validator=_u32)
-    peer_gro_max_size: int | None = attrs.field(default=None, validator=_u32)
+    name: str = attrs.field(validator=check_ifname)
+    peer_name: str = attrs.field(validator=check_ifname)
+    peer_netns: str | None = attrs.field(default=None, validator=check_netns_name)
+    mtu: int | None = attrs.field(default=None, validator=check_mtu)
+    peer_mtu: int | None = attrs.field(default=None, validator=check_mtu)
+    address: str | None = attrs.field(default=None, converter=to_mac)
+    peer_address: str | None = attrs.field(default=None, converter=to_mac)
+    num_tx_queues: int | None = attrs.field(default=None, validator=check_queues)
+    num_rx_queues: int | None = attrs.field(default=None, validator=check_queues)
+    peer_num_tx_queues: int | None = attrs.field(default=None, validator=check_queues)
+    peer_num_rx_queues: int | None = attrs.field(default=None, validator=check_queues)
+    gso_max_size: int | None = attrs.field(default=None, validator=check_size)
+    gro_max_size: int | None = attrs.field(default=None, validator=check_size)
+    peer_gso_max_size: int | None = attrs.field(default=None, validator=check_size)
+    peer_gro_max_size: int | None = attrs.field(default=None, validator=check_size)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_netns is None and self.name == self.peer_name:
@@ -307,7 +335,7 @@ _batch = threading.local()
 
 
 @contextlib.contextmanager
-def _session(netns: str | None, ipr: Any = None) -> Iterator[RtnlSocket]:
+def rtnl_session(netns: str | None, ipr: Any = None) -> Iterator[RtnlSocket]:
     """``ipr`` if the caller holds a socket (see :func:`session`), the batch's socket for
     ``netns`` inside :func:`batch`, else a new one for this call."""
     if ipr is not None:
@@ -353,7 +381,7 @@ def session(netns: str | None = None) -> contextlib.AbstractContextManager[RtnlS
 
     Closing it matters: an open socket keeps its namespace alive.
     """
-    return _session(netns)
+    return rtnl_session(netns)
 
 
 @contextlib.contextmanager
@@ -371,11 +399,6 @@ def peer_netns_fd(peer_netns: str | None) -> Iterator[int | None]:
 
 # struct ifinfomsg {u8 family; u8 pad; u16 type; s32 index; u32 flags; u32 change;}
 _IFINFOMSG = struct.Struct("=BxHiII")
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE = 1, 3, 4, 5, 16
-IFLA_LINKINFO, IFLA_STATS64, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 18, 23, 31, 32
-IFLA_LINK_NETNSID, IFLA_GSO_MAX_SIZE, IFLA_GRO_MAX_SIZE = 37, 41, 58
-IFLA_INFO_KIND = 1
-RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 # struct rtnl_link_stats64, the fields we read, in the kernel's order
 _STATS64 = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
@@ -425,7 +448,7 @@ def ifinfomsg(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
     return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
 
 
-def _get_msg(ipr: RtnlSocket, name: str, netns: str | None) -> RawLink:
+def get_msg(ipr: RtnlSocket, name: str, netns: str | None) -> RawLink:
     try:
         replies = ipr.request(RTM_GETLINK, 0, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name))
     except NetlinkError as e:
@@ -441,24 +464,24 @@ def _get_msg(ipr: RtnlSocket, name: str, netns: str | None) -> RawLink:
 
 
 def _index(ipr: RtnlSocket, name: str, netns: str | None) -> int:
-    return _get_msg(ipr, validate_ifname(name), netns).index
+    return get_msg(ipr, validate_ifname(name), netns).index
 
 
 def ifindex(name: str, netns: str | None = None, *, ipr: Any = None) -> int:
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         return _index(sock, name, netns)
 
 
 def get_link(name: str, netns: str | None = None, *, ipr: Any = None) -> LinkState:
     """Read one device back; KernelError(ENODEV) if there is none by that name."""
-    with _session(netns, ipr) as sock:
-        return LinkState.from_msg(_get_msg(sock, validate_ifname(name), netns), netns)
+    with rtnl_session(netns, ipr) as sock:
+        return LinkState.from_msg(get_msg(sock, validate_ifname(name), netns), netns)
 
 
 def get_raw_link(name: str, netns: str | None = None, *, ipr: Any = None) -> RawLink:
     """The kernel's whole answer about one device (counters, nested info), undecoded."""
-    with _session(netns, ipr) as sock:
-        return _get_msg(sock, validate_ifname(name), netns)
+    with rtnl_session(netns, ipr) as sock:
+        return get_msg(sock, validate_ifname(name), netns)
 
 
 def link_exists(name: str, netns: str | None = None, *, ipr: Any = None) -> bool:
@@ -476,7 +499,7 @@ def _dump_links(sock: RtnlSocket) -> list[RawLink]:
 
 
 def list_links(netns: str | None = None, *, ipr: Any = None) -> list[LinkState]:
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         try:
             msgs = _dump_links(sock)
         except NetlinkError as e:
@@ -505,28 +528,28 @@ def _new_link(ipr: Any, msg: Any, what: str) -> None:
 def pair_result(
     ipr: Any, name: str, peer_name: str, netns: str | None, peer_netns: str | None
 ) -> LinkPair:
-    idx = _get_msg(ipr, name, netns).index
+    idx = get_msg(ipr, name, netns).index
     if peer_netns is None:
-        pidx = _get_msg(ipr, peer_name, netns).index
+        pidx = get_msg(ipr, peer_name, netns).index
     else:
-        with _session(peer_netns) as psock:
-            pidx = _get_msg(psock, peer_name, peer_netns).index
+        with rtnl_session(peer_netns) as psock:
+            pidx = get_msg(psock, peer_name, peer_netns).index
     return LinkPair(idx, pidx, name, peer_name, netns, peer_netns if peer_netns else netns)
 
 
 def create_veth(spec: VethSpec, *, netns: str | None = None) -> LinkPair:
     """Create a veth pair: ``spec.name`` in ``netns``, the peer straight in ``spec.peer_netns``."""
     what = f"create veth {spec.name!r}/{spec.peer_name!r} in {where(netns)}"
-    with _session(netns) as ipr, peer_netns_fd(spec.peer_netns) as fd:
+    with rtnl_session(netns) as ipr, peer_netns_fd(spec.peer_netns) as fd:
         _new_link(ipr, encode_veth(spec, fd), what)
         try:
             return pair_result(ipr, spec.name, spec.peer_name, netns, spec.peer_netns)
         except BaseException:
-            _delete(ipr, spec.name, netns, missing_ok=True)
+            delete_raw(ipr, spec.name, netns, missing_ok=True)
             raise
 
 
-def _delete(ipr: Any, name: str, netns: str | None, *, missing_ok: bool) -> bool:
+def delete_raw(ipr: Any, name: str, netns: str | None, *, missing_ok: bool) -> bool:
     try:
         request(ipr, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
     except NetlinkError as e:
@@ -548,13 +571,13 @@ def delete_link(
         if missing_ok:
             return False
         raise _netns_missing(netns)
-    with _session(netns, ipr) as sock:
-        return _delete(sock, name, netns, missing_ok=missing_ok)
+    with rtnl_session(netns, ipr) as sock:
+        return delete_raw(sock, name, netns, missing_ok=missing_ok)
 
 
 def _netns_exists(netns: str) -> bool:
     path = netns if "/" in netns else _netns.netns_path(netns)
-    return _netns._is_netns_file(path)
+    return _netns.is_netns_file(path)
 
 
 def _netns_missing(netns: str) -> Exception:
@@ -569,7 +592,7 @@ def _netns_missing(netns: str) -> Exception:
 
 def _set(name: str, netns: str | None, ipr: Any, what: str, *, flags: int = 0, change: int = 0,
          attrs_: bytes = b"") -> None:
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
             sock.request(RTM_NEWLINK, 0, ifinfomsg(idx, flags, change) + attrs_)
@@ -641,7 +664,7 @@ def add_address(
     ``tentative`` for a second or two (and never ``dadfailed`` between two test namespaces).
     """
     iface = parse_cidr(cidr)
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
             sock.request(
@@ -657,7 +680,6 @@ def add_address(
             _wait_local_route(sock, iface.ip, f"{iface} on {name!r} in {where(netns)}")
 
 
-RTN_LOCAL = 2
 _LOCAL_ROUTE_WAIT = 2.0  # seconds; the kernel's address workqueue normally needs well under 1 ms
 
 
@@ -693,7 +715,7 @@ def del_address(
     name: str, cidr: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
     iface = parse_cidr(cidr)
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
             sock.request(RTM_DELADDR, 0, _addr_msg(idx, iface, False))
@@ -707,7 +729,7 @@ def list_addresses(
     name: str, netns: str | None = None, *, ipr: Any = None
 ) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """The addresses on a device, v4 first, as ip_interface values."""
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         out = []
         # Strict checking lets the kernel filter the dump by ifa_index.
@@ -725,7 +747,7 @@ def list_addresses(
 
 def node_addresses(netns: str | None = None, *, ipr: Any = None) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """Every address on every device of a namespace (one dump per family)."""
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         out = []
         what = f"list the addresses in {where(netns)}"
         for p in _dump_both_families(sock, RTM_GETADDR, lambda fam: _IFADDRMSG.pack(fam, 0, 0, 0, 0), what):
@@ -807,7 +829,7 @@ def _route(
         raise InvalidSpec(f"route {dst}: 'onlink' needs both a gateway and a device")
     if gw is None and dev is None:
         raise InvalidSpec(f"route {dst}: needs a gateway, a device or both")
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, dev, netns) if dev is not None else None
         msg = _route_msg(
             net, idx=idx, via=gw, onlink=onlink, metric=metric, table=table, scope=None
@@ -888,7 +910,7 @@ def list_routes(
     ipr: Any = None,
 ) -> list[dict[str, Any]]:
     """Routes of one table as plain dicts: dst ('default' or CIDR), via, dev, scope, flags."""
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         try:
             names = {m.index: m.name for m in _dump_links(sock)}
             replies = sock.request(RTM_GETROUTE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
@@ -933,7 +955,7 @@ def add_neighbour(
     """A permanent neighbour entry (replaces an existing one): no ARP/ND for that address."""
     addr = parse_ip(ip)
     mac = validate_mac(mac)
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
             sock.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, _neigh_msg(idx, addr, mac, NUD_PERMANENT))
@@ -947,7 +969,7 @@ def del_neighbour(
     name: str, ip: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
     addr = parse_ip(ip)
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
             sock.request(RTM_DELNEIGH, 0, _neigh_msg(idx, addr, None, 0))
@@ -961,7 +983,7 @@ def list_neighbours(
     name: str, netns: str | None = None, *, ipr: Any = None
 ) -> dict[str, str | None]:
     """{ip: lladdr} of the neighbour entries on a device."""
-    with _session(netns, ipr) as sock:
+    with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         out: dict[str, str | None] = {}
         what = f"list neighbours of {name!r} in {where(netns)}"

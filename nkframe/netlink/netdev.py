@@ -23,21 +23,16 @@ import attrs
 from nkframe import netns as _netns
 from nkframe.netlink import nlsock
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
+from nkframe.uapi import (
+    CTRL_CMD_GETFAMILY,
+    GENL_ID_CTRL,
+    NETLINK_GENERIC,
+    NLA_F_NESTED,
+    NLM_F_DUMP,
+)
 
-# linux/netlink.h
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 1, 2, 4, 0x300
-NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
-NLA_F_NESTED = 1 << 15
-NLA_TYPE_MASK = ~(NLA_F_NESTED | (1 << 14)) & 0xFFFF
-SOL_NETLINK = 270
-NETLINK_GENERIC = 16
-NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
-NLMSGERR_ATTR_MSG = 1
 
 # linux/genetlink.h
-GENL_ID_CTRL = 0x10
-CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_VERSION = 1, 2, 3
 CTRL_ATTR_OPS = 6
 CTRL_ATTR_OP_ID, CTRL_ATTR_OP_FLAGS = 1, 2

@@ -184,7 +184,7 @@ def _opt_policy(value: Any) -> NetkitPolicy | None:
     return None if value is None else _policy(value)
 
 
-_u16 = attrs.validators.optional(_links._int_range(0, 0xFFFF, "headroom/tailroom"))
+_u16 = attrs.validators.optional(_links.int_range(0, 0xFFFF, "headroom/tailroom"))
 
 
 @attrs.frozen
@@ -197,9 +197,9 @@ class NetkitSpec:
     ``peer_mtu`` defaults to ``mtu``: the peer gets only the MTU we send.
     """
 
-    name: str = attrs.field(validator=_links._ifname)
+    name: str = attrs.field(validator=_links.check_ifname)
     peer_name: str | None = attrs.field(default=None)
-    peer_netns: str | None = attrs.field(default=None, validator=_links._netns_name)
+    peer_netns: str | None = attrs.field(default=None, validator=_links.check_netns_name)
     mode: NetkitMode = attrs.field(default=NetkitMode.L3, converter=_enum(NetkitMode))
     policy: NetkitPolicy = attrs.field(default=NetkitPolicy.PASS, converter=_policy)
     peer_policy: NetkitPolicy = attrs.field(default=NetkitPolicy.PASS, converter=_policy)
@@ -208,18 +208,18 @@ class NetkitSpec:
     headroom: int | None = attrs.field(default=None, validator=_u16)
     tailroom: int | None = attrs.field(default=None, validator=_u16)
     pairing: NetkitPairing = attrs.field(default=NetkitPairing.PAIR, converter=_enum(NetkitPairing))
-    mtu: int | None = attrs.field(default=None, validator=_links._mtu)
-    peer_mtu: int | None = attrs.field(default=None, validator=_links._mtu)
-    num_tx_queues: int | None = attrs.field(default=None, validator=_links._queues)
-    num_rx_queues: int | None = attrs.field(default=None, validator=_links._queues)
-    peer_num_tx_queues: int | None = attrs.field(default=None, validator=_links._queues)
-    peer_num_rx_queues: int | None = attrs.field(default=None, validator=_links._queues)
-    address: str | None = attrs.field(default=None, converter=_links._mac_conv)
-    peer_address: str | None = attrs.field(default=None, converter=_links._mac_conv)
-    gso_max_size: int | None = attrs.field(default=None, validator=_links._u32)
-    gro_max_size: int | None = attrs.field(default=None, validator=_links._u32)
-    peer_gso_max_size: int | None = attrs.field(default=None, validator=_links._u32)
-    peer_gro_max_size: int | None = attrs.field(default=None, validator=_links._u32)
+    mtu: int | None = attrs.field(default=None, validator=_links.check_mtu)
+    peer_mtu: int | None = attrs.field(default=None, validator=_links.check_mtu)
+    num_tx_queues: int | None = attrs.field(default=None, validator=_links.check_queues)
+    num_rx_queues: int | None = attrs.field(default=None, validator=_links.check_queues)
+    peer_num_tx_queues: int | None = attrs.field(default=None, validator=_links.check_queues)
+    peer_num_rx_queues: int | None = attrs.field(default=None, validator=_links.check_queues)
+    address: str | None = attrs.field(default=None, converter=_links.to_mac)
+    peer_address: str | None = attrs.field(default=None, converter=_links.to_mac)
+    gso_max_size: int | None = attrs.field(default=None, validator=_links.check_size)
+    gro_max_size: int | None = attrs.field(default=None, validator=_links.check_size)
+    peer_gso_max_size: int | None = attrs.field(default=None, validator=_links.check_size)
+    peer_gro_max_size: int | None = attrs.field(default=None, validator=_links.check_size)
 
     # Options that describe the peer; single mode has none of them.
     _PEER_FIELDS = (
@@ -428,8 +428,8 @@ def decode_netkit(msg: Any, netns: str | None = None) -> NetkitInfo:
 def get_netkit(name: str, *, netns: str | None = None, ipr: Any = None) -> NetkitInfo:
     """Read a netkit device back (either end)."""
     register_link_kind()
-    with _links._session(netns, ipr) as sock:
-        return _decode(_links._get_msg(sock, validate_ifname(name), netns).to_pyroute2(), netns)
+    with _links.rtnl_session(netns, ipr) as sock:
+        return _decode(_links.get_msg(sock, validate_ifname(name), netns).to_pyroute2(), netns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
     register_link_kind()
     peer_desc = "" if spec.pairing == NetkitPairing.SINGLE else f"/{spec.peer_name!r}"
     what = f"create netkit {spec.name!r}{peer_desc} in {where(netns)}"
-    with _links._session(netns) as ipr, _links.peer_netns_fd(spec.peer_netns) as fd:
+    with _links.rtnl_session(netns) as ipr, _links.peer_netns_fd(spec.peer_netns) as fd:
         msg = encode_netkit(spec, fd)
         try:
             _links.request(
@@ -478,7 +478,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
         except NetlinkError as e:
             raise _create_error(e, spec, what) from None
         try:
-            info = _decode(_links._get_msg(ipr, spec.name, netns).to_pyroute2(), netns)
+            info = _decode(_links.get_msg(ipr, spec.name, netns).to_pyroute2(), netns)
             missing = _not_applied(spec, info)
             if missing:
                 raise NotSupported(
@@ -490,7 +490,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
                 return LinkPair(info.ifindex, info.ifindex, spec.name, spec.name, netns, netns)
             return _links.pair_result(ipr, spec.name, spec.peer_name, netns, spec.peer_netns)
         except BaseException:
-            _links._delete(ipr, spec.name, netns, missing_ok=True)
+            _links.delete_raw(ipr, spec.name, netns, missing_ok=True)
             raise
 
 
@@ -545,7 +545,7 @@ def set_policy(
     pol = _opt_policy(policy)
     peer_pol = _opt_policy(peer_policy)
     what = f"set netkit policy of {name!r} in {where(netns)}"
-    with _links._session(netns) as ipr:
+    with _links.rtnl_session(netns) as ipr:
         idx = _links.ifindex(name, netns, ipr=ipr)
         msg = encode_set_policy(idx, pol, peer_pol)
         try:

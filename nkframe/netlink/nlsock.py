@@ -20,19 +20,23 @@ import os
 import socket
 import struct
 from typing import Any, Iterator
+from nkframe.uapi import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_GET_STRICT_CHK,
+    NETLINK_ROUTE,
+    NLA_TYPE_MASK,
+    NLMSGERR_ATTR_MSG,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLM_F_ACK,
+    NLM_F_ACK_TLVS,
+    NLM_F_CAPPED,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    SOL_NETLINK,
+)
 
-# linux/netlink.h
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_EXT_ACK = 11
-NETLINK_GET_STRICT_CHK = 12
-NETLINK_CAP_ACK = 10
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP = 0x300
-NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
-NLMSGERR_ATTR_MSG = 1
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 _HDR = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
 

@@ -140,3 +140,11 @@ def nkframe_endpoint_counters(endpoint, bpffs_root: str):
 def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
     """The root's maps go with it: drop this process's handles on them."""
     forget(bpffs_root)
+
+
+@hookimpl
+def nkframe_cli_commands():
+    """``nkframe policy apply|remove``."""
+    from .cli import policy
+
+    return [policy]

@@ -69,7 +69,7 @@ def test_socket_is_root_only_and_ping_answers(agent, node, bpffs_root):
     assert info["pid"] == os.getpid()
     assert info["node_netns"] == node.netns and info["bpffs_root"] == bpffs_root
     assert info["protocol"] == protocol.VERSION
-    assert info["startup"]["reconcile"] == {"healthy": [], "removed": [], "repaired": [], "problems": []}
+    assert info["startup"]["reconcile"] == {"healthy": [], "removed": [], "problems": []}
 
 
 def test_lifecycle_through_the_api_with_traffic(agent, node, bpffs_root):

@@ -3,7 +3,7 @@
 The switch runs in a child process that SIGKILLs itself at a chosen moment of a real switch
 (nkframe.faults has no switch points, so the child wraps the attach backends or os.rename):
 
-* ``staging``: one program of the new chain attached and pinned under ``switch-*``, the old
+* ``staging``: one program of the new chain attached and pinned under ``staging-*`` (:data:`nkframe.engine.STAGING_PREFIX`), the old
   chain untouched.  Reconcile detaches the staged program: the endpoint is as before the switch.
 * ``detaching``: the whole new chain runs, one old program is already detached.  Reconcile
   finishes the switch: the new chain moves into place, the rest of the old chain goes.
@@ -25,7 +25,7 @@ from test_agent_support import HERE, Counting, count_obj, counts  # noqa: F401 -
 
 from nkframe import bpf, probe, specstore
 from nkframe.agent import kobjects
-from nkframe.engine import Engine
+from nkframe.engine import STAGING_PREFIX, Engine
 from nkframe.netlink import links
 from nkframe.testing import udp_probe
 from nkframe.types import EndpointSpec, Mechanism
@@ -113,13 +113,13 @@ def test_reconcile_settles_a_switch_killed_midway(node, bpffs_root, count_obj, s
     r = subprocess.run([sys.executable, "-c", CHILD, HERE, node.netns, bpffs_root, "mover", source, target, when],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == -9, f"the child was to die {when}, it exited {r.returncode}: {r.stderr[-2000:]}"
-    left = [n for n in os.listdir(ep_dir) if n.startswith("switch-")]
+    left = [n for n in os.listdir(ep_dir) if n.startswith(STAGING_PREFIX)]
     assert len(left) == 1, f"the crash was to leave one staging dir: {os.listdir(ep_dir)}"
 
     eng = _engine(node, bpffs_root)
     report = eng.reconcile()
     assert report.healthy == ("bystander", "mover") and report.removed == (), report
-    assert not [n for n in os.listdir(ep_dir) if n.startswith("switch-")]
+    assert not [n for n in os.listdir(ep_dir) if n.startswith(STAGING_PREFIX)]
     after = eng.get_endpoint("mover")
     running = eng.attached(ep.spec.node_ifname)
     if when == "staging":

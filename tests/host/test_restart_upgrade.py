@@ -15,8 +15,8 @@ import time
 import pytest
 from test_agent_support import NETKIT, AgentProcess, Counting, Flow, assert_no_loss, counts, need, version_count, wire
 
-from nkframe import engine_upgrade, hookimpl, objects, probe
-from nkframe.engine import Engine
+from nkframe import hookimpl, objects, probe
+from nkframe.engine import STAGING_PREFIX, Engine
 from nkframe.errors import KernelError, VerifierError
 from nkframe.types import EndpointSpec, Hook, Mechanism, ProgramSpec
 
@@ -125,7 +125,7 @@ def test_upgrade_to_a_chain_of_another_shape(node, bpffs_root, attach):
         # The kernel runs them in chain order.
         order = [p.prog_id for p in eng.attached(grown.spec.node_ifname) if p.hook in ("ingress", "peer")]
         assert order == [p.prog_id for p in grown.programs if p.hook == Hook.FROM_POD.value]
-        assert not any(n.startswith(engine_upgrade.STAGING_PREFIX) for n in os.listdir(f"{bpffs_root}/endpoints/up-a"))
+        assert not any(n.startswith(STAGING_PREFIX) for n in os.listdir(f"{bpffs_root}/endpoints/up-a"))
         time.sleep(0.2)
         assert counts(bpffs_root, "up-a", 10) > 0 and version_count(bpffs_root, "up-a", 3) > 0
         # Shrink back to one program per hook.

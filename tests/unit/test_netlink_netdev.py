@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nkframe import uapi
 from nkframe.errors import InvalidSpec
 from nkframe.netlink import netdev
 from nkframe.netlink.netdev import QueueType, decode_queue, encode_queue_create, encode_queue_get
@@ -126,5 +127,5 @@ def test_op_table_matches_the_uapi_numbers():
 def test_extack_text_is_extracted_from_a_capped_error():
     # nlmsgerr{error=-95, capped request header} + NLMSGERR_ATTR_MSG "nope"
     msg = struct.pack("<i", -95) + struct.pack("<IHHII", 20, 20, 5, 1, 0) + hdr(9, 1) + b"nope\0" + b"\0" * 3
-    assert netdev._extack(msg, netdev.NLM_F_CAPPED | netdev.NLM_F_ACK_TLVS) == "nope"
+    assert netdev._extack(msg, uapi.NLM_F_CAPPED | uapi.NLM_F_ACK_TLVS) == "nope"
     assert netdev._extack(msg, 0) == ""

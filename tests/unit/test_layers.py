@@ -1,0 +1,165 @@
+"""The package's structure, checked against its imports (issue 12).
+
+* every module of ``nkframe`` is in exactly one layer of docs/architecture.md's table, and
+  imports nothing from a layer above its own;
+* no module imports a private name of another module (``from x import _y``, ``x._y`` where
+  ``x`` is an imported module), in ``nkframe/`` and ``plugins/``;
+* every uAPI number is defined once, in ``nkframe/uapi.py``;
+* nothing in ``nkframe`` imports a plugin.
+
+Imports inside functions count: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists()) + \
+    sorted(p.name for p in (ROOT / "plugins").glob("*/*") if (p / "__init__.py").exists())
+
+
+def _modules(top: Path) -> dict[str, Path]:
+    out = {}
+    for p in sorted(top.rglob("*.py")):
+        if "__pycache__" in p.parts:
+            continue
+        parts = list(p.relative_to(top.parent).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def _imports(mod: str, path: Path) -> list[tuple[int, str, str | None]]:
+    """(line, imported module, imported name or None) for every import in the file."""
+    out = []
+    is_pkg = path.name == "__init__.py"
+    for n in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(n, ast.Import):
+            out += [(n.lineno, a.name, None) for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:
+                pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                pkg = pkg[: len(pkg) - (n.level - 1)]
+                base = ".".join(pkg + ([n.module] if n.module else []))
+            out += [(n.lineno, base, a.name) for a in n.names]
+    return out
+
+
+def _layers() -> list[set[str]]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and "`" in line and "modules (of" not in line]
+    assert rows, "docs/architecture.md has no layer table"
+    return [set(re.findall(r"`([\w.]+)`", row.split("|")[2])) for row in rows]
+
+
+def _unit(mod: str) -> str:
+    """nkframe.engine.core -> engine; nkframe -> __init__."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+NKFRAME = _modules(ROOT / "nkframe")
+ALL = {**NKFRAME, **_modules(ROOT / "plugins")}
+
+
+def test_every_module_is_in_one_layer():
+    layers = _layers()
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for u in layer:
+            assert u not in seen, f"{u} is in two layers of docs/architecture.md"
+            seen[u] = i
+    missing = sorted({_unit(m) for m in NKFRAME} - set(seen))
+    assert not missing, f"modules in no layer of docs/architecture.md: {missing}"
+    stale = sorted(set(seen) - {_unit(m) for m in NKFRAME})
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
+
+
+def test_no_import_goes_up_a_layer():
+    rank = {u: i for i, layer in enumerate(_layers()) for u in layer}
+    bad = []
+    for mod, path in NKFRAME.items():
+        me = _unit(mod)
+        for line, target, name in _imports(mod, path):
+            for t in (target, f"{target}.{name}" if name else None):
+                if t and t.split(".")[0] == "nkframe" and t != "nkframe":
+                    u = _unit(t)
+                    if u in rank and rank[u] < rank[me]:
+                        bad.append(f"{path.relative_to(ROOT)}:{line}: {me} imports {t} from a layer above")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_core_imports_no_plugin():
+    bad = [f"{p.relative_to(ROOT)}:{line}: imports {t}" for mod, p in NKFRAME.items()
+           for line, t, _ in _imports(mod, p) if t.split(".")[0].startswith("nkframe_")]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_uses_another_modules_private_names():
+    bad = []
+    for mod, path in ALL.items():
+        tree = ast.parse(path.read_text(), str(path))
+        module_aliases = set()
+        for line, target, name in _imports(mod, path):
+            if name is None:
+                continue
+            if name.startswith("_") and not name.startswith("__"):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: from {target} import {name}")
+            if f"{target}.{name}" in ALL:
+                module_aliases.add(name)
+        for n in ast.walk(tree):
+            if isinstance(n, ast.alias) and n.asname and n.name in ALL:
+                module_aliases.add(n.asname)
+            if isinstance(n, ast.ImportFrom):
+                for a in n.names:
+                    if a.asname and f"{n.module}.{a.name}" in ALL:
+                        module_aliases.add(a.asname)
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in module_aliases
+                    and n.attr.startswith("_") and not n.attr.startswith("__")):
+                bad.append(f"{path.relative_to(ROOT)}:{n.lineno}: {n.value.id}.{n.attr}")
+    assert not bad, "private names of other modules:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_uapi_numbers_are_defined_once():
+    ns: dict = {}
+    exec((ROOT / "nkframe" / "uapi.py").read_text(), ns)
+    uapi = {k for k in ns if k.isupper()}
+    bad = []
+    for mod, path in ALL.items():
+        if mod == "nkframe.uapi":
+            continue
+        for n in ast.parse(path.read_text()).body:
+            if isinstance(n, ast.Assign):
+                for t in n.targets:
+                    names = [t] if isinstance(t, ast.Name) else getattr(t, "elts", [])
+                    bad += [f"{path.relative_to(ROOT)}:{n.lineno}: {x.id}" for x in names
+                            if isinstance(x, ast.Name) and x.id in uapi]
+    assert not bad, "uAPI numbers defined again outside nkframe/uapi.py:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("snippet, caught", [
+    ("from nkframe.engine import _x\n", True),
+    ("from nkframe import pins\npins._by_hook\n", True),
+    ("from nkframe import pins\npins.by_hook\n", False),
+    ("class A:\n    def f(self):\n        return self._x\n", False),
+])
+def test_the_private_name_check_can_fail(tmp_path, monkeypatch, snippet, caught):
+    """The checker itself: a planted violation is found, a clean module is not."""
+    p = tmp_path / "planted.py"
+    p.write_text(snippet)
+    monkeypatch.setitem(ALL, "nkframe.planted", p)
+    monkeypatch.setattr(Path, "relative_to", lambda self, other: self)
+    if caught:
+        with pytest.raises(AssertionError, match="planted"):
+            test_no_module_uses_another_modules_private_names()
+    else:
+        test_no_module_uses_another_modules_private_names()
