@@ -23,7 +23,7 @@ from nkframe.context import EndpointContext, UplinkContext
 from nkframe.hookspecs import hookimpl
 from nkframe.types import DeviceMode, EndpointSpec
 
-from nkframe_l3 import datapath, layout
+from nkframe_fwd import datapath, layout
 
 PLUGIN = "l2"
 PROGRAM = "l2_fwd"

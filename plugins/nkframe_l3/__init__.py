@@ -33,15 +33,15 @@ from nkframe.context import EndpointContext, UplinkContext
 from nkframe.hookspecs import hookimpl
 from nkframe.types import DeviceMode, EndpointSpec
 
-from . import datapath
-from .datapath import (
+from nkframe_fwd import datapath
+from nkframe_fwd.datapath import (
     Options,
     derived_mac,
     endpoint_entries,
     endpoint_stats,
     uplink_stats,
 )
-from .layout import EndpointEntry, Stat
+from nkframe_fwd.layout import EndpointEntry, Stat
 
 __all__ = [
     "EndpointEntry",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from nkframe import hookimpl
+from nkframe import hookimpl, pins
 from nkframe.context import EndpointContext, UplinkContext
 from nkframe.types import EndpointSpec
 
@@ -33,11 +33,16 @@ _lock = threading.Lock()
 _maps: dict[str, object] = {}
 
 
+def _global_maps(bpffs_root: str) -> str:
+    """The engine's directory of global maps (``<root>/globals/maps``), from its layout."""
+    return str(pins.Layout(bpffs_root).map_path("global", "", "x").parent)
+
+
 def policy_maps(bpffs_root: str):
     """One :class:`PolicyMaps` per bpffs root per process (opening one loads the object)."""
     from .maps import PolicyMaps
 
-    pin_dir = str(Path(bpffs_root) / "globals" / "maps")
+    pin_dir = _global_maps(bpffs_root)
     with _lock:
         pm = _maps.get(pin_dir)
         if pm is None or not Path(pin_dir).is_dir():
@@ -47,7 +52,7 @@ def policy_maps(bpffs_root: str):
 
 def forget(bpffs_root: str) -> None:
     """Drop the cached maps of a root (its bpffs is going away)."""
-    pin_dir = str(Path(bpffs_root) / "globals" / "maps")
+    pin_dir = _global_maps(bpffs_root)
     with _lock:
         pm = _maps.pop(pin_dir, None)
     if pm is not None:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from click.testing import CliRunner
-from test_agent_support import Counting, count_obj, served, version_count, wire  # noqa: F401 - fixture
+from agent_support import Counting, count_obj, served, version_count, wire  # noqa: F401 - fixture
 
 from nkframe import netns
 from nkframe.agent import kobjects, protocol

@@ -9,7 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_agent_support import Counting
+from agent_support import Counting
 
 from nkframe import faults, netns
 from nkframe.agent.client import AgentClient

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_agent_support import HERE, AgentProcess, Counting, count_obj  # noqa: F401 - fixture
+from agent_support import HERE, AgentProcess, Counting, count_obj  # noqa: F401 - fixture
 
 from nkframe import faults, netns
 from nkframe.agent import kobjects
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.root
 CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from test_agent_support import Counting
+from agent_support import Counting
 from nkframe.engine import Engine
 from nkframe.types import EndpointSpec
 _, _, node, root, pod, verb, attach = sys.argv

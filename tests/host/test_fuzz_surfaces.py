@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from nkframe.agent import protocol
 from nkframe.cli import cli
 from nkframe.engine import Engine
-from test_agent_support import served
+from agent_support import served
 
 pytestmark = pytest.mark.root
 

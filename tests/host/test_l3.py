@@ -23,7 +23,7 @@ from nkframe.errors import EndpointExists, PluginError
 from nkframe.netlink import links
 from nkframe.testing import tcp_connect, udp_probe
 from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
-from nkframe_l3 import layout
+from nkframe_fwd import layout
 
 pytestmark = pytest.mark.root
 

@@ -24,7 +24,7 @@ import threading
 import time
 
 import pytest
-from test_agent_support import NETKIT, Counting, counts, need
+from agent_support import NETKIT, Counting, counts, need
 
 from nkframe import hookimpl, netns
 from nkframe.context import DeviceInfo

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 import pytest
-from test_agent_support import HERE, Counting, count_obj, counts  # noqa: F401 - fixture
+from agent_support import HERE, Counting, count_obj, counts  # noqa: F401 - fixture
 
 from nkframe import bpf, probe, specstore
 from nkframe.agent import kobjects
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.root
 CHILD = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from test_agent_support import Counting
+from agent_support import Counting
 from nkframe import attach
 from nkframe.engine import Engine
 _, _, node, root, eid, source, target, when = sys.argv

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_agent_support import NETKIT, AgentProcess, Flow, assert_no_loss, need, version_count, wire
+from agent_support import NETKIT, AgentProcess, Flow, assert_no_loss, need, version_count, wire
 
 from nkframe.agent import protocol
 from nkframe.types import EndpointSpec

@@ -13,7 +13,7 @@ import struct
 import time
 
 import pytest
-from test_agent_support import NETKIT, AgentProcess, Counting, Flow, assert_no_loss, counts, need, version_count, wire
+from agent_support import NETKIT, AgentProcess, Counting, Flow, assert_no_loss, counts, need, version_count, wire
 
 from nkframe import hookimpl, objects, probe
 from nkframe.engine import STAGING_PREFIX, Engine

@@ -16,7 +16,7 @@ import os
 import time
 
 import pytest
-from test_agent_support import Counting, count_obj  # noqa: F401 - fixture
+from agent_support import Counting, count_obj  # noqa: F401 - fixture
 
 from nkframe.agent import kobjects
 from nkframe.engine import Engine

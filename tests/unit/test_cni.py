@@ -147,7 +147,7 @@ def test_host_ifname_prefix_and_l2_macs():
 
 
 def test_default_gateways_are_the_datapaths():
-    nkframe_l3 = pytest.importorskip("nkframe_l3.datapath")
+    nkframe_l3 = pytest.importorskip("nkframe_fwd.datapath")
     assert config.gateways({}) == (str(nkframe_l3.DEFAULT_GW4), str(nkframe_l3.DEFAULT_GW6))
     assert config.gateways({"datapath": {"gateway4": "10.0.0.1"}}) == ("10.0.0.1", str(nkframe_l3.DEFAULT_GW6))
 

@@ -16,7 +16,7 @@ from nkframe import objects, plugins
 from nkframe.context import DeviceInfo, EndpointContext, UplinkContext
 from nkframe.errors import InvalidSpec
 from nkframe.types import DeviceHook, DeviceKind, DeviceMode, EndpointSpec, Hook
-from nkframe_l3 import datapath, layout
+from nkframe_fwd import datapath, layout
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "include" / "nkframe_dp.h"
 

@@ -9,7 +9,7 @@
 * :class:`AgentProcess` — an agent in a child process (this file run as a script), so a test
   can SIGKILL it.
 
-Run as a script it is that child: ``python test_agent_support.py agent NODE BPFFS SOCKET VERSION``.
+Run as a script it is that child: ``python agent_support.py agent NODE BPFFS SOCKET VERSION``.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class AgentProcess:
     """An agent serving ``node_netns``/``bpffs_root`` with the Counting plugin (``version``)."""
 
     def __init__(self, node_netns: str, bpffs_root: str, socket_path: str, *, version: int = 1, env: dict | None = None):
-        self.args = [sys.executable, os.path.join(HERE, "test_agent_support.py"), "agent", node_netns, bpffs_root, socket_path, str(version)]
+        self.args = [sys.executable, os.path.join(HERE, "agent_support.py"), "agent", node_netns, bpffs_root, socket_path, str(version)]
         self.socket_path = socket_path
         self.env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1", **(env or {}))
         self.proc: subprocess.Popen | None = None
