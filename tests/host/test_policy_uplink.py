@@ -22,6 +22,7 @@ from nkframe.engine import Engine
 from nkframe.netlink import links
 from nkframe.testing import tcp_connect, udp_probe
 from nkframe.types import EndpointSpec
+from nkframe_fwd import datapath
 from nkframe_fwd import layout as l3_layout
 from nkframe_policy import Direction
 from nkframe_policy import plugin as policy_plugin
@@ -107,7 +108,7 @@ def _redirect_peer_only(root):
     """Make the datapath deliver with bpf_redirect_peer() even though to-pod programs are
     attached (clear its 'to-pod chain' flag): the to-pod policy_ingress is skipped from now on,
     so only the uplink program can judge."""
-    path = nkframe_fwd.datapath.endpoints_map_path(root)
+    path = datapath.endpoints_map_path(root)
     with bpf.Map.from_pin(path) as m:
         for key, value in m.items():
             entry = l3_layout.EndpointEntry.unpack(value)

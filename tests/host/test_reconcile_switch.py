@@ -130,7 +130,7 @@ def test_reconcile_settles_a_switch_killed_midway(node, bpffs_root, count_obj, s
         assert kobjects.settle(census, object_name=count_obj) == {}, "the staged program leaked"
     else:
         if when == "detaching":
-            assert any("finished a switch of mechanism" in p for p in report.problems), report
+            assert any("finished a cut-over" in p for p in report.problems), report
         assert set(after.mechanism.values()) == {Mechanism(target)}
         assert [p.name for p in after.programs] == ["count_out", "count_in"]
         assert not {p.prog_id for p in after.programs} & before_ids
@@ -154,3 +154,72 @@ def test_reconcile_settles_a_switch_killed_midway(node, bpffs_root, count_obj, s
     for eid in ("mover", "bystander"):
         eng.remove_endpoint(eid)
     assert kobjects.settle(census, object_name=count_obj) == {}
+
+
+UPGRADE_CHILD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from test_restart_upgrade import Extra
+from nkframe import attach
+from nkframe.engine import Engine
+_, _, node, root, eid, when = sys.argv
+
+def die_on_call(obj, name, n):
+    real, calls = getattr(obj, name), []
+    def wrapper(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **kw)
+    setattr(obj, name, wrapper)
+
+eng = Engine(node, root, plugin_objects=[Extra()], autoload=False)
+if when == "staging":     # the grown from-pod chain is half staged
+    die_on_call(attach.backend("tcx"), "attach", 2)
+else:                     # cutting over: the old from-pod program detached, nothing moved yet
+    die_on_call(os, "rename", 1)
+eng.upgrade([eid])
+print("the upgrade finished", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("when", ["staging", "cutover"])
+def test_reconcile_settles_an_upgrade_killed_midway(node, bpffs_root, count_obj, when):
+    """Issue 12: upgrade and switch share one stage/cut-over/settle algorithm, so an upgrade
+    that reshapes a chain (one more program per hook) and is SIGKILLed while staging or while
+    cutting over is settled by reconcile like a switch: the old chain whole, or the new one."""
+    if not probe.features().supported("tcx"):
+        pytest.skip(f"needs TCX links to stage a reshaped chain: {probe.features()['tcx'].reason}")
+    links.add_address("lo", f"{GW}/32", netns=node.netns)
+    pod, ep = _add(node, bpffs_root, "grower", "10.77.41.10", "tcx")
+    assert udp_probe(pod, node.netns, GW, count=2) == 2
+    ep_dir = f"{bpffs_root}/endpoints/grower"
+    before_ids = {p.prog_id for p in ep.programs}
+    r = subprocess.run([sys.executable, "-c", UPGRADE_CHILD, HERE, node.netns, bpffs_root, "grower", when],
+                       env=dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == -9, f"the child was to die {when}, it exited {r.returncode}: {r.stderr[-2000:]}"
+    assert [n for n in os.listdir(ep_dir) if n.startswith(STAGING_PREFIX)], "the crash was to leave a staging dir"
+
+    eng = _engine(node, bpffs_root)
+    report = eng.reconcile()
+    assert report.healthy == ("grower",) and report.removed == (), report
+    assert not [n for n in os.listdir(ep_dir) if n.startswith(STAGING_PREFIX)]
+    after = eng.get_endpoint("grower")
+    running = eng.attached(ep.spec.node_ifname)
+    if when == "staging":
+        assert any("staged by an interrupted switch or upgrade" in p for p in report.problems), report
+        assert {p.prog_id for p in after.programs} == before_ids, "the old chain stays, untouched"
+        assert [p.name for p in after.programs] == ["count_out", "count_in"]
+    else:
+        assert any("finished a cut-over" in p for p in report.problems), report
+        names = {h: [p.name for p in after.programs if p.hook == h] for h in ("from-pod", "to-pod")}
+        # The cut-over had begun (an old program was gone), so staging was complete: reconcile
+        # finished it, on both hooks.
+        assert names == {"from-pod": ["audit_out", "count_out"], "to-pod": ["audit_in", "count_in"]}, names
+        assert not {p.prog_id for p in after.programs} & before_ids
+    # Exactly the pinned chain runs on the device: nothing staged, nothing old left over.
+    assert sorted(p.prog_id for p in running) == sorted(p.prog_id for p in after.programs)
+    assert all(p.ifindex == ep.node_ifindex for p in after.programs)
+    assert udp_probe(pod, node.netns, GW, count=2) == 2
+    assert eng.reconcile().problems == ()
+    eng.remove_endpoint("grower")

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 import nkframe_l3
+from nkframe_fwd import datapath
 from nkframe import bpf, objects
 from nkframe.engine import Engine
 from nkframe.errors import InvalidSpec
@@ -48,7 +49,7 @@ def test_endpoints_share_one_program_and_count_apart(node, bpffs_root, attach):
     # Removing one endpoint leaves the shared program working for the others and takes the
     # removed device's counter slot away.
     eng.remove_endpoint("sh-0")
-    with bpf.Map.from_pin(nkframe_fwd.datapath.stats_map_path(bpffs_root)) as m:
+    with bpf.Map.from_pin(datapath.stats_map_path(bpffs_root)) as m:
         assert m.lookup(struct.pack("<I", eps[0].node_ifindex)) is None
     assert udp_probe(pods[1], node.outside, "192.0.2.2", count=2) == 2
     assert nkframe_l3.endpoint_stats(bpffs_root, "sh-1")["neigh"][0] >= 2
