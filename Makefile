@@ -24,7 +24,7 @@ $(VENV)/.apt-ok: Makefile
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(VENV)/.installed: $(VENV)/.apt-ok pyproject.toml setup.py $(wildcard nkframe/_bpf/*.py nkframe/_bpf/decl/*.h bpf/*.c bpf/include/*.h nkframe/cni/shim.c)
+$(VENV)/.installed: $(VENV)/.apt-ok pyproject.toml setup.py $(wildcard plugins/*/__init__.py) $(wildcard nkframe/_bpf/*.py nkframe/_bpf/decl/*.h bpf/*.c bpf/include/*.h nkframe/cni/shim.c)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[test,bench]'

@@ -96,16 +96,27 @@ class KernelSeries:
     """A family of Debian kernel packages we know how to boot, e.g. every bookworm 6.12."""
 
     name: str
-    #: Matches a package name; group ``release`` is the kernel release (``uname -r``).
+    #: Matches the name of the series' kernel package (the first of :attr:`packages`); group
+    #: ``release`` is the kernel release (``uname -r``).
     package_re: re.Pattern[str] = attrs.field(converter=re.compile)
     description: str = ""
+    #: What to download for a release: the kernel package first, then any other (Debian's 7.x
+    #: packaging splits the image and its modules).
+    packages: tuple[str, ...] = ("linux-image-{release}-unsigned",)
+    #: Suites of the system's Debian archive to read through a private apt configuration (its own
+    #: lists and cache under the kernel cache; the system's sources are never changed).  Empty:
+    #: the system's own apt lists.
+    suites: tuple[str, ...] = ()
 
     def release_of(self, package: str) -> str | None:
         m = self.package_re.fullmatch(package.strip())
         return m.group("release") if m else None
 
     def matches_release(self, release: str) -> bool:
-        return self.release_of(f"linux-image-{release}-unsigned") == release
+        return self.release_of(self.packages[0].format(release=release)) == release
+
+    def package_names(self, release: str) -> list[str]:
+        return [p.format(release=release) for p in self.packages]
 
 
 SERIES: dict[str, KernelSeries] = {
@@ -120,6 +131,13 @@ SERIES: dict[str, KernelSeries] = {
             "6.1",
             r"linux-image-(?P<release>6\.1\.0-\d+-amd64)-unsigned",
             "Debian bookworm's 6.1 kernel: no netkit, no TCX (TC fallback)",
+        ),
+        KernelSeries(
+            "7",
+            r"linux-binary-(?P<release>7\.\d+\.\d+\+deb\d+-amd64)",
+            "Debian's newest 7.x kernel (trixie-backports, sid): netkit single mode, queue leasing",
+            packages=("linux-binary-{release}", "linux-modules-{release}"),
+            suites=("trixie-backports", "sid"),
         ),
     )
 }
@@ -195,6 +213,8 @@ class KernelImage:
         """The kernel unpacked under ``root``; raises :class:`VmError` if a part is missing."""
         vmlinuz = root / "boot" / f"vmlinuz-{release}"
         moddir = _modules_dir(root, release)
+        if not vmlinuz.is_file() and moddir is not None and (moddir / "vmlinuz").is_file():
+            vmlinuz = moddir / "vmlinuz"  # Debian's 7.x packaging
         if not vmlinuz.is_file() or moddir is None:
             raise VmError(
                 f"{root} does not hold an unpacked kernel {release} (boot/vmlinuz-{release} and "
@@ -245,13 +265,49 @@ def _stderr_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _apt_search(series: KernelSeries) -> str:
+def _system_archive() -> tuple[str, str]:
+    """(URI, keyring) of the system's Debian archive, read from its deb822 sources; the defaults
+    when there are none."""
+    uri, keyring = "http://deb.debian.org/debian", "/usr/share/keyrings/debian-archive-keyring.gpg"
+    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        for stanza in text.split("\n\n"):
+            fields = dict(line.split(":", 1) for line in stanza.splitlines()
+                          if ":" in line and not line.startswith("#"))
+            uris = fields.get("URIs", "").split()
+            if uris and not uris[0].rstrip("/").endswith("-security"):
+                return uris[0], fields.get("Signed-By", keyring).strip() or keyring
+    return uri, keyring
+
+
+def apt_options(series: KernelSeries, cache: Path | None = None) -> list[str]:
+    """apt options selecting the series' private configuration (own sources list, lists and
+    cache dirs beside the kernel cache), or none for a series the system's lists serve."""
+    if not series.suites:
+        return []
+    base = (cache or cache_root()).parent / "apt" / series.name
+    (base / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (base / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    uri, keyring = _system_archive()
+    sources = base / "sources.list"
+    text = "".join(f"deb [signed-by={keyring}] {uri} {suite} main\n" for suite in series.suites)
+    if not sources.is_file() or sources.read_text() != text:
+        sources.write_text(text)
+    return ["-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=/nonexistent",
+            "-o", f"Dir::State::Lists={base / 'lists'}", "-o", f"Dir::Cache={base / 'cache'}",
+            "-o", "APT::Get::List-Cleanup=0"]
+
+
+def _apt_search(series: KernelSeries, cache: Path | None = None) -> str:
     # A regex on names keeps the answer small; the series pattern then picks exact flavours.
     prefix = series.package_re.pattern.split("(?P<release>")[0]
     pattern = "^" + prefix + re.escape(series.name) + r"\."
     try:
         out = subprocess.run(
-            ["apt-cache", "search", "--names-only", pattern],
+            ["apt-cache", *apt_options(series, cache), "search", "--names-only", pattern],
             capture_output=True, text=True, check=False,
         )
     except FileNotFoundError as e:
@@ -259,9 +315,11 @@ def _apt_search(series: KernelSeries) -> str:
     return out.stdout
 
 
-def _apt_update(log: Log) -> None:
-    log("nkframe-vm: apt lists know no matching kernel; running apt-get update")
-    r = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+def _apt_update(log: Log, series: KernelSeries, cache: Path | None = None) -> None:
+    opts = apt_options(series, cache)
+    which = f"a private apt configuration for {', '.join(series.suites)}" if opts else "the system's apt"
+    log(f"nkframe-vm: apt lists know no matching kernel; running apt-get update ({which})")
+    r = subprocess.run(["apt-get", *opts, "update", "-qq"], capture_output=True, text=True)
     if r.returncode != 0:
         log(f"nkframe-vm: apt-get update failed (exit {r.returncode}): {r.stderr.strip()}")
 
@@ -293,14 +351,14 @@ def ensure_kernel(
         exact = pinned
 
     if exact is not None:
-        package = f"linux-image-{exact}-unsigned"
+        package = series.package_names(exact)[0]
     else:
         package = None
         if not offline:
-            package = select_package(series, _apt_search(series))
+            package = select_package(series, _apt_search(series, cache))
             if package is None and os.geteuid() == 0:
-                _apt_update(log)
-                package = select_package(series, _apt_search(series))
+                _apt_update(log, series, cache)
+                package = select_package(series, _apt_search(series, cache))
         if package is None:
             cached = cached_kernels(series, cache)
             if cached:
@@ -322,13 +380,15 @@ def ensure_kernel(
             return KernelImage.from_tree(target, release, package)
         if offline:
             raise VmError(f"kernel {release} is not cached in {cache} and offline mode is on")
-        _download_and_unpack(package, release, target, log)
+        _download_and_unpack(series.package_names(release), release, target, log, apt_options(series, cache))
     return KernelImage.from_tree(target, release, package)
 
 
-def _download_and_unpack(package: str, release: str, target: Path, log: Log) -> None:
+def _download_and_unpack(packages: list[str], release: str, target: Path, log: Log,
+                         apt_opts: Sequence[str] = ()) -> None:
     t0 = time.monotonic()
-    log(f"nkframe-vm: fetching {package} into {target}")
+    package = packages[0]
+    log(f"nkframe-vm: fetching {' and '.join(packages)} into {target}")
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=target.parent) as tmp:
         tmpdir = Path(tmp)
         # apt-get download drops privileges to _apt for the transfer; the directory must be
@@ -337,20 +397,21 @@ def _download_and_unpack(package: str, release: str, target: Path, log: Log) -> 
         dl = tmpdir / "dl"
         dl.mkdir()
         os.chmod(dl, 0o777)
-        r = subprocess.run(["apt-get", "download", "-q", package], cwd=dl,
+        r = subprocess.run(["apt-get", *apt_opts, "download", "-q", *packages], cwd=dl,
                            capture_output=True, text=True)
         debs = list(dl.glob("*.deb"))
-        if r.returncode != 0 or not debs:
+        if r.returncode != 0 or len(debs) != len(packages):
             raise VmError(
-                f"apt-get download {package} failed (exit {r.returncode}): "
+                f"apt-get download {' '.join(packages)} failed (exit {r.returncode}): "
                 f"{(r.stderr or r.stdout).strip()[-500:]}; check the apt sources and network"
             )
         tree = tmpdir / "tree"
-        r = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise VmError(f"dpkg-deb -x {debs[0].name} failed: {r.stderr.strip()}")
-        debs[0].unlink()
+        for deb in debs:
+            r = subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise VmError(f"dpkg-deb -x {deb.name} failed: {r.stderr.strip()}")
+            deb.unlink()
         moddir = _modules_dir(tree, release)
         if moddir is None:
             raise VmError(f"{package} holds no lib/modules/{release}: not a kernel image package")
@@ -1036,8 +1097,14 @@ def probe_command(venv: Path, json_out: Path | None = None) -> str:
     return cmd
 
 
+#: The test tier each kernel series runs as, and whether netkit must work there (a skipped
+#: ``netkit`` test then fails).
+TIER_OF_SERIES = {"6.12": "vm-netkit", "6.1": "vm-legacy", "7": "vm-next"}
+NETKIT_SERIES = frozenset({"6.12", "7"})
+
+
 def tier_name(series: KernelSeries) -> str:
-    return "vm-netkit" if series.name == "6.12" else "vm-legacy"
+    return TIER_OF_SERIES.get(series.name, f"vm-{series.name}")
 
 
 def run_pytest(
@@ -1080,7 +1147,8 @@ def run_pytest(
         "NKFRAME_VM": "1",
         "NKFRAME_VM_SERIES": series.name,
         "NKFRAME_VM_RELEASE": kernel.release,
-        "NKFRAME_REQUIRE_NETKIT": "1" if series.name == "6.12" else "0",
+        "NKFRAME_REQUIRE_NETKIT": "1" if series.name in NETKIT_SERIES else "0",
+        "NKFRAME_REQUIRE_NEXT": "1" if series.name == "7" else "0",
         "NKFRAME_VM_SELECT": ("all" if names_paths(pytest_args)
                               else os.environ.get("NKFRAME_VM_SELECT", "kernel")),
         "PYTHONPATH": str(PLUGIN_DIR),
@@ -1160,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p_kernel = sub.add_parser("kernel", help="download/unpack a kernel and print where it is")
-    p_kernel.add_argument("--kernel", default="6.12", help="series (6.12, 6.1) or full release")
+    p_kernel.add_argument("--kernel", default="6.12", help="series (6.12, 6.1, 7) or full release")
 
     p_test = sub.add_parser("test", help="run the root test tier in the VM")
     p_test.add_argument("--kernel", default="6.12")

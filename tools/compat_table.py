@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiers in the order tests/run-tiers runs them; others (hand-run VMs) follow alphabetically.
-TIER_ORDER = ("host", "vm-netkit", "vm-legacy")
+TIER_ORDER = ("host", "vm-netkit", "vm-legacy", "vm-next")
 # Features in nkframe.probe's order when known; unknown ones are appended sorted.
 FEATURE_ORDER = ("bpffs", "btf", "tc", "tcx", "netkit", "netkit_scrub", "netkit_headroom",
                  "netkit_single", "xdp_native", "xdp_generic", "af_xdp", "queue_lease")

@@ -24,6 +24,8 @@ from nkframe import netns as _netns
 from nkframe.netlink import nlsock
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.uapi import (
+    ETHTOOL_GDRVINFO,
+    SIOCETHTOOL,
     CTRL_CMD_GETFAMILY,
     GENL_ID_CTRL,
     NETLINK_GENERIC,
@@ -405,6 +407,20 @@ class NetdevFamily:
         try:
             replies = self._do(NETDEV_CMD_QUEUE_CREATE, payload)
         except _NetlinkError as e:
+            if e.code == errno.EINVAL and any(w in (e.extack or "") for w in _CAPABILITY_WORDS):
+                # A capability refusal, whatever errno the kernel picked (7.3: EINVAL with
+                # "Lease device does not support queue management operations" for virtio_net,
+                # "Lease device is a virtual device" for veth).
+                drivers = {ifindex: device_driver(ifindex, self.netns),
+                           lease_ifindex: (device_driver(lease_ifindex, self.netns) if lease_netns_id is None
+                                           else f"ifindex {lease_ifindex} in netns id {lease_netns_id}")}
+                raise NotSupported(
+                    "queue_lease",
+                    f"{what}: refused: {e.extack} (lease device driver: {drivers[lease_ifindex]}, "
+                    f"virtual device driver: {drivers[ifindex]}); the lease device must be a physical "
+                    "NIC whose driver has queue management operations (netdevsim and some NIC "
+                    "drivers have them; veth and virtio_net do not)",
+                ) from None
             if e.code == errno.EOPNOTSUPP:
                 detail = f" (kernel says: {e.extack})" if e.extack else ""
                 if self.has_queue_lease():
@@ -431,6 +447,38 @@ class NetdevFamily:
             if info.id is not None:
                 return info.id
         raise KernelError(errno.EPROTO, f"{what}: reply without a queue id")
+
+
+# Words of the kernel's extack when queue-create is refused for what a device is, not for what
+# was asked (net/core/netdev-genl.c, 7.3).
+_CAPABILITY_WORDS = ("not support", "virtual device", "queue management")
+_DRVINFO = struct.Struct("=I32s32s32s32s32s12s5I")  # struct ethtool_drvinfo
+
+
+def device_driver(ifindex: int, netns: str | None = None) -> str:
+    """The driver of a device (ethtool GDRVINFO), e.g. ``veth``, ``virtio_net``, ``netdevsim``;
+    ``"ifindex N (driver unknown)"`` when the kernel does not say."""
+    import fcntl
+    import socket
+
+    try:
+        with _netns.enter(netns):
+            name = socket.if_indextoname(ifindex)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                buf = bytearray(_DRVINFO.pack(ETHTOOL_GDRVINFO, *(b"",) * 6, *(0,) * 5))
+                addr = _buf_addr(buf)
+                ifreq = struct.pack("16sP", name.encode(), addr)
+                fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+        driver = _DRVINFO.unpack(bytes(buf))[1].split(b"\0", 1)[0].decode(errors="replace")
+        return driver or f"ifindex {ifindex} (driver unknown)"
+    except OSError:
+        return f"ifindex {ifindex} (driver unknown)"
+
+
+def _buf_addr(buf: bytearray) -> int:
+    import ctypes
+
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 def _kernel_error(e: _NetlinkError, what: str) -> KernelError:

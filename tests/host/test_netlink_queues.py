@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from nkframe import netns
+from nkframe import netns, probe
 from nkframe.errors import InvalidSpec, KernelError, NetnsNotFound, NotSupported
 from nkframe.netlink import links, netdev
 from nkframe.netlink.netdev import NetdevFamily, QueueType
@@ -106,3 +106,34 @@ def test_socket_is_bound_to_its_netns(ns, veth):
     here = {ls.ifindex for ls in links.list_links(ns)}
     assert veth in seen
     assert seen <= here
+
+
+# --- Linux 7.1+: queue leasing for real (the vm-next tier) ------------------------------------
+
+
+@pytest.fixture
+def single(ns):
+    """A netkit device in single mode with spare RX queues: what a lease goes to."""
+    from nkframe.netlink.netkit import NetkitSpec, create_netkit
+
+    if not probe.features().supported("netkit_single"):
+        pytest.skip(f"no netkit single mode: {probe.features()['netkit_single'].reason}")
+    create_netkit(NetkitSpec.single("nk-vm", num_rx_queues=4), netns=ns)
+    links.set_up("nk-vm", ns)
+    return links.ifindex("nk-vm", ns)
+
+
+@pytest.mark.next_kernel
+def test_a_lease_from_a_driver_without_queue_ops_is_not_supported(ns, veth, single):
+    """Issue 13: veth (like virtio_net) has no queue management ops; the kernel refuses the
+    lease (7.3: EINVAL with an extack), and we say NotSupported naming the driver, not a bare
+    kernel error.  Nothing is leased afterwards."""
+    with NetdevFamily(ns) as fam:
+        if not fam.has_queue_lease():
+            pytest.skip("the netdev family has no queue-create (queue leasing needs Linux 7.1+)")
+        with pytest.raises(NotSupported) as ei:
+            fam.queue_create(single, lease_ifindex=veth, lease_queue_id=0)
+        assert ei.value.feature == "queue_lease"
+        assert "lease device driver: veth" in ei.value.reason, ei.value.reason
+        assert "queue management" in ei.value.reason
+        assert all(q.lease is None for q in fam.queues(veth) + fam.queues(single))

@@ -408,3 +408,68 @@ def test_pin_variable_pins_a_series(tmp_path, monkeypatch):
     monkeypatch.setenv("NKFRAME_KERNEL_6_12", "6.12.1+deb12-amd64")
     with pytest.raises(vm.VmError, match="6.12.1\\+deb12-amd64 is not cached"):
         vm.ensure_kernel("6.12", cache=tmp_path, offline=True)
+
+
+# -- the vm-next tier (Debian's 7.x kernels, issue 13)
+
+
+def test_series_7_matches_debians_split_packaging():
+    s = vm.SERIES["7"]
+    assert s.release_of("linux-binary-7.3.4+deb13-amd64") == "7.3.4+deb13-amd64"
+    assert s.release_of("linux-binary-7.3.4+deb13-cloud-amd64") is None
+    assert s.release_of("linux-image-7.3.4+deb13-amd64-dbg") is None
+    assert s.package_names("7.3.4+deb13-amd64") == ["linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
+    assert vm.series_for("7.2.13+deb13-amd64") is s
+    out = ("linux-binary-7.2.13+deb13-amd64 - Linux 7.2.13 for 64-bit PCs (kernel image)\n"
+           "linux-binary-7.3.4+deb13-amd64 - Linux 7.3.4 for 64-bit PCs (kernel image)\n"
+           "linux-binary-7.3.4+deb13-rt-amd64 - Linux 7.3.4 for 64-bit PCs (kernel image)\n")
+    assert vm.select_package(s, out) == "linux-binary-7.3.4+deb13-amd64"
+    assert vm.tier_name(s) == "vm-next" and vm.pin_variable(s) == "NKFRAME_KERNEL_7"
+
+
+def test_kernel_image_finds_vmlinuz_in_the_modules_dir(tmp_path):
+    """7.x packages put vmlinuz in usr/lib/modules/<release>/, not boot/."""
+    moddir = tmp_path / "usr" / "lib" / "modules" / "7.3.4+deb13-amd64"
+    moddir.mkdir(parents=True)
+    (moddir / "vmlinuz").write_bytes(b"k")
+    k = vm.KernelImage.from_tree(tmp_path, "7.3.4+deb13-amd64")
+    assert k.vmlinuz == moddir / "vmlinuz" and k.modules_dir == moddir
+
+
+def test_private_apt_configuration_never_names_the_system_sources(tmp_path):
+    opts = vm.apt_options(vm.SERIES["7"], tmp_path / "kernels")
+    assert opts[0::2] == ["-o"] * (len(opts) // 2)
+    assert "Dir::Etc::sourceparts=/nonexistent" in opts[1::2]
+    sources = next(o.split("=", 1)[1] for o in opts if o.startswith("Dir::Etc::sourcelist="))
+    assert sources.startswith(str(tmp_path)), "the sources list lives beside the kernel cache"
+    text = open(sources).read()
+    assert "trixie-backports main" in text and "sid main" in text and "signed-by=" in text
+    assert all(str(tmp_path) in o for o in opts if o.startswith(("Dir::State::Lists=", "Dir::Cache=")))
+    assert vm.apt_options(vm.SERIES["6.12"], tmp_path / "kernels") == [], "bookworm kernels: the system's lists"
+
+
+def test_plugin_turns_next_kernel_skips_into_failures_in_vm_next(tmp_path):
+    import os
+    import sys
+
+    (tmp_path / "test_n.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.next_kernel
+        def test_lease():
+            pytest.skip("no queue-create")
+
+        def test_other():
+            pytest.skip("may skip")
+    '''))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    netkit: x\n    next_kernel: y\n")
+    for required, failed in (("1", 1), ("0", 0)):
+        env = dict(os.environ, NKFRAME_REQUIRE_NEXT=required, NKFRAME_REQUIRE_NETKIT="0",
+                   PYTHONPATH=str(vm.PLUGIN_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", vm.PLUGIN, "-p", "no:cacheprovider",
+                            f"--junitxml={tmp_path / 'j.xml'}", str(tmp_path / "test_n.py")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+        c = vm.parse_junit(tmp_path / "j.xml")
+        assert c.failed == failed and c.skipped == 2 - failed, r.stdout
+        if failed:
+            assert "next_kernel test skipped" in r.stdout

@@ -3,7 +3,9 @@
 In the vm-netkit tier the kernel has netkit by construction, so a ``netkit`` test that skips is
 a broken test or a broken probe, not a kernel without the feature: with
 ``NKFRAME_REQUIRE_NETKIT=1`` such a skip is reported as a failure, with the skip's reason.
-Expected failures (``xfail``) are left alone: pytest reports those as skips too.
+Expected failures (``xfail``) are left alone: pytest reports those as skips too.  Likewise in
+the vm-next tier (Linux 7.x) with ``NKFRAME_REQUIRE_NEXT=1``: a ``next_kernel`` test (netkit
+single mode, queue leasing) that skips there fails.
 
 With ``NKFRAME_VM_SELECT=kernel`` (what ``nkframe.vm`` sets unless told otherwise) only the
 kernel-dependent tests run: every ``netkit`` test, and those listed in ``kernel-tests.txt``
@@ -50,6 +52,20 @@ def _required() -> bool:
     return os.environ.get("NKFRAME_REQUIRE_NETKIT") == "1"
 
 
+def _required_markers() -> set[str]:
+    """Markers whose tests must not skip in this tier."""
+    out = set()
+    if _required():
+        out.add("netkit")
+    if os.environ.get("NKFRAME_REQUIRE_NEXT") == "1":
+        out.add("next_kernel")
+    return out
+
+
+def _kernel_marked(item) -> bool:
+    return bool(item.get_closest_marker("netkit") or item.get_closest_marker("next_kernel"))
+
+
 def pytest_report_header(config):
     if os.environ.get("NKFRAME_VM") == "1":
         rule = "netkit tests must run" if _required() else "netkit tests may skip"
@@ -65,16 +81,17 @@ def pytest_report_header(config):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if not (_required() and report.skipped and item.get_closest_marker("netkit")):
+    must = [m for m in sorted(_required_markers()) if item.get_closest_marker(m)]
+    if not (must and report.skipped):
         return
     if hasattr(report, "wasxfail"):
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome = "failed"
-    report.longrepr = (
-        f"netkit test skipped in a tier whose kernel has netkit "
-        f"(NKFRAME_REQUIRE_NETKIT=1, kernel {os.uname().release}): {reason}"
-    )
+    what = ("netkit test skipped in a tier whose kernel has netkit (NKFRAME_REQUIRE_NETKIT=1"
+            if must[0] == "netkit" else
+            "next_kernel test skipped in the tier whose kernel has single mode and leasing (NKFRAME_REQUIRE_NEXT=1")
+    report.longrepr = f"{what}, kernel {os.uname().release}): {reason}"
     item.config.stash.setdefault(_FORCED, []).append(item.nodeid)
 
 
@@ -87,7 +104,7 @@ def pytest_collection_modifyitems(config, items):
         prefixes = load_selection()
         keep, drop = [], []
         for item in items:
-            (keep if selected(item.nodeid, bool(item.get_closest_marker("netkit")), prefixes)
+            (keep if selected(item.nodeid, _kernel_marked(item), prefixes)
              else drop).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
