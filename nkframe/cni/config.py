@@ -47,7 +47,7 @@ IFNAME_MAX = 15  # bytes; the kernel's IFNAMSIZ (16) counts the NUL
 HOST_PREFIX_MAX = 7  # leaves at least 8 hex digits (32 bits) of hash in a node-side name
 DEFAULT_HOST_PREFIX = "nk"
 
-# The L3/L2 datapath's gateways when spec.options["datapath"] names none (nkframe_l3.datapath
+# The L3/L2 datapath's gateways when spec.options["datapath"] names none (nkframe_fwd.datapath
 # DEFAULT_GW4/DEFAULT_GW6; a unit test keeps the two equal).  Reported in ADD results.
 DEFAULT_GATEWAY4 = "169.254.1.1"
 DEFAULT_GATEWAY6 = "fe80::1"
