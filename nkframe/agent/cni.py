@@ -47,12 +47,13 @@ class InProcess:
     def __call__(self, socket_path: str) -> "InProcess":
         from nkframe.cni.errors import INVALID_CONFIG, CniError
 
-        # The shim reached this agent through NKFRAME_AGENT_SOCKET or the default path; a
-        # configuration naming another agent's socket means another node: do not act for it.
+        # The shim connects to the configuration's agentSocket when it has one (else
+        # NKFRAME_AGENT_SOCKET, else the default): a configuration naming another socket than
+        # this one (another path to it, or a scan the shim got wrong) is not acted on.
         if not _same_socket(socket_path, self.agent.socket_path):
             raise CniError(INVALID_CONFIG, "agentSocket names another agent",
                            f"the configuration's agentSocket is {socket_path}, but nkframe-cni-shim reached the agent at "
-                           f"{self.agent.socket_path}; give the runtime NKFRAME_AGENT_SOCKET={socket_path} or drop agentSocket")
+                           f"{self.agent.socket_path}; name this agent's socket in agentSocket or drop it")
         return self
 
     def __enter__(self) -> "InProcess":

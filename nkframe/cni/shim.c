@@ -6,8 +6,9 @@
  * request, and prints the answer: the agent runs nkframe's CNI commands in process
  * (nkframe/agent/cni.py).  docs/cni.md is the user's reference.
  *
- * The agent's socket: $NKFRAME_AGENT_SOCKET, else /run/nkframe/agent.sock.  The configuration's
- * agentSocket is not read here; the agent refuses a configuration naming another socket.
+ * The agent's socket: the configuration's top-level agentSocket, else $NKFRAME_AGENT_SOCKET,
+ * else /run/nkframe/agent.sock (nkframe-cni's order).  The agent checks that the configuration
+ * names the socket it serves.
  *
  * Request (one line):
  *   {"v":1,"id":1,"method":"cni.exec","params":{"env":{"CNI_...":"..."},"stdin":"..."}}
@@ -39,6 +40,7 @@
 /* CNI error codes (nkframe/cni/errors.py) */
 #define INVALID_ENVIRONMENT 4
 #define IO_FAILURE 5
+#define INVALID_CONFIG 7
 #define TRY_AGAIN_LATER 11
 #define NOT_AVAILABLE 50  /* STATUS: cannot serve ADD */
 #define INTERNAL 999
@@ -148,12 +150,13 @@ static void fail(int code, const char *msg, const char *fmt, ...)
 	fail_raw(code, msg, d.p ? d.p : "", d.len);
 }
 
-/* The configuration's top-level "cniVersion" if it is one nkframe speaks (errors are written in
- * it, as the Python plugin does), else 1.1.0.  A scan, not a parser: strings are skipped whole
- * and only a key at depth 1 counts. */
-static void find_version(const char *s, size_t n)
+/* The string value of the configuration's top-level key ``key``: its first byte in *v and its
+ * length in *vlen, or 0 when there is none (or it is not a string, or holds an escape).  A scan,
+ * not a parser: strings are skipped whole and only a key at depth 1 counts.  The agent parses
+ * the whole configuration again and checks both values this program takes from it. */
+static int find_key(const char *s, size_t n, const char *key, const char **v, size_t *vlen)
 {
-	static const char *known[] = {"0.4.0", "1.0.0", "1.1.0"};
+	size_t keylen = strlen(key);
 	int depth = 0;
 	for (size_t i = 0; i < n; i++) {
 		char c = s[i];
@@ -166,9 +169,8 @@ static void find_version(const char *s, size_t n)
 			while (i < n && s[i] != '"')
 				i += s[i] == '\\' ? 2 : 1;
 			if (i >= n)
-				return;
-			size_t klen = i - start;
-			if (depth != 1 || klen != 10 || memcmp(s + start, "cniVersion", 10) != 0)
+				return 0;
+			if (depth != 1 || i - start != keylen || memcmp(s + start, key, keylen) != 0)
 				continue;
 			size_t j = i + 1;
 			while (j < n && strchr(" \t\r\n", s[j]))
@@ -178,12 +180,33 @@ static void find_version(const char *s, size_t n)
 			j++;
 			while (j < n && strchr(" \t\r\n", s[j]))
 				j++;
-			for (size_t k = 0; k < 3; k++)
-				if (n - j >= 7 && s[j] == '"' && memcmp(s + j + 1, known[k], 5) == 0 && s[j + 6] == '"')
-					cni_version = known[k];
-			return;
+			if (j >= n || s[j] != '"')
+				return 0;
+			size_t k = ++j;
+			while (k < n && s[k] != '"' && s[k] != '\\')
+				k++;
+			if (k >= n || s[k] != '"')
+				return 0;
+			*v = s + j;
+			*vlen = k - j;
+			return 1;
 		}
 	}
+	return 0;
+}
+
+/* The configuration's top-level "cniVersion" if it is one nkframe speaks (errors are written in
+ * it, as the Python plugin does), else 1.1.0. */
+static void find_version(const char *s, size_t n)
+{
+	static const char *known[] = {"0.4.0", "1.0.0", "1.1.0"};
+	const char *v;
+	size_t vlen;
+	if (!find_key(s, n, "cniVersion", &v, &vlen))
+		return;
+	for (size_t k = 0; k < 3; k++)
+		if (vlen == 5 && memcmp(v, known[k], 5) == 0)
+			cni_version = known[k];
 }
 
 static int b64val(unsigned char c)
@@ -289,8 +312,22 @@ int main(void)
 		     "the request to the agent would be %zu bytes; the agent takes at most %d (bytes outside ASCII count 6 each)",
 		     req.len, MAX_LINE);
 
-	/* 3. the agent */
+	/* 3. the agent: the configuration's agentSocket, else $NKFRAME_AGENT_SOCKET, else the
+	 * default (as nkframe-cni does).  podman runs DEL from a cleanup process that does not
+	 * carry the runtime's environment, so the configuration is the one place every command
+	 * sees. */
+	char conf_socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	const char *path = getenv("NKFRAME_AGENT_SOCKET");
+	const char *v;
+	size_t vlen;
+	if (in.p && find_key(in.p, in.len, "agentSocket", &v, &vlen)) {
+		if (vlen == 0 || v[0] != '/' || vlen >= sizeof conf_socket)
+			fail(INVALID_CONFIG, "agentSocket is invalid",
+			     "the configuration's agentSocket must be an absolute path of at most %zu bytes", sizeof conf_socket - 1);
+		memcpy(conf_socket, v, vlen);
+		conf_socket[vlen] = 0;
+		path = conf_socket;
+	}
 	if (!path || !*path)
 		path = DEFAULT_SOCKET;
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -304,6 +341,17 @@ int main(void)
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
 		int err = errno;
 		const char *command = getenv("CNI_COMMAND");
+		if (command && strcmp(command, "VERSION") == 0) {
+			/* VERSION needs no agent (runtimes probe it before any agent may be reachable,
+			 * e.g. podman validating a network whose agentSocket only ADD's environment
+			 * names): the versions we speak, in the one asked for. */
+			const char *v = "1.1.0";
+			size_t vlen = 5;
+			if (in.p)
+				find_key(in.p, in.len, "cniVersion", &v, &vlen);
+			printf("{\"cniVersion\": \"%.*s\", \"supportedVersions\": [\"0.4.0\", \"1.0.0\", \"1.1.0\"]}\n", (int)vlen, v);
+			return 0;
+		}
 		if (command && strcmp(command, "STATUS") == 0 && err != EACCES && err != EPERM)
 			fail(NOT_AVAILABLE, "the nkframe agent is not available", "cannot connect to the agent at %s: %s", path, strerror(err));
 		if (err == EACCES || err == EPERM)

@@ -108,12 +108,23 @@ def test_the_ipam_plugin_gets_only_cni_variables(shim, node):
     assert rc == 0 and shim.endpoint_ids() == [] and shim.leases() == {}
 
 
-def test_agent_socket_of_another_agent_is_refused(shim, node, tmp_path):
+def test_the_configurations_agent_socket_is_the_one_reached(shim, node, tmp_path):
+    """agentSocket in the configuration wins over NKFRAME_AGENT_SOCKET (as in nkframe-cni):
+    podman runs DEL from a cleanup process without the runtime's environment, so only the
+    configuration reaches every command."""
     pod = node.pod()
     conf = shim.conf(agentSocket=str(tmp_path / "other.sock"))
     rc, err = raw(shim, base_env(shim, CNI_NETNS=netns.netns_path(pod)), json.dumps(conf).encode())
-    assert rc == 1 and err["code"] == 7 and "other.sock" in err["details"], err
+    assert rc == 1 and err["code"] == 11 and "other.sock" in err["details"], err
     assert shim.endpoint_ids() == [] and shim.leases() == {}
+    # the agent's own socket named in the configuration, with no environment variable at all
+    env = {k: v for k, v in base_env(shim, CNI_NETNS=netns.netns_path(pod)).items() if k != "NKFRAME_AGENT_SOCKET"}
+    rc, doc = raw(shim, env, json.dumps(shim.conf(agentSocket=shim.socket)).encode())
+    assert rc == 0, doc
+    rc, _ = raw(shim, {**env, "CNI_COMMAND": "DEL"}, json.dumps(shim.conf(agentSocket=shim.socket)).encode())
+    assert rc == 0 and shim.endpoint_ids() == [] and shim.leases() == {}
+    rc, err = raw(shim, base_env(shim, CNI_NETNS=netns.netns_path(pod)), json.dumps(shim.conf(agentSocket="relative.sock")).encode())
+    assert rc == 1 and err["code"] == 7 and "absolute path" in err["details"], err
     # without agentSocket the shim's socket is the one meant
     conf.pop("agentSocket")
     rc, doc = raw(shim, base_env(shim, CNI_NETNS=netns.netns_path(pod)), json.dumps(conf).encode())
@@ -125,10 +136,13 @@ def test_no_agent_is_try_again_later(shim, node, tmp_path):
     pod = node.pod()
     conf = json.dumps(shim.conf("0.4.0", prevResult={"cniVersion": "1.1.0"})).encode()
     shim.stop()
-    for cmd in ("ADD", "DEL", "CHECK", "VERSION"):
+    for cmd in ("ADD", "DEL", "CHECK"):
         rc, err = raw(shim, base_env(shim, cmd, CNI_NETNS=netns.netns_path(pod)), conf)
         # the error speaks the configuration's version, not prevResult's
         assert rc == 1 and err["code"] == 11 and err["cniVersion"] == "0.4.0" and shim.socket in err["details"], err
+    # VERSION needs no agent: answered by the shim itself, in the version asked for
+    rc, doc = raw(shim, base_env(shim, "VERSION"), conf)
+    assert (rc, doc) == (0, {"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]})
     rc, err = raw(shim, base_env(shim, "STATUS"), conf)
     assert rc == 1 and err["code"] == 50, err
     # a socket file no agent listens on (a killed agent's)
@@ -138,7 +152,8 @@ def test_no_agent_is_try_again_later(shim, node, tmp_path):
     s = _socket.socket(_socket.AF_UNIX)
     s.bind(stale)
     s.close()
-    rc, err = raw(shim, base_env(shim, NKFRAME_AGENT_SOCKET=stale, CNI_NETNS=netns.netns_path(pod)), conf)
+    stale_conf = json.dumps(shim.conf("0.4.0", agentSocket=stale)).encode()
+    rc, err = raw(shim, base_env(shim, NKFRAME_AGENT_SOCKET=stale, CNI_NETNS=netns.netns_path(pod)), stale_conf)
     assert rc == 1 and err["code"] == 11 and "stopped agent" in err["details"], err
     assert shim.leases() == {} and not links.link_exists("eth0", netns=pod)
 
