@@ -224,6 +224,15 @@ def test_metrics_follow_adds_removes_refusals_drops_and_a_restart(node, bpffs_ro
 
         pc = counters(bpffs_root, "pod-0")
         assert pc.drops["policy_default"].packets >= value(s2, d, endpoint="pod-0", reason="policy_default")
+        # A policy changed by another process (`nkframe policy apply` without the agent): the
+        # agent's view of the policy maps is stale, the scrape reads the slots' owners instead.
+        from nkframe_policy.plugin import apply
+
+        apply(bpffs_root, "pod-0", {**DENYING, "ingress": [{"action": "deny", "cidr": "192.0.2.0/24"}]})
+        s2b = agent.scrape()
+        assert {dict(k)["endpoint"] for k in series(s2b, d)} == {"pod-0", "pod-1"}
+        assert value(s2b, d, endpoint="pod-0", reason="policy_default") >= value(s2, d, endpoint="pod-0", reason="policy_default")
+        assert series(s2b, "nkframe_scrape_errors_total") == {}
 
         # Removes: the gauge follows, the removed endpoints' series go away.
         c.remove_endpoint("pod-3")
