@@ -187,10 +187,11 @@ class AgentMetrics:
         try:
             self._httpd, self._thread = start_http_server(self.address.port, self.address.host, registry=self.registry)
         except OSError as e:
-            raise errors.KernelError(e.errno or 0, f"cannot serve metrics on {self.address} ({e.strerror or e}); "
-                                     f"pick another address with --metrics") from None
-        host, port = self._httpd.server_address[:2]
-        self.bound = Address(self.address.host, int(port))
+            if e.errno:  # KernelError names the errno: "...: EADDRINUSE (Address already in use)"
+                raise errors.KernelError(e.errno, f"cannot serve metrics on {self.address} (pick another address "
+                                         f"with --metrics)") from None
+            raise errors.NkframeError(f"cannot serve metrics on {self.address}: {e}") from None
+        self.bound = Address(self.address.host, int(self._httpd.server_address[1]))
         log.info("metrics on %s", self.bound.url)
         if not self.bound.loopback:
             log.warning("metrics served on %s, not a loopback address: anyone who can reach it reads endpoint ids "
