@@ -307,15 +307,21 @@ class EventReader:
     def lost(self) -> dict[str, int]:
         """Events the programs could not write, summed over CPUs: ``ring_full`` (nobody read
         in time) and ``rate_limited`` (more than the per-CPU budget per second)."""
-        from nkframe import bpf
+        return lost_counts(self.maps_dir) or {name: 0 for name in LOST}
 
-        path = self.maps_dir / LOST_MAP
-        if not path.exists():
-            return {name: 0 for name in LOST}
-        with bpf.Map.from_pin(path) as m:
-            return {name: sum(struct.unpack_from("=Q", v)[0]
-                              for v in m.lookup_percpu(struct.pack("=I", i)) or ())
-                    for i, name in enumerate(LOST)}
+
+def lost_counts(maps_dir: str | os.PathLike) -> dict[str, int] | None:
+    """:meth:`EventReader.lost` without opening the ring (the agent's metrics read it at each
+    scrape); ``None`` when no program under this root reports events (no ``nk_ev_lost``)."""
+    from nkframe import bpf
+
+    path = Path(maps_dir) / LOST_MAP
+    if not path.exists():
+        return None
+    with bpf.Map.from_pin(path) as m:
+        return {name: sum(struct.unpack_from("=Q", v)[0]
+                          for v in m.lookup_percpu(struct.pack("=I", i)) or ())
+                for i, name in enumerate(LOST)}
 
 
 def matches(event: Event, *, endpoint: str | None = None, reasons=()) -> bool:

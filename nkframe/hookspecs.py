@@ -35,7 +35,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from nkframe.context import DeviceInfo, EndpointContext, UplinkContext
-    from nkframe.types import Endpoint, EndpointSpec, Mechanism, ProgramSpec
+    from nkframe.types import Endpoint, EndpointSpec, Mechanism, Metric, ProgramSpec
 
 PROJECT = "nkframe"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -177,6 +177,25 @@ def nkframe_endpoint_counters(endpoint: "Endpoint", bpffs_root: str, node_netns:
     :returns: counter name -> value (packets, drops by reason...), or ``None`` when the plugin
         has nothing for this endpoint.  Each implementation is called on its own: its numbers
         are shown under its plugin name, and one that raises costs a problem line only.
+    """
+
+
+@hookspec
+def nkframe_metrics(bpffs_root: str, node_netns: "str | None") -> "list[Metric] | None":
+    """Report a plugin's metrics for the agent's Prometheus endpoint (``agent run --metrics``).
+
+    Called from the scraping thread each time a scraper asks, alongside requests that add and
+    remove endpoints, so: read what is there (aggregate counters), take no lock an add holds for
+    long, and keep the cost independent of how large a configuration is (rules, routes);
+    per-endpoint series are fine, their number is bounded by the node's pods.
+
+    :param bpffs_root: the engine's bpffs root, to open the plugin's pinned maps.  Don't create
+        maps that are not there: report nothing instead.
+    :param node_netns: the node's network namespace (``None``: the caller's).
+    :returns: :class:`nkframe.types.Metric` families (names without the ``nkframe_`` prefix,
+        which the agent adds), or ``None``.  Each implementation is called on its own; one that
+        raises is logged and counted in ``nkframe_scrape_errors_total{source=PLUGIN}``, the
+        rest of the scrape goes on.
     """
 
 

@@ -328,3 +328,40 @@ class Endpoint:
     @property
     def id(self) -> str:
         return self.spec.id
+
+
+METRIC_KINDS = ("counter", "gauge")
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _metric_name(_inst, _attr, value: str) -> None:
+    if not _METRIC_NAME.match(value) or value.startswith("nkframe_") or value.endswith("_total"):
+        raise InvalidSpec(
+            f"metric name {value!r}: use lower-case letters, digits and '_', without the "
+            f"'nkframe_' prefix and (for counters) without '_total': nkframe adds both")
+
+
+def _metric_samples(inst, _attr, value) -> None:
+    for sample in value:
+        if len(sample) != 2 or len(sample[0]) != len(inst.labels):
+            raise InvalidSpec(f"metric {inst.name}: a sample is ((label values...), value) with "
+                              f"one value per label {list(inst.labels)}, not {sample!r}")
+
+
+@attrs.frozen
+class Metric:
+    """One metric family a plugin reports to the agent's Prometheus endpoint
+    (``nkframe_metrics`` hook), read when a scraper asks.
+
+    ``name`` without the ``nkframe_`` prefix (and, for a counter, without ``_total``): the agent
+    adds them.  ``samples`` are ``((label values...), value)``, one value per name in
+    ``labels``.  Label values must come from a bounded set (endpoint ids, reasons, directions):
+    every distinct value is a time series kept by whoever scrapes.
+    """
+
+    name: str = attrs.field(validator=_metric_name)
+    kind: str = attrs.field(validator=attrs.validators.in_(METRIC_KINDS))
+    help: str
+    labels: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    samples: tuple = attrs.field(default=(), converter=lambda s: tuple((tuple(str(x) for x in k), float(v)) for k, v in s),
+                                 validator=_metric_samples)

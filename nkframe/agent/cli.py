@@ -8,6 +8,18 @@ import logging
 import click
 
 
+def _metrics_address(ctx, param, value):
+    if value is None:
+        return None
+    from nkframe import errors
+    from nkframe.agent.metrics import parse_address
+
+    try:
+        return parse_address(value)
+    except errors.InvalidSpec as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.group()
 def agent() -> None:
     """Run the nkframe agent (one per node) or ask a running one."""
@@ -19,9 +31,11 @@ def agent() -> None:
 @click.option("--netns-root", "netns_roots", multiple=True, help="Directory pod namespaces given as paths may live under (repeatable; default /run/netns and /var/run/netns).")
 @click.option("--no-proc-netns", is_flag=True, help="Refuse /proc/<pid>/ns/net pod namespaces.")
 @click.option("--uplink", default=None, help="Attach the plugins' uplink programs to this node device at start.")
+@click.option("--metrics", "metrics", default=None, callback=_metrics_address, metavar="ADDR",
+              help="Serve Prometheus metrics over HTTP on ADDR: PORT (on 127.0.0.1), IPV4:PORT or [IPV6]:PORT. Off by default.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 @click.pass_context
-def agent_run(ctx, socket_path, plugins, netns_roots, no_proc_netns, uplink, verbose) -> None:
+def agent_run(ctx, socket_path, plugins, netns_roots, no_proc_netns, uplink, metrics, verbose) -> None:
     """Serve this node's Engine on a root-only Unix socket until SIGTERM/SIGINT.
 
     On start the agent reconciles from bpffs: endpoints a crashed agent left half-built are
@@ -40,11 +54,13 @@ def agent_run(ctx, socket_path, plugins, netns_roots, no_proc_netns, uplink, ver
         path,
         netns_roots=netns_roots or server.DEFAULT_NETNS_ROOTS,
         allow_proc_netns=not no_proc_netns,
+        metrics=metrics,
     )
     # The locks first: a second agent for this node (on this socket or another) must be refused
     # before it touches the node; it once replaced the uplink programs and then gave up.
     ag.acquire()
     try:
+        ag.serve_metrics()  # an address that cannot be bound stops us before the node is touched
         if uplink:
             eng.setup_uplink()
     except BaseException:
@@ -72,6 +88,7 @@ def agent_status(ctx, socket_path, as_json) -> None:
         f"node netns {info['node_netns'] or '(its own)'}, bpffs {info['bpffs_root']}, "
         f"{info['endpoints']} endpoint(s), up {info['uptime']:.0f} s, "
         f"start-up reconcile {1000 * info['startup'].get('reconcile_seconds', 0):.1f} ms"
+        + (f"\nmetrics on {info['metrics']}" if info.get("metrics") else "")
     )
 
 

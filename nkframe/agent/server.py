@@ -87,6 +87,8 @@ class Agent:
     :param netns_roots: directories a pod namespace given as a path may live under.
     :param allow_proc_netns: also accept ``/proc/<pid>/ns/net`` paths (what CNI passes).
     :param allowed_uids: peer uids allowed to talk to the agent (default: root only).
+    :param metrics: serve Prometheus metrics there (:func:`nkframe.agent.metrics.parse_address`
+        makes one from ``--metrics``); ``None``: no metrics, nothing is counted.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class Agent:
         netns_roots: Iterable[str] = DEFAULT_NETNS_ROOTS,
         allow_proc_netns: bool = True,
         allowed_uids: Iterable[int] = (0,),
+        metrics=None,
     ):
         self.engine = engine
         self.socket_path = os.path.abspath(socket_path)
@@ -118,6 +121,11 @@ class Agent:
         # The namespaces a pod may never be put in: the node's and the agent's own.
         self._own_ns = _ns_key("/proc/self/ns/net")
         self._node_ns = _ns_key(_netns_file(engine.node_netns)) if engine.node_netns else self._own_ns
+        self.metrics = None
+        if metrics is not None:
+            from nkframe.agent.metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(engine, metrics)
 
     # ------------------------------------------------------------------------------------------
     # life cycle
@@ -140,15 +148,37 @@ class Agent:
 
     def release(self) -> None:
         """Drop the locks :meth:`acquire` took (an ``agent run`` that failed before serving)."""
+        if self.metrics is not None:
+            self.metrics.close()
         self._release_lock()
+
+    def serve_metrics(self) -> None:
+        """Start serving metrics (if the agent was given an address); :meth:`start` does it too.
+        ``agent run`` calls it right after :meth:`acquire`, so an address that cannot be bound
+        stops the agent before it touches the node."""
+        if self.metrics is None:
+            return
+        # Probe once now, not in the first scrape (the feature set is one of the metrics).
+        self.engine.features
+        self.metrics.serve()
+
+    def _operation(self, method: str):
+        """Time and count one operation for the metrics (a no-op without them)."""
+        from nkframe.agent.metrics import OPERATIONS
+
+        op = OPERATIONS.get(method)
+        if self.metrics is None or op is None:
+            return contextlib.nullcontext()
+        return self.metrics.operation(op)
 
     def start(self) -> None:
         """Lock, reconcile from the pins, bind the socket.  Returns when requests can be served."""
         t0 = time.monotonic()
         self.acquire()
         try:
+            self.serve_metrics()
             t1 = time.monotonic()
-            with self._admit:
+            with self._admit, self._operation("reconcile"):
                 report = self.engine.reconcile()
                 t2 = time.monotonic()
                 # Once, from what reconcile kept: from now on the agent's own requests keep it.
@@ -156,7 +186,7 @@ class Agent:
             t3 = time.monotonic()
             self._bind()
         except BaseException:
-            self._release_lock()
+            self.release()
             raise
         self.started_at = time.time()
         self.startup = {
@@ -233,7 +263,7 @@ class Agent:
         srv.server_close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        self._release_lock()
+        self.release()
 
     # ------------------------------------------------------------------------------------------
     # requests
@@ -310,6 +340,11 @@ class Agent:
             raise Refused(f"pod netns {value} is the node's own network namespace; a pod needs a namespace of its own")
 
     def dispatch(self, req: Request) -> Any:
+        """Carry out one validated request (from the socket, or from ``cni.exec`` in-process)."""
+        with self._operation(req.method):
+            return self._dispatch(req)
+
+    def _dispatch(self, req: Request) -> Any:
         eng, p = self.engine, req.params
         m = req.method
         if m == "ping":
@@ -324,6 +359,7 @@ class Agent:
                 "uptime": round(time.time() - self.started_at, 3),
                 "endpoints": len(eng.layout.endpoint_ids()),
                 "startup": self.startup,
+                "metrics": self.metrics.bound.url if self.metrics is not None and self.metrics.bound else None,
             }
         if m == "endpoint.add":
             spec = p["spec"]

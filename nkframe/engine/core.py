@@ -341,6 +341,11 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
         for eid in self.layout.endpoint_ids():
             try:
                 out.append(self.get_endpoint(eid, _links=devices))
+            except EndpointNotFound:
+                # Being added (its directory comes before its spec) or removed while we read:
+                # not there yet or any more, nothing to warn about.  Reads run alongside
+                # changes in the agent (endpoint.list, metrics scrapes).
+                continue
             except NkframeError as e:
                 log.warning("endpoint %s unreadable: %s", eid, e)
         return out

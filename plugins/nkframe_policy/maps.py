@@ -218,6 +218,15 @@ def _sum_percpu(values: list[bytes], offset: int = 0) -> Counter:
     return Counter(packets, bytes_)
 
 
+def _stats(per_cpu: list[bytes]) -> dict[Direction, dict[str, Counter]]:
+    """One endpoint's ``nk_pol_stats`` value (per CPU) by direction and outcome."""
+    out = {}
+    for d in _DIRS:
+        base = _DIR_NUM[d] * len(layout.STAT_NAMES)
+        out[d] = {name: _sum_percpu(per_cpu, (base + j) * layout.COUNTER.size) for j, name in enumerate(layout.STAT_NAMES)}
+    return out
+
+
 class PolicyMaps:
     """The policy maps pinned under ``pin_dir`` (created and pinned on first use, reused after).
 
@@ -705,14 +714,27 @@ class PolicyMaps:
                     c = _sum_percpu(rule_map.lookup_percpu(layout.SLOT_KEY.pack(rule_id)))
                     rules.append(RuleCounter(d, i, rule, rule_id, c.packets, c.bytes))
         per_cpu = self._maps["nk_pol_stats"].lookup_percpu(layout.SLOT_KEY.pack(ep.slot))
-        stats = {}
-        for d in _DIRS:
-            base = _DIR_NUM[d] * len(layout.STAT_NAMES)
-            stats[d] = {
-                name: _sum_percpu(per_cpu, (base + j) * layout.COUNTER.size)
-                for j, name in enumerate(layout.STAT_NAMES)
-            }
-        return PolicyCounters(endpoint_id, tuple(rules), stats)
+        return PolicyCounters(endpoint_id, tuple(rules), _stats(per_cpu))
+
+    def endpoint_stats(self) -> dict[str, dict[Direction, dict[str, Counter]]]:
+        """Every endpoint's counters by direction and outcome (``PolicyCounters.stats``)
+        without the per-rule ones: one lookup per endpoint whatever the size of its policy.
+        The agent's metrics read this at each scrape, alongside adds.
+
+        Slots come from this process's view when it is current; after another process changed
+        the maps, from the owner map directly (syncing the view would read every rule)."""
+        with self._lock:
+            current = self._change_count() == self._seen_change
+            slots = {e: ep.slot for e, ep in self._eps.items()} if current else None
+        if slots is None:
+            owner = self._maps["nk_pol_owner"]
+            slots = {}
+            for slot in range(layout.MAX_ENDPOINTS):
+                endpoint_id = layout.unpack_owner(owner.lookup(layout.SLOT_KEY.pack(slot)))
+                if endpoint_id:
+                    slots[endpoint_id] = slot
+        stats = self._maps["nk_pol_stats"]
+        return {e: _stats(stats.lookup_percpu(layout.SLOT_KEY.pack(slot))) for e, slot in sorted(slots.items())}
 
     def drops(self) -> dict[str, Counter]:
         """Drops of every endpoint by reason, including ``no_policy``."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nkframe import hookimpl, pins
 from nkframe.context import EndpointContext, UplinkContext
-from nkframe.types import EndpointSpec
+from nkframe.types import EndpointSpec, Metric
 
 from .model import Policy
 
@@ -139,6 +139,40 @@ def nkframe_endpoint_counters(endpoint, bpffs_root: str):
     out = {f"drop_{reason}": cnt.packets for reason, cnt in c.drops.items()}
     out.update({f"rule_{r.direction.value}[{r.index}]": r.packets for r in c.rules if r.packets})
     return out
+
+
+@hookimpl
+def nkframe_metrics(bpffs_root: str):
+    """Verdicts and drops per endpoint, and the node's drops by reason, for the agent's
+    Prometheus endpoint.  Aggregate counters only (``nk_pol_stats``, ``nk_pol_drops``): one
+    lookup per endpoint holding a policy slot, none per rule.  Nothing before the policy maps
+    exist (they are not created for a scrape)."""
+    from .maps import PolicyCounters
+
+    if not (Path(_global_maps(bpffs_root)) / "nk_pol_stats").exists():
+        return None
+    pm = policy_maps(bpffs_root)
+    verdicts, drops = [], []
+    for endpoint_id, stats in pm.endpoint_stats().items():
+        for direction, by_outcome in stats.items():
+            verdicts += [((endpoint_id, direction.value, outcome), c.packets) for outcome, c in by_outcome.items()]
+        drops += [((endpoint_id, reason), c.packets)
+                  for reason, c in PolicyCounters(endpoint_id, (), stats).drops.items()]
+    node = [((reason,), c.packets) for reason, c in pm.drops().items()]
+    return [
+        Metric("policy_verdicts", "counter",
+               "Packets the policy programs judged, by endpoint, direction and outcome (allow_rule, allow_default, "
+               "deny_rule, deny_default, malformed, non_ip); TC counts a GSO packet once",
+               ("endpoint", "direction", "verdict"), verdicts),
+        Metric("policy_drops", "counter",
+               "Packets an endpoint's policy dropped, by reason (policy_deny: a deny rule, policy_default: the "
+               "default, malformed), both directions",
+               ("endpoint", "reason"), drops),
+        Metric("policy_node_drops", "counter",
+               "Packets the policy programs dropped on this node by reason, every endpoint and the uplink "
+               "together (no_policy: the endpoint's slot holds no policy, so it fails closed)",
+               ("reason",), node),
+    ]
 
 
 @hookimpl
