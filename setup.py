@@ -21,11 +21,15 @@ BPF_SRC = ROOT / "bpf"
 MULTIARCH = "/usr/include/x86_64-linux-gnu"
 
 
-def compile_bpf(out_dir: Path) -> None:
+def compile_bpf(out_dir: Path, *, tests: bool) -> None:
+    """Every object the product loads; with ``tests`` also the test objects (``test_*.c``),
+    which an editable install (a checkout) needs and a wheel does not ship."""
     clang = os.environ.get("CLANG", "clang")
     strip = shutil.which("llvm-strip") or shutil.which("llvm-strip-14")
     out_dir.mkdir(parents=True, exist_ok=True)
     for src in sorted(BPF_SRC.glob("*.c")):
+        if src.name.startswith("test_") and not tests:
+            continue
         obj = out_dir / (src.stem + ".o")
         deps = [src, *BPF_SRC.glob("include/*.h")]
         if obj.exists() and all(obj.stat().st_mtime >= d.stat().st_mtime for d in deps):
@@ -58,7 +62,7 @@ def compile_shim(out_dir: Path) -> None:
 class BuildExtWithBpf(build_ext):
     def run(self) -> None:
         base = ROOT if self.inplace else Path(self.build_lib)
-        compile_bpf(base / "nkframe" / "_objs")
+        compile_bpf(base / "nkframe" / "_objs", tests=self.inplace)
         compile_shim(base / "nkframe" / "_bin")
         super().run()
 

@@ -487,14 +487,30 @@ def events(ctx, endpoint_id, reasons, as_json, count, timeout) -> None:
 def demo(ctx, as_json, keep, in_vm, kernel) -> None:
     """Build a node with three pods in namespaces and prove the datapath with real traffic."""
     if in_vm:
+        import shutil
         from pathlib import Path
 
         from nkframe import vm
 
+        # Say everything that is missing at once, before a kernel is downloaded.
+        needs = []
+        try:
+            vm.find_vng()
+        except vm.VmError:
+            needs.append("virtme-ng (pip install 'nkframe[vm]', or make setup in a checkout)")
+        if not shutil.which("qemu-system-x86_64"):
+            needs.append("QEMU (apt-get install qemu-system-x86)")
+        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+            needs.append("Debian's apt-get and dpkg-deb (the guest kernel is Debian's package)")
+        if needs:
+            raise errors.NotSupported("demo --vm", "it needs " + "; ".join(needs))
         k = vm.ensure_kernel(kernel)
         exe = Path(sys.executable).parent / "nkframe"
         cmd = [str(exe), "demo"] + (["--json"] if as_json else [])
-        res = vm.run(k, cmd, rwdir=vm.REPO_ROOT / "results" / "demo-vm", echo=click.echo)
+        # A checkout keeps results beside its other tiers'; an installed package in the cache.
+        in_checkout = (vm.REPO_ROOT / "tests" / "vm").is_dir()
+        rwdir = vm.REPO_ROOT / "results" / "demo-vm" if in_checkout else vm.cache_root().parent / "demo-vm"
+        res = vm.run(k, cmd, rwdir=rwdir, echo=click.echo)
         if res.exit_code is None:
             raise errors.NkframeError(f"the demo VM produced no result: {res.describe()}")
         raise SystemExit(res.exit_code)
