@@ -288,8 +288,6 @@ def device_attrs(
 
 def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
     """The RTM_NEWLINK message (pyroute2 ifinfmsg, not yet encoded) that creates ``spec``."""
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
     peer = {
         "attrs": device_attrs(
             name=spec.peer_name,
@@ -303,6 +301,15 @@ def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
             gro_max_size=spec.peer_gro_max_size,
         )
     }
+    return new_link_message(spec, "veth", [("VETH_INFO_PEER", peer)])
+
+
+def new_link_message(spec: Any, kind: str, info_data: list) -> Any:
+    """An RTM_NEWLINK message (pyroute2 ifinfmsg, not yet encoded) for a device of ``kind``:
+    the device attributes from ``spec``'s own fields (name, mtu, queues, address, gso/gro
+    sizes, as VethSpec and NetkitSpec have them) and ``info_data`` as IFLA_INFO_DATA."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
     msg = ifinfmsg()
     msg["family"] = socket.AF_UNSPEC
     msg["attrs"] = device_attrs(
@@ -313,17 +320,7 @@ def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
         address=spec.address,
         gso_max_size=spec.gso_max_size,
         gro_max_size=spec.gro_max_size,
-    ) + [
-        (
-            "IFLA_LINKINFO",
-            {
-                "attrs": [
-                    ("IFLA_INFO_KIND", "veth"),
-                    ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]}),
-                ]
-            },
-        )
-    ]
+    ) + [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind), ("IFLA_INFO_DATA", {"attrs": info_data})]})]
     return msg
 
 

@@ -335,31 +335,8 @@ def encode_netkit(spec: NetkitSpec, peer_netns_fd: int | None = None) -> Any:
     ``peer_netns_fd`` is an open fd on the peer's namespace (None: the peer stays with the
     primary).  ``msg.encode()`` then ``msg.data`` gives the bytes; nothing is sent.
     """
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
     register_link_kind()
-    msg = ifinfmsg()
-    msg["family"] = 0
-    msg["attrs"] = _links.device_attrs(
-        name=spec.name,
-        mtu=spec.mtu,
-        num_tx_queues=spec.num_tx_queues,
-        num_rx_queues=spec.num_rx_queues,
-        address=spec.address,
-        gso_max_size=spec.gso_max_size,
-        gro_max_size=spec.gro_max_size,
-    ) + [
-        (
-            "IFLA_LINKINFO",
-            {
-                "attrs": [
-                    ("IFLA_INFO_KIND", "netkit"),
-                    ("IFLA_INFO_DATA", {"attrs": _info_data(spec, peer_netns_fd)}),
-                ]
-            },
-        )
-    ]
-    return msg
+    return _links.new_link_message(spec, "netkit", _info_data(spec, peer_netns_fd))
 
 
 def encode_netkit_bytes(spec: NetkitSpec, peer_netns_fd: int | None = None) -> bytes:

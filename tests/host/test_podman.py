@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import requires
-from test_cni_runtime import HOST_LOCAL, SHIM, Harness
+from test_cni_runtime import Harness
+from test_cni_shim import shim  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +31,7 @@ SUBNET = "10.78.0.0/24"
 
 
 class Podman:
-    def __init__(self, tmp_path, harness: Harness):
+    def __init__(self, harness: Harness):
         self.exe = requires.tool("podman", "podman")
         requires.tool("runc", "runc")
         busybox = requires.tool("/bin/busybox", "busybox-static")
@@ -100,25 +101,15 @@ class Podman:
 
 
 @pytest.fixture
-def podman(node, bpffs_root, tmp_path):
-    requires.tool(HOST_LOCAL, "containernetworking-plugins")
-    if not os.access(SHIM, os.X_OK):
-        pytest.fail(f"{SHIM} is missing: make setup builds it")
-    d = tmp_path / "cni-bin"
-    d.mkdir()
-    (d / "host-local").symlink_to(HOST_LOCAL)
-    (d / "nkframe").symlink_to(SHIM)
-    h = Harness(node, bpffs_root, tmp_path, str(d))
+def podman(shim):
+    """podman, configured privately, on an agent (test_cni_shim's harness) that execs the shim."""
     p = None
     try:
-        p = Podman(tmp_path, h)
-        yield p, h
+        p = Podman(shim)
+        yield p, shim
     finally:
         if p is not None:
             p.cleanup()
-        h.stop()
-        for eid in h.engine.layout.endpoint_ids():  # whatever a failed test left
-            h.engine.remove_endpoint(eid)
 
 
 @pytest.mark.parametrize("mode", ["l3", "l2"])
