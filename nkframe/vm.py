@@ -21,7 +21,7 @@ Debian's own kernel packages: ``6.12`` (bookworm's ``+deb12`` backport, CONFIG_N
 Environment:
   NKFRAME_KERNEL_CACHE   where unpacked kernels live (default ~/.cache/nkframe/kernels)
   NKFRAME_VM_TIMEOUT     a test tier's boot time limit in seconds (default 1200)
-  NKFRAME_VM_SELECT      "kernel" (default): the kernel-dependent tests; "all": the root suite
+  NKFRAME_VM_SELECT      "kernel" (default; "next" on 7.x): the kernel-dependent tests; "all": the root suite
   NKFRAME_VM_FAST_IMAGE  0: read everything over 9p (no disk image; much slower)
   NKFRAME_VM_KVM         1: use KVM (not available on our machines: nested KVM fails)
   NKFRAME_VM_QEMU_OPTS   extra QEMU arguments, e.g. "-cpu qemu64"
@@ -1150,7 +1150,7 @@ def run_pytest(
         "NKFRAME_REQUIRE_NETKIT": "1" if series.name in NETKIT_SERIES else "0",
         "NKFRAME_REQUIRE_NEXT": "1" if series.name == "7" else "0",
         "NKFRAME_VM_SELECT": ("all" if names_paths(pytest_args)
-                              else os.environ.get("NKFRAME_VM_SELECT", "kernel")),
+                              else os.environ.get("NKFRAME_VM_SELECT", "next" if series.name == "7" else "kernel")),
         "PYTHONPATH": str(PLUGIN_DIR),
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",

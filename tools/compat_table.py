@@ -166,8 +166,19 @@ Debian bookworm's `qemu-system-x86` 7.2 (`7.2.22`, `1:7.2+dfsg-7+deb12u18`).
   crash, the test that was running, the kernel release and the oops's first lines
   (`tests/host/test_vm_crash.py` crashes a guest with sysrq `c` to check this).
 - **Kernels float**: each tier takes the newest package of its series in Debian's archive and
-  prints the release it ran on; `NKFRAME_KERNEL_6_12=<release>` (likewise `_6_1`) pins one to
-  reproduce a failure.
+  prints the release it ran on; `NKFRAME_KERNEL_6_12=<release>` (likewise `_6_1`, `_7`) pins one
+  to reproduce a failure. The vm-next tier's 7.x kernels come from trixie-backports and sid
+  through a private apt configuration (`~/.cache/nkframe/apt/7/`).
+
+## Queue leasing on 7.x, as the kernel answers it
+
+Written from `tests/host/test_netlink_queues.py` in the vm-next tier (Debian `7.3.4+deb13-amd64`):
+`queue-create` from a veth is refused with `EINVAL` and the extack "Lease device is a virtual
+device"; from virtio-net (seen when tried by hand, not in a test) with `EINVAL` and "Lease device does not support queue
+management operations". nkframe turns both into `NotSupported("queue_lease", ...)` naming both
+devices' drivers (ethtool `GDRVINFO`). A lease that succeeds needs a driver with queue management
+operations (netdevsim, which Debian does not build, or a real NIC): no lease source runs in these
+tiers yet, so `queue-create` succeeding and AF_XDP on a leased queue are not shown here.
 """
 
 

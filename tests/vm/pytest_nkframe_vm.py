@@ -71,7 +71,9 @@ def pytest_report_header(config):
         rule = "netkit tests must run" if _required() else "netkit tests may skip"
         scope = ("kernel-dependent tests only (netkit-marked + tests/vm/kernel-tests.txt; "
                  "NKFRAME_VM_SELECT=all for everything)"
-                 if os.environ.get("NKFRAME_VM_SELECT") == "kernel" else "all selected tests")
+                 if os.environ.get("NKFRAME_VM_SELECT") == "kernel" else
+                 "netkit- and next_kernel-marked + tests/vm/next-tests.txt"
+                 if os.environ.get("NKFRAME_VM_SELECT") == "next" else "all selected tests")
         return (f"nkframe VM tier: kernel {os.uname().release} "
                 f"(series {os.environ.get('NKFRAME_VM_SERIES', '?')}); {rule}; {scope}")
     return None
@@ -99,9 +101,15 @@ _FORCED = pytest.StashKey[list]()
 _RAN = pytest.StashKey[dict]()
 
 
+#: NKFRAME_VM_SELECT -> the selection file: vm-netkit and vm-legacy run the kernel-dependent
+#: tests; vm-next (7.x) the netkit and next_kernel tests plus what is new in those kernels.
+SELECTIONS = {"kernel": SELECTION_FILE, "next": SELECTION_FILE.with_name("next-tests.txt")}
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("NKFRAME_VM_SELECT") == "kernel":
-        prefixes = load_selection()
+    which = os.environ.get("NKFRAME_VM_SELECT")
+    if which in SELECTIONS:
+        prefixes = load_selection(SELECTIONS[which])
         keep, drop = [], []
         for item in items:
             (keep if selected(item.nodeid, _kernel_marked(item), prefixes)
