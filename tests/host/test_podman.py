@@ -67,12 +67,15 @@ class Podman:
             raise AssertionError(f"podman {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-1500:]}")
         return p
 
-    def network(self, name: str, ipam_dir, subnet: str = SUBNET, **plugin) -> None:
+    def network(self, name: str, ipam_dir, subnet: str = SUBNET, *, subnet6: str | None = None,
+                chain: list | None = None, **plugin) -> None:
         # agentSocket in the configuration: podman's cleanup process (CNI DEL when a container
         # exits) runs without the runtime's environment, so NKFRAME_AGENT_SOCKET would not reach it.
         doc = {"cniVersion": "1.0.0", "name": name, "plugins": [
             {"type": "nkframe", "agentSocket": self.socket, **plugin,
-             "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(ipam_dir)}}]}
+             "ipam": {"type": "host-local", "dataDir": str(ipam_dir),
+                      "ranges": [[{"subnet": subnet}]] + ([[{"subnet": subnet6}]] if subnet6 else [])}},
+            *(chain or [])]}
         (self.netd / f"{name}.conflist").write_text(json.dumps(doc))
 
     def client(self, network: str, script: str) -> str:
@@ -89,9 +92,9 @@ class Podman:
         finally:
             self.run("rm", "-f", "-t", "0", name)
 
-    def address(self, container: str, network: str) -> str:
+    def address(self, container: str, network: str, v6: bool = False) -> str:
         doc = json.loads(self.run("inspect", container).stdout)[0]
-        return doc["NetworkSettings"]["Networks"][network]["IPAddress"]
+        return doc["NetworkSettings"]["Networks"][network]["GlobalIPv6Address" if v6 else "IPAddress"]
 
     def cleanup(self) -> None:
         self.run("rm", "-a", "-f", "-t", "0", check=False)
@@ -174,3 +177,23 @@ def test_podman_policy_from_the_network_configuration(podman):
     assert "0 packets received" in out, out
     pm.run("rm", "-f", "-t", "0", "guarded")
     assert h.endpoint_ids() == []
+
+
+def test_podman_dual_stack_and_a_chained_plugin(podman):
+    """IPv4 and IPv6 from one host-local configuration, and ``tuning`` chained after nkframe
+    (it sets a sysctl in the container's namespace from nkframe's result)."""
+    pm, h = podman
+    requires.tool("/usr/lib/cni/tuning", "containernetworking-plugins")
+    (Path(h.cni_path) / "tuning").symlink_to("/usr/lib/cni/tuning")
+    before = h.node_links()
+    pm.network("nkdual", h.ipam_dir, subnet6="fd00:78::/64", mode="l3",
+               chain=[{"type": "tuning", "sysctl": {"net.core.somaxconn": "777"}}])
+    pm.run("run", "-d", "--name", "server", "--network", "nkdual", "localhost/nkbox", "/bin/sleep", "600")
+    v4, v6 = pm.address("server", "nkdual"), pm.address("server", "nkdual", v6=True)
+    assert v4.startswith("10.78.0.") and v6.startswith("fd00:78::"), (v4, v6)
+    out = pm.client("nkdual", f"cat /proc/sys/net/core/somaxconn; ping -c 2 -W 2 {v4}; ping -c 2 -W 2 {v6}")
+    assert out.splitlines()[0] == "777", out
+    assert out.count("2 packets received") == 2, out
+    pm.run("rm", "-f", "-t", "0", "server")
+    assert h.endpoint_ids() == [] and h.leases("nkdual") == {}
+    assert h.node_links() == before
