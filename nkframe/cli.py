@@ -483,9 +483,17 @@ def events(ctx, endpoint_id, reasons, as_json, count, timeout) -> None:
 @click.option("--keep", is_flag=True, help="Leave the namespaces and pins in place for a look around.")
 @click.option("--vm", "in_vm", is_flag=True, help="Run inside the netkit kernel VM (Debian 6.12) instead.")
 @click.option("--kernel", default="6.12", show_default=True, help="With --vm: which kernel to boot.")
+@click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Build this many nodes (2-8), a pod on each, routed over a shared bridge, and prove pod-to-pod traffic across them.")
 @click.pass_context
-def demo(ctx, as_json, keep, in_vm, kernel) -> None:
+def demo(ctx, as_json, keep, in_vm, kernel, nodes) -> None:
     """Build a node with three pods in namespaces and prove the datapath with real traffic."""
+    if nodes > 1:
+        if in_vm or keep:
+            raise errors.InvalidSpec("--nodes does not combine with --vm or --keep")
+        from nkframe import demo_cluster
+
+        raise SystemExit(demo_cluster.run(nodes, attach=ctx.obj["attach"], as_json=as_json))
     if in_vm:
         import shutil
         from pathlib import Path

@@ -209,7 +209,7 @@ def run(*, keep: bool = False, attach: str = "auto", as_json: bool = False) -> i
     if as_json:
         print(json.dumps(doc))
     else:
-        _print(console, doc)
+        print_report(console, doc)
     return 0 if doc["passed"] else 1
 
 
@@ -226,7 +226,7 @@ def _why(demo: Demo) -> str:
     return f"{'/'.join(sorted(kinds))} + {'/'.join(sorted(mechs))}: {reason}"
 
 
-def _print(console, doc: dict) -> None:
+def print_report(console, doc: dict) -> None:
     from rich.table import Table
 
     console.print(f"[bold]device[/]: {doc.get('device_kind')}")
