@@ -72,6 +72,8 @@ class Backend(Protocol):
 
     def query(self, ifindex: int, direction: str) -> list[AttachedProgram]: ...
 
+    def open_pinned(self, path: str, *, direction: str = "", ifindex: int = 0, name: str = "") -> AttachedProgram: ...
+
 
 _HOOK_DIRECTIONS = {
     # All endpoint programs sit on the node-side device.  A packet the pod sends arrives there

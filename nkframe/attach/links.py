@@ -178,13 +178,16 @@ class LinkBackend:
     def revision(self, ifindex: int, direction: str) -> int:
         return bpf.prog_query(ifindex, self._type(direction)).revision
 
-    def open_pinned(self, path: str, *, hook: str = "", name: str = "") -> AttachedProgram:
+    def open_pinned(self, path: str, *, direction: str = "", ifindex: int = 0, name: str = "") -> AttachedProgram:
+        """The link pinned at ``path``; its direction and device come from the kernel's link
+        info (``direction`` is the fallback for a link the kernel no longer names one for;
+        ``ifindex`` is ignored: a detached link reports ifindex 0, and callers rely on that)."""
         link = bpf.Link.from_pin(path)
         try:
             info = link.info()
         finally:
             link.close()
-        direction = next((d for d, t in self.attach_types.items() if t == info.attach_type), hook)
+        direction = next((d for d, t in self.attach_types.items() if t == info.attach_type), direction)
         return AttachedProgram(
             name=name or prog_name(info.prog_id),
             hook=direction,

@@ -175,10 +175,17 @@ class TcBackend:
             )
         return out
 
-    def open_pinned(self, path: str, *, hook: str, ifindex: int, name: str = "") -> AttachedProgram:
+    def open_pinned(self, path: str, *, direction: str = "", ifindex: int = 0, name: str = "") -> AttachedProgram:
+        """The program pinned at ``path``.  cls_bpf has no link object: the pin holds the
+        program, its name the priority; ``direction`` and ``ifindex`` say where the filter is."""
+        from pathlib import Path
+
         from nkframe.pins import parse_pin_name
 
-        _pos, pname, prio = parse_pin_name(__import__("pathlib").Path(path))
+        if direction not in self.directions:
+            raise InvalidSpec(f"{path}: a tc pin needs the direction ({'/'.join(self.directions)}); "
+                              "ifindex 0 means the device is gone")
+        _pos, pname, prio = parse_pin_name(Path(path))
         prog = bpf.Program.from_pin(path)
         try:
             prog_id = prog.id
@@ -186,7 +193,7 @@ class TcBackend:
             prog.close()
         return AttachedProgram(
             name=name or pname,
-            hook=hook,
+            hook=direction,
             mechanism=Mechanism.TC,
             prog_id=prog_id,
             pin=path,

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from nkframe import attach as attach_mod
-from nkframe import netns, pins, progcache, uapi
+from nkframe import netns, pins, progcache
 from nkframe.context import DeviceInfo, EndpointContext
 from nkframe.errors import InvalidSpec, KernelError, NkframeError, NotSupported, PluginError, VerifierError
 from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Hook, Mechanism, ProgramSpec
@@ -179,38 +179,20 @@ class ChainsMixin:
         return tuple(out)
 
     def _read_programs(self, scope: str, owner: str, ifindex: int, *, base: Path | None = None) -> tuple[AttachedProgram, ...]:
-        """Programs pinned for ``owner`` (or under ``base``: a staging directory)."""
-        from nkframe import bpf
-        from nkframe.attach import tc
-
+        """Programs pinned for ``owner`` (or under ``base``: a staging directory), with the
+        engine's hook names; ``ifindex`` is the device's (TC pins do not know it)."""
+        found = [(hook, p, {}) for hook, paths in (self.layout.links(scope, owner) if base is None
+                                                   else pins.by_hook(base / "links")).items() for p in paths]
+        found += [(hook, p, {"direction": attach_mod.direction_for(Mechanism.TC, hook), "ifindex": ifindex})
+                  for hook, paths in (self.layout.tc_pins(scope, owner) if base is None
+                                      else pins.by_hook(base / "tc")).items() for p in paths]
         out = []
-        by_hook = self.layout.links(scope, owner) if base is None else pins.by_hook(base / "links")
-        for hook, paths in by_hook.items():
-            for p in paths:
-                try:
-                    link = bpf.Link.from_pin(str(p))
-                except KernelError:
-                    continue
-                try:
-                    info = link.info()
-                finally:
-                    link.close()
-                mech = Mechanism.NETKIT if info.type == uapi.BPF_LINK_TYPE_NETKIT else Mechanism.TCX
-                _pos, name, _ = pins.parse_pin_name(p)
-                out.append(AttachedProgram(name=name, hook=hook, mechanism=mech, prog_id=info.prog_id, link_id=info.id, pin=str(p), ifindex=info.ifindex))
-        by_hook = self.layout.tc_pins(scope, owner) if base is None else pins.by_hook(base / "tc")
-        for hook, paths in by_hook.items():
-            for p in paths:
-                _pos, name, prio = pins.parse_pin_name(p)
-                try:
-                    prog = bpf.Program.from_pin(str(p))
-                except KernelError:
-                    continue
-                try:
-                    pid = prog.id
-                finally:
-                    prog.close()
-                out.append(AttachedProgram(name=name, hook=hook, mechanism=Mechanism.TC, prog_id=pid, pin=str(p), tc_priority=prio, tc_handle=tc.HANDLE, ifindex=ifindex))
+        for hook, p, where in found:
+            try:
+                att = attach_mod.open_pinned(str(p), name=pins.parse_pin_name(p)[1], **where)
+            except (KernelError, InvalidSpec):
+                continue  # unpinned meanwhile, or not ours
+            out.append(attrs.evolve(att, hook=hook))
         return tuple(out)
 
     def _detach_pinned(self, scope: str, owner: str, *, missing_ok: bool) -> None:

@@ -311,7 +311,7 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
             path = self.layout.tc_path("device", ifname, hook, pos, s.name, prio)
             with netns.enter(self.node_netns):
                 if path.exists():
-                    old = backend.open_pinned(str(path), hook=direction, ifindex=ifindex)
+                    old = backend.open_pinned(str(path), direction=direction, ifindex=ifindex)
                     return attrs.evolve(backend.update(old, prog), hook=hook)
                 att = backend.attach(ifindex, direction, prog, pin=str(path), name=s.name, priority=prio)
         else:

@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from nkframe import attach, bpf, netns, objects, probe
-from nkframe.attach import Position
+from nkframe.attach import Position, open_pinned
 from nkframe.engine import list_attached
 from nkframe.errors import KernelError
 from nkframe.netlink import links
@@ -204,10 +204,11 @@ def test_pin_survives_process_exit_and_reopens(pair, counters, bpffs_root):
     assert counters.value(7) >= 1, "and still running"
     with netns.enter(pair.node_ns):
         if pair.mech is Mechanism.TC:
-            reopened = pair.backend.open_pinned(pin, hook=pair.direction, ifindex=pair.ifindex)
+            reopened = open_pinned(pin, direction=pair.direction, ifindex=pair.ifindex)
             reopened = attrs.evolve(reopened, tc_priority=_tc_prio_of(pair, prog_id))
         else:
-            reopened = pair.backend.open_pinned(pin)
+            reopened = open_pinned(pin)
+        assert reopened.mechanism is pair.mech, "the backend is picked from the pin and the kernel's link info"
         assert reopened.prog_id == prog_id
         pair.backend.detach(reopened)
     assert pair.query() == []
@@ -229,3 +230,15 @@ def test_list_attached_shows_every_mechanism(pair, counters, bpffs_root):
     _detach_all(pair, [att])
     found = list_attached(pair.ifindex, netns_name=pair.node_ns, netkit=pair.mech is Mechanism.NETKIT)
     assert att.prog_id not in [p.prog_id for p in found]
+
+
+def test_open_pinned_refuses_what_is_not_an_attachment(counters, bpffs_root):
+    """attach.open_pinned picks the backend from what is pinned: a map, or nothing, is an
+    InvalidSpec naming the path, never a wrong AttachedProgram."""
+    from nkframe.errors import InvalidSpec
+
+    counters.load(0)  # pins the counters map
+    with pytest.raises(InvalidSpec, match="not a pinned link or program \\(map\\)"):
+        open_pinned(counters.map_pin)
+    with pytest.raises(InvalidSpec, match="nothing pinned"):
+        open_pinned(f"{bpffs_root}/nope")
