@@ -163,3 +163,15 @@ def test_the_private_name_check_can_fail(tmp_path, monkeypatch, snippet, caught)
             test_no_module_uses_another_modules_private_names()
     else:
         test_no_module_uses_another_modules_private_names()
+
+
+def test_test_module_names_are_unique():
+    """pytest imports test modules by basename (no packages under tests/): two files of the same
+    name in different tiers break collection of the whole run."""
+    seen: dict[str, Path] = {}
+    dup = []
+    for p in sorted((ROOT / "tests").rglob("test_*.py")):
+        if p.name in seen:
+            dup.append(f"{seen[p.name].relative_to(ROOT)} and {p.relative_to(ROOT)}")
+        seen[p.name] = p
+    assert not dup, "test modules sharing a name: " + "; ".join(dup)
