@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nkframe import netns
 from nkframe.context import DeviceInfo, EndpointContext
-from nkframe.errors import InvalidSpec, NotSupported
+from nkframe.errors import InvalidSpec
 from nkframe.hookspecs import hookimpl
 from nkframe.types import DeviceKind, DeviceMode, Mechanism
 
@@ -38,7 +38,7 @@ def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
     kind, reason = choose_device(ctx)
     node_if, pod_if = spec.node_ifname, spec.ifname
     if kind is DeviceKind.NETKIT_SINGLE:
-        raise NotSupported("netkit_single", "nkframe does not build single-mode netkit devices for endpoints yet; use device netkit or veth")
+        return create_single(ctx, reason)
     if kind is DeviceKind.NETKIT:
         nk = netkit.NetkitSpec(
             name=node_if,
@@ -78,6 +78,75 @@ def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
     )
 
 
+def create_single(ctx: EndpointContext, reason: str) -> DeviceInfo:
+    """A VM endpoint's netkit single device, with the spec's physical queues leased to it.
+
+    It is made in the node namespace under the spec's node-side name, its queues are leased
+    there (the physical device and the single device in one namespace: no netns id), and then it
+    moves into the pod under the pod interface name in one request; leases stay with a device
+    that changes namespace.  Every step is undone on failure: deleting the device returns its
+    leased queues to the physical device.
+    """
+    from nkframe import faults
+    from nkframe.netlink import links, netdev, netkit
+
+    spec = ctx.spec
+    if spec.leases:
+        ctx.features.require("queue_lease")
+    tmp = spec.node_ifname
+    nk = netkit.NetkitSpec.single(
+        name=tmp,
+        mode=netkit.NetkitMode.L2 if spec.mode is DeviceMode.L2 else netkit.NetkitMode.L3,
+        mtu=spec.mtu,
+        address=spec.mac if spec.mode is DeviceMode.L2 else None,
+        # Queue 0 is the device's own; each lease adds the next one (queue-create answers
+        # with the device's real RX queue count before it).
+        num_rx_queues=1 + len(spec.leases),
+    )
+    dev = netkit.create_netkit(nk, netns=ctx.node_netns)
+    ctx.undo.push(f"delete netkit single {tmp}", lambda: links.delete_link(tmp, netns=ctx.node_netns, missing_ok=True))
+    faults.point("add.after_single_create")
+    if spec.leases:
+        with netdev.NetdevFamily(ctx.node_netns) as fam:
+            for lease in spec.leases:
+                if not links.link_exists(lease.uplink, netns=ctx.node_netns):
+                    raise InvalidSpec(f"lease {lease}: no device {lease.uplink} in the node namespace "
+                                      f"({ctx.node_netns or 'current'})")
+                up = links.ifindex(lease.uplink, ctx.node_netns)
+                fam.queue_create(dev.ifindex, up, lease.queue)
+                faults.point("add.after_lease")
+    faults.point("add.before_move")
+    ifindex = links.move_link(tmp, spec.netns, new_name=spec.ifname, netns=ctx.node_netns)
+    ctx.undo.push(f"delete netkit single {spec.ifname} in the pod",
+                  lambda: delete_single(spec.ifname, spec.netns))
+    return DeviceInfo(
+        kind=DeviceKind.NETKIT_SINGLE,
+        mode=spec.mode,
+        node_ifname="",
+        node_ifindex=0,
+        pod_ifname=spec.ifname,
+        pod_ifindex=ifindex,
+        reason=reason,
+    )
+
+
+def delete_single(ifname: str, pod_netns: str) -> bool:
+    """Delete a VM endpoint's single device in its pod (its leases return to the physical
+    device); a pod namespace that is gone took the device with it.  Only a netkit device is
+    deleted: a name the pod reused for something else is left alone."""
+    from nkframe.errors import NetnsNotFound
+    from nkframe.netlink import links
+
+    try:
+        if not links.link_exists(ifname, netns=pod_netns):
+            return False
+        if links.get_link(ifname, netns=pod_netns).kind != "netkit":
+            return False
+        return links.delete_link(ifname, netns=pod_netns, missing_ok=True)
+    except NetnsNotFound:
+        return False
+
+
 @hookimpl(trylast=True)
 def nkframe_attach_select(ctx: EndpointContext, hook: str, candidates: list[Mechanism]):
     if not candidates:
@@ -103,6 +172,8 @@ def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
     if ctx.device is None or ctx.device.pod_ifname is None:
         return
     links.set_up("lo", netns=spec.netns)
+    if ctx.device.kind is DeviceKind.NETKIT_SINGLE:
+        return  # a VM endpoint's addresses are the guest's: nothing in the pod answers for them
     for addr in spec.addresses:
         # No DAD: the address is ours alone on a point-to-point link, and a tentative IPv6
         # address could not be used for the first second or two.
@@ -115,6 +186,9 @@ def open_device(ctx: EndpointContext) -> None:
 
     dev = ctx.device
     assert dev is not None
+    if dev.kind is DeviceKind.NETKIT_SINGLE:
+        links.set_up(dev.pod_ifname, netns=ctx.spec.netns)
+        return
     if dev.kind is DeviceKind.NETKIT:
         # With programs attached the policy only matters if they are all detached later; the
         # spec may keep it closed ("netkit_policy": "drop") to fail closed in that case.

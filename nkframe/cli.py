@@ -224,7 +224,11 @@ def endpoint() -> None:
 @click.option("--ifname", default="eth0", show_default=True, help="Interface name inside the pod.")
 @click.option("--host-ifname", default=None, help="Node-side interface name (default: derived from the id).")
 @click.option("--mode", type=click.Choice(["l3", "l2"]), default="l3", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "netkit", "veth"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "netkit", "veth", "netkit-single"]), default="auto", show_default=True,
+              help="netkit-single: a VM endpoint, one netkit device in the pod (Linux 7.1+), no programs.")
+@click.option("--lease", "leases", multiple=True, metavar="UPLINK:QUEUE",
+              help="Lease this RX queue of a node device to the endpoint's netkit single device (repeatable; "
+                   "--device netkit-single, Linux 7.1+, a NIC driver with queue management ops).")
 @click.option("--mac", default=None, help="Pod MAC address (L2 only).")
 @click.option("--mtu", type=int, default=None)
 @click.option("--option", "option_args", multiple=True, metavar="KEY=JSON",
@@ -232,17 +236,21 @@ def endpoint() -> None:
                    "or --option policy=@p.json (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mode, device, mac, mtu, option_args, as_json) -> None:
+def endpoint_add(ctx, endpoint_id, pod_netns, addresses, ifname, host_ifname, mode, device, leases, mac, mtu,
+                 option_args, as_json) -> None:
     """Create endpoint ENDPOINT_ID in an existing pod namespace."""
     from nkframe.types import EndpointSpec
 
     spec = EndpointSpec(
         id=endpoint_id, netns=pod_netns, addresses=addresses, ifname=ifname, host_ifname=host_ifname,
-        mode=mode, device=device, mac=mac, mtu=mtu, options=_options(option_args),
+        mode=mode, device=device, mac=mac, mtu=mtu, options=_options(option_args), leases=list(leases),
     )
     ep = _api(ctx).add_endpoint(spec)
     if as_json:
         print_json(endpoint_doc(ep))
+    elif ep.spec.single:
+        click.echo(f"endpoint {ep.id}: {ep.device_kind} {ep.spec.ifname} in {ep.spec.netns} (ifindex {ep.node_ifindex})"
+                   + "".join(f", queue {x.queue} <- {x.uplink}:{x.uplink_queue}" for x in ep.leases))
     else:
         click.echo(f"endpoint {ep.id}: {ep.device_kind} {ep.spec.node_ifname} (ifindex {ep.node_ifindex}), "
                    + ", ".join(f"{h}: {m}" for h, m in ep.mechanism.items()))
@@ -290,9 +298,10 @@ def endpoint_ls(ctx, as_json) -> None:
         print_json([endpoint_doc(e) for e in eps])
         return
     _table("endpoints", ["id", "netns", "device", "mode", "addresses", "attach", "programs"], [
-        [e.id, e.spec.netns, f"{e.device_kind} {e.spec.node_ifname}", e.spec.mode.value,
+        [e.id, e.spec.netns, f"{e.device_kind} {e.spec.ifname if e.spec.single else e.spec.node_ifname}", e.spec.mode.value,
          " ".join(str(a) for a in e.spec.addresses),
-         " ".join(f"{h}:{m}" for h, m in sorted(e.mechanism.items())),
+         " ".join(f"{h}:{m}" for h, m in sorted(e.mechanism.items()))
+         or " ".join(f"q{x.queue}<-{x.uplink}:{x.uplink_queue}" for x in e.leases),
          " ".join(f"{p.name}#{p.prog_id}" for p in e.programs)]
         for e in eps
     ])
@@ -303,8 +312,12 @@ def endpoint_doc(e) -> dict:
         "id": e.id,
         "netns": e.spec.netns,
         "device_kind": str(e.device_kind),
-        "node_ifname": e.spec.node_ifname,
-        "node_ifindex": e.node_ifindex,
+        # A netkit single device has no node side: its device is pod_ifname in netns.
+        "node_ifname": "" if e.spec.single else e.spec.node_ifname,
+        "node_ifindex": 0 if e.spec.single else e.node_ifindex,
+        "pod_ifname": e.spec.ifname,
+        "leases": [{"queue": x.queue, "uplink": x.uplink, "uplink_ifindex": x.uplink_ifindex,
+                    "uplink_queue": x.uplink_queue} for x in e.leases],
         "mode": e.spec.mode.value,
         "addresses": [str(a) for a in e.spec.addresses],
         "attach": {h: str(m) for h, m in e.mechanism.items()},

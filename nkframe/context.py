@@ -54,7 +54,7 @@ class DeviceInfo:
     mode: DeviceMode
     node_ifname: str
     node_ifindex: int
-    pod_ifname: str | None  # None for a netkit single device
+    pod_ifname: str | None  # the pod side; a netkit single device (node_ifname "", node_ifindex 0) is only this
     pod_ifindex: int
     reason: str  # why this kind, e.g. "netkit unsupported: CONFIG_NETKIT off"
 

@@ -24,6 +24,16 @@ ADD_POINTS = (
     "add.after_configure",
     "add.after_open",
 )
+# A VM endpoint's add (netkit single device) passes these instead of load/attach: the device
+# made in the node namespace, each lease, just before the move into the pod, then the common ones.
+SINGLE_ADD_POINTS = (
+    "add.after_spec",
+    "add.after_single_create",
+    "add.after_lease",
+    "add.before_move",
+    "add.after_device",
+    "add.after_open",
+)
 REMOVE_POINTS = (
     "remove.after_device",
     "remove.after_unconfigure",

@@ -110,10 +110,17 @@ def to_dot(st: NodeStatus, *, title: str | None = None) -> str:
     w(f"  subgraph {_id('cluster', 'node')} {{")
     w(f"    label={_id('node netns ' + node_ns)}; style=rounded; color=\"#4a6fa5\";")
     for e in endpoints:
+        if e.device_kind == "netkit-single":
+            continue  # one device, in the pod: nothing on the node side
         extra = [f"{e.device_kind} pair, {e.mode}"]
         w(f"    {_id('dev', e.id)} [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fa\", label={_device_label('node side of ' + e.id, e.node, e.node_ifname, extra)}];")
     for d in devices:
         w(f"    {_id('ndev', d.name)} [shape=box, style=\"rounded,filled\", fillcolor=\"#fdf1dc\", label={_device_label('node device (uplink)', d.device, d.name, [])}];")
+    # Physical devices that lend queues to VM endpoints and carry no programs of ours.
+    sources = sorted({x.uplink or f"ifindex {x.uplink_ifindex}" for e in endpoints for x in e.leases}
+                     - {d.name for d in devices})
+    for name in sources:
+        w(f"    {_id('ndev', name)} [shape=box, style=\"rounded,filled\", fillcolor=\"#fdf1dc\", label={_id(name + ' (lease source)')}];")
     w("  }")
 
     if devices:
@@ -129,10 +136,16 @@ def to_dot(st: NodeStatus, *, title: str | None = None) -> str:
 
 def _endpoint(w, e: EndpointStatus, stats: bool) -> None:
     pod_extra = list(e.addresses) or ["no addresses"]
+    single = e.device_kind == "netkit-single"
+    if single:
+        pod_extra = [f"netkit single, {e.mode}", *pod_extra]
     w(f"  subgraph {_id('cluster', 'pod', e.id)} {{")
     w(f"    label={_id(f'pod {e.id} · netns {e.netns}')}; style=rounded; color=\"#5a9a5a\";")
-    w(f"    {_id('pod', e.id)} [shape=box, style=\"rounded,filled\", fillcolor=\"#eef7ee\", label={_device_label('pod side', e.pod, e.pod_ifname, pod_extra)}];")
+    w(f"    {_id('pod', e.id)} [shape=box, style=\"rounded,filled\", fillcolor=\"#eef7ee\", label={_device_label('VM device' if single else 'pod side', e.pod, e.pod_ifname, pod_extra)}];")
     w("  }")
+    for x in e.leases:
+        src = x.uplink or f"ifindex {x.uplink_ifindex}"
+        w(f"  {_id('ndev', src)} -> {_id('pod', e.id)} [style=bold, label={_id(f'rx queue {x.uplink_queue} leased as queue {x.queue}')}];")
     chains = _by_hook(e.programs, ("from-pod", "to-pod"))
     for hook, progs in chains.items():
         mech = e.attach.get(hook) or _mechs(progs, "none")

@@ -37,6 +37,7 @@ def to_dict(spec: EndpointSpec) -> dict:
         "mac": spec.mac,
         "host_mac": spec.host_mac,
         "options": dict(spec.options),
+        "leases": [str(x) for x in spec.leases],
     }
 
 

@@ -117,6 +117,8 @@ class EndpointStatus:
     # source (plugin name, or "maps" for the generic reader) -> counter name -> value
     counters: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict, converter=dict)
     problems: tuple[str, ...] = ()
+    # A VM endpoint's leases as the kernel holds them (LeaseInfo)
+    leases: tuple = ()
 
 
 @attrs.frozen
@@ -169,9 +171,33 @@ def gather(engine, endpoint_ids: Iterable[str] | None = None) -> NodeStatus:
     )
 
 
+def _single_status(engine, ep: Endpoint, problems: list[str]) -> EndpointStatus:
+    """A VM endpoint: one netkit single device in the pod, its leases, no programs."""
+    spec = ep.spec
+    pod = _device_end(spec.ifname, spec.netns, problems, "netkit single device")
+    held = {(x.uplink, x.uplink_queue) for x in ep.leases}
+    for want in spec.leases:
+        if (want.uplink, want.queue) not in held:
+            problems.append(f"lease {want} is not held by {spec.ifname}; run 'nkframe reconcile'")
+    return EndpointStatus(
+        id=ep.id,
+        netns=spec.netns,
+        device_kind=str(ep.device_kind),
+        mode=spec.mode.value,
+        addresses=tuple(str(a) for a in spec.addresses),
+        node_ifname="",
+        pod_ifname=spec.ifname,
+        pod=pod,
+        problems=tuple(problems),
+        leases=ep.leases,
+    )
+
+
 def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
     spec = ep.spec
     problems: list[str] = []
+    if spec.single:
+        return _single_status(engine, ep, problems)
     node = _device_end(spec.node_ifname, engine.node_netns, problems, "node-side device")
     pod = _device_end(spec.ifname, spec.netns, problems, "pod-side device")
     programs = _chain_status(ep.programs)
@@ -469,6 +495,7 @@ def to_dict(st: NodeStatus) -> dict[str, Any]:
                 "node": end(e.node), "pod": end(e.pod),
                 "counters": {k: dict(v) for k, v in e.counters.items()},
                 "problems": list(e.problems),
+                "leases": [attrs.asdict(x) for x in e.leases],
             }
             for e in st.endpoints
         ],
@@ -490,6 +517,17 @@ def _human(n: int | None) -> str:
     return str(n)  # pragma: no cover
 
 
+def lease_text(x) -> str:
+    """A LeaseInfo for people: ``queue 1 <- eth1:3``."""
+    return f"queue {x.queue} <- {x.uplink or f'ifindex {x.uplink_ifindex}'}:{x.uplink_queue}"
+
+
+def _device_cell(e: EndpointStatus) -> str:
+    if e.device_kind == "netkit-single":  # one device, in the pod
+        return f"{e.device_kind} {e.pod_ifname}" + (f"#{e.pod.ifindex}" if e.pod else " (missing)")
+    return f"{e.device_kind} {e.node_ifname}" + (f"#{e.node.ifindex}" if e.node else " (missing)")
+
+
 def tables(st: NodeStatus) -> list[tuple[str, list[str], list[list[str]]]]:
     """The status as ``(title, columns, rows)`` tables, for a terminal or plain text."""
     eps = (
@@ -497,8 +535,8 @@ def tables(st: NodeStatus) -> list[tuple[str, list[str], list[list[str]]]]:
         ["id", "netns", "device", "mode", "addresses", "attach"],
         [
             [
-                e.id, e.netns, f"{e.device_kind} {e.node_ifname}" + (f"#{e.node.ifindex}" if e.node else " (missing)"),
-                e.mode, " ".join(e.addresses) or "-", " ".join(f"{h}:{m}" for h, m in e.attach.items()) or "-",
+                e.id, e.netns, _device_cell(e), e.mode, " ".join(e.addresses) or "-",
+                " ".join(f"{h}:{m}" for h, m in e.attach.items()) or ("; ".join(lease_text(x) for x in e.leases) if e.leases else "-"),
             ]
             for e in st.endpoints
         ],

@@ -188,6 +188,60 @@ def _enum(cls):
     return convert
 
 
+@attrs.frozen
+class LeaseSpec:
+    """A physical RX queue of a node device (the uplink NIC) to lease to a VM endpoint's netkit
+    single device (netdev ``queue-create``, Linux 7.1).  Traffic the NIC steers to that queue
+    is then received on the single device's matching queue inside the pod, where an AF_XDP
+    socket (QEMU's af-xdp backend) can bind it."""
+
+    uplink: str = attrs.field(validator=lambda _i, _a, v: validate_ifname(v, "lease uplink name"))
+    queue: int = attrs.field()
+
+    @queue.validator
+    def _check_queue(self, _a, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise InvalidSpec(f"lease queue {value!r} must be an RX queue number 0..65535")
+
+    def __str__(self) -> str:
+        return f"{self.uplink}:{self.queue}"
+
+
+def _lease(value: Any) -> LeaseSpec:
+    """A LeaseSpec from itself, ``{"uplink": "eth1", "queue": 3}`` or ``"eth1:3"``."""
+    if isinstance(value, LeaseSpec):
+        return value
+    if isinstance(value, str):
+        dev, sep, q = value.rpartition(":")
+        if not sep or not q.isdigit():
+            raise InvalidSpec(f"lease {value!r} must be DEVICE:QUEUE (e.g. eth1:3)")
+        return LeaseSpec(dev, int(q))
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"uplink", "queue"}
+        if unknown or not {"uplink", "queue"} <= set(value):
+            raise InvalidSpec(f"lease {dict(value)!r} must have exactly the keys 'uplink' and 'queue'")
+        return LeaseSpec(value["uplink"], value["queue"])
+    raise InvalidSpec(f"lease {value!r} must be DEVICE:QUEUE or {{'uplink': ..., 'queue': ...}}")
+
+
+#: A single device's RX queues beyond its leases: its own queue 0 (netkit keeps one).
+MAX_LEASES = 64
+
+
+def _leases(values: Any) -> tuple:
+    if isinstance(values, (str, LeaseSpec)) or isinstance(values, Mapping):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        raise InvalidSpec(f"leases must be a list such as ['eth1:3'], not {type(values).__name__}")
+    out = tuple(_lease(v) for v in values)
+    if len(out) > MAX_LEASES:
+        raise InvalidSpec(f"{len(out)} leases asked for; an endpoint takes at most {MAX_LEASES}")
+    if len(set(out)) != len(out):
+        dup = next(x for x in out if out.count(x) > 1)
+        raise InvalidSpec(f"lease {dup} is listed twice")
+    return out
+
+
 def default_host_ifname(endpoint_id: str) -> str:
     """A stable node-side name: 'nk' + 10 hex digits of a hash of the id (12 bytes, < 15)."""
     return "nk" + hashlib.sha256(endpoint_id.encode()).hexdigest()[:10]
@@ -214,6 +268,8 @@ class EndpointSpec:
     host_mac: str | None = attrs.field(default=None, converter=_mac)
     # Free-form per-plugin settings, e.g. {"policy": {...}}; plugins validate their own keys.
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=lambda v: _options(v))
+    # Physical RX queues leased to a netkit single device (device="netkit-single" only).
+    leases: tuple = attrs.field(factory=tuple, converter=_leases)
 
     @netns.validator
     def _check_netns(self, _a, value):
@@ -247,9 +303,35 @@ class EndpointSpec:
         if value is not None and self.mode is DeviceMode.L3:
             raise InvalidSpec("MAC addresses only apply in L2 mode (netkit L3 devices have none)")
 
+    def __attrs_post_init__(self):
+        if self.device != DeviceKind.NETKIT_SINGLE.value:
+            if self.leases:
+                raise InvalidSpec(
+                    f"leases need device {DeviceKind.NETKIT_SINGLE.value!r} (a VM endpoint); "
+                    f"this endpoint asks for device {self.device!r}")
+            return
+        # What a single device cannot have, refused before the kernel is asked.
+        if self.host_mac is not None:
+            raise InvalidSpec("a netkit single device has no node side: host_mac does not apply "
+                              "(set mac for the device in the pod)")
+        if self.attach is not AttachMode.AUTO:
+            raise InvalidSpec(
+                f"attach {self.attach.value!r}: a netkit single device runs no BPF programs (Linux "
+                "refuses them); a VM endpoint's traffic is steered and policed on the uplink")
+        if self.options.get("netkit_policy", "pass") != "pass":
+            raise InvalidSpec("a netkit single device only has the pass policy; a VM endpoint's "
+                              "traffic is policed on the uplink, not by the device")
+
     @property
     def node_ifname(self) -> str:
+        """The node-side device's name; for a netkit single device, the name it is created
+        under in the node namespace before it moves into the pod."""
         return self.host_ifname or default_host_ifname(self.id)
+
+    @property
+    def single(self) -> bool:
+        """A netkit single device (a VM endpoint): one device, in the pod, no node side."""
+        return self.device == DeviceKind.NETKIT_SINGLE.value
 
 
 @attrs.frozen
@@ -315,6 +397,16 @@ class AttachedProgram:
 
 
 @attrs.frozen
+class LeaseInfo:
+    """A lease as the kernel reports it: the single device's queue and the physical queue."""
+
+    queue: int  # the RX queue on the endpoint's single device
+    uplink_ifindex: int  # the physical device, as seen from the node namespace
+    uplink_queue: int
+    uplink: str = ""  # its name, when the physical device is in the node namespace
+
+
+@attrs.frozen
 class Endpoint:
     """An endpoint as nkframe holds it: the spec plus what was built for it."""
 
@@ -324,6 +416,7 @@ class Endpoint:
     mechanism: Mapping[str, Mechanism] = attrs.field(converter=dict)  # hook -> mechanism
     reasons: Mapping[str, str] = attrs.field(factory=dict, converter=dict)  # why those choices
     programs: tuple[AttachedProgram, ...] = attrs.field(default=(), converter=tuple)
+    leases: tuple[LeaseInfo, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def id(self) -> str:

@@ -119,6 +119,7 @@ RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE = 1, 3, 4, 5, 16
 IFLA_LINKINFO, IFLA_STATS64, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 18, 23, 31, 32
 IFLA_LINK_NETNSID, IFLA_GSO_MAX_SIZE, IFLA_GRO_MAX_SIZE = 37, 41, 58
+IFLA_NET_NS_FD = 28
 
 # ---------------------------------------------------------------------------------------------
 # ethtool: linux/sockios.h, linux/ethtool.h

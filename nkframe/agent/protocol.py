@@ -28,7 +28,7 @@ import attrs
 
 from nkframe import errors, inputs, specstore
 from nkframe.engine import ReconcileReport
-from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint, Mechanism, validate_endpoint_id
+from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint, LeaseInfo, Mechanism, validate_endpoint_id
 
 VERSION = 1
 MAX_LINE = 1 << 20  # one request or response line, newline included
@@ -337,6 +337,7 @@ def endpoint_to_dict(e: Endpoint) -> dict:
         "programs": [
             {**attrs.asdict(p), "mechanism": p.mechanism.value} for p in e.programs
         ],
+        "leases": [attrs.asdict(x) for x in e.leases],
     }
 
 
@@ -348,6 +349,7 @@ def endpoint_from_dict(d: dict) -> Endpoint:
         mechanism={h: Mechanism(m) for h, m in d["mechanism"].items()},
         reasons=d.get("reasons", {}),
         programs=[AttachedProgram(**{**p, "mechanism": Mechanism(p["mechanism"])}) for p in d.get("programs", ())],
+        leases=[LeaseInfo(**x) for x in d.get("leases", ())],
     )
 
 

@@ -44,6 +44,7 @@ from nkframe.types import (
     DeviceKind,
     Endpoint,
     EndpointSpec,
+    LeaseInfo,
     Mechanism,
     ProgramSpec,
 )
@@ -148,8 +149,13 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
                 faults.point("add.after_spec")
                 ctx.device = self._create_device(ctx)
                 faults.point("add.after_device")
-                self._select_mechanisms(ctx)
-                chains = self._collect(ctx)
+                if spec.single:
+                    # The kernel refuses programs on a single device: none are collected.
+                    self._refuse_programs(ctx, self._collect(ctx))
+                    chains = {}
+                else:
+                    self._select_mechanisms(ctx)
+                    chains = self._collect(ctx)
                 loaded = self._load(ctx, chains)
                 faults.point("add.after_load")
                 attached = self._attach_chains(ctx, chains, loaded)
@@ -182,10 +188,11 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
             endpoint = Endpoint(
                 spec=spec,
                 device_kind=ctx.device.kind,
-                node_ifindex=ctx.device.node_ifindex,
+                node_ifindex=ctx.device.node_ifindex or ctx.device.pod_ifindex,
                 mechanism=ctx.mechanisms,
                 reasons={"device": ctx.device.reason, **ctx.reasons},
                 programs=attached,
+                leases=self._read_leases(spec, ctx.device.pod_ifindex) if spec.single else (),
             )
             self.hook.nkframe_endpoint_added(endpoint=endpoint)
             return endpoint
@@ -253,6 +260,36 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
                 f"device {spec.node_ifname} already exists in the node namespace "
                 f"({self.node_netns or 'current'}); pick another host_ifname or remove it"
             )
+        if spec.single and links.link_exists(spec.ifname, netns=spec.netns):
+            raise EndpointExists(f"device {spec.ifname} already exists in pod netns {spec.netns}; "
+                                 "pick another ifname or remove it")
+
+    @staticmethod
+    def _refuse_programs(ctx: EndpointContext, chains: dict[str, list[ProgramSpec]]) -> None:
+        progs = [s for chain in chains.values() for s in chain]
+        if progs:
+            named = ", ".join(f"{s.name} ({s.plugin or 'a plugin'})" for s in progs)
+            raise InvalidSpec(
+                f"endpoint {ctx.spec.id}: a netkit single device runs no BPF programs (Linux refuses "
+                f"to attach them), but plugins gave {named}; a VM endpoint's traffic is steered and "
+                "policed on the uplink's path instead: drop the options that ask for them")
+
+    def _read_leases(self, spec: EndpointSpec, ifindex: int) -> tuple[LeaseInfo, ...]:
+        """The leases of a VM endpoint's single device, as the kernel reports them (queue-get
+        in the pod's namespace); the physical devices named from the node's namespace."""
+        from nkframe.netlink import links, netdev
+
+        if not ifindex:
+            return ()
+        with netdev.NetdevFamily(spec.netns) as fam:
+            queues = fam.queues(ifindex)
+        names = {st.ifindex: st.name for st in links.list_links(netns=self.node_netns)}
+        return tuple(
+            LeaseInfo(queue=q.id, uplink_ifindex=q.lease.ifindex, uplink_queue=q.lease.queue_id,
+                      uplink=names.get(q.lease.ifindex, ""))
+            for q in sorted(queues, key=lambda q: q.id or 0)
+            if q.lease is not None and q.type is netdev.QueueType.RX
+        )
 
     def _create_device(self, ctx: EndpointContext) -> DeviceInfo:
         dev = self.hook.nkframe_device_create(ctx=ctx)
@@ -354,6 +391,8 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
         from nkframe.netlink import links
 
         spec = self._spec(endpoint_id)
+        if spec.single:
+            return self._get_single(spec)
         if _links is not None:  # a dump the caller already has (reconcile, endpoints)
             st = _links.get(spec.node_ifname)
         else:
@@ -364,6 +403,30 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
         progs = self._read_programs("endpoint", endpoint_id, st.ifindex if st else 0)
         mech = {p.hook: p.mechanism for p in progs}
         return Endpoint(spec=spec, device_kind=kind, node_ifindex=st.ifindex if st else 0, mechanism=mech, programs=progs)
+
+    def _single_device(self, spec: EndpointSpec):
+        """A VM endpoint's single device in its pod (a LinkState), or None when it (or the pod's
+        namespace) is gone."""
+        from nkframe.netlink import links
+
+        try:
+            if links.link_exists(spec.ifname, netns=spec.netns):
+                st = links.get_link(spec.ifname, netns=spec.netns)
+                return st if st.kind == "netkit" else None
+        except NkframeError:
+            pass
+        return None
+
+    def _get_single(self, spec: EndpointSpec) -> Endpoint:
+        st = self._single_device(spec)
+        leases: tuple = ()
+        if st is not None:
+            try:
+                leases = self._read_leases(spec, st.ifindex)
+            except NkframeError as e:
+                log.warning("endpoint %s: leases unreadable: %s", spec.id, e)
+        return Endpoint(spec=spec, device_kind=DeviceKind.NETKIT_SINGLE, node_ifindex=st.ifindex if st else 0,
+                        mechanism={}, programs=(), leases=leases)
 
     def _spec(self, endpoint_id: str) -> EndpointSpec:
         path = self.layout.spec_path(endpoint_id)
@@ -404,6 +467,8 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
         # counters) can no longer be recreated by the pod's last packets.  The links left
         # pinned are defunct; detaching them only unpins them.
         links.delete_link(spec.node_ifname, netns=self.node_netns, missing_ok=True)
+        if spec.single:  # in the pod (the node-side name only holds it during an add)
+            builtin.delete_single(spec.ifname, spec.netns)
         faults.point("remove.after_device")
         try:
             self.hook.nkframe_endpoint_unconfigure(ctx=ctx)

@@ -48,6 +48,11 @@ class ReconcileMixin:
                     gone = f"netns {spec.netns} is gone"
                 elif spec.netns.startswith("/") and not os.path.exists(spec.netns):
                     gone = f"netns {spec.netns} is gone"
+                elif spec.single:
+                    if self._single_device(spec) is None:
+                        gone = f"its netkit single device {spec.ifname} in the pod is gone"
+                        if spec.leases:
+                            gone += f" (the kernel returned its leased queues {', '.join(map(str, spec.leases))})"
                 elif spec.node_ifname not in devices:
                     gone = f"device {spec.node_ifname} is gone"
                 if gone is None and not self.layout.ready_marker(eid).exists():
@@ -57,6 +62,15 @@ class ReconcileMixin:
                     self.hook.nkframe_endpoint_removed(endpoint_id=eid)
                     removed.append(eid)
                     problems.append(f"{eid}: {gone}; cleaned up")
+                    continue
+                if spec.single:
+                    ep = self.get_endpoint(eid)
+                    held = {(x.uplink, x.uplink_queue) for x in ep.leases}
+                    lost = [str(x) for x in spec.leases if (x.uplink, x.queue) not in held]
+                    if lost:
+                        problems.append(f"{eid}: lease(s) {', '.join(lost)} no longer held by {spec.ifname} "
+                                        "(the physical device went away?); remove and add the endpoint again")
+                    healthy.append(eid)
                     continue
                 for note in self._settle_staged(eid, devices[spec.node_ifname]):
                     problems.append(f"{eid}: {note}")

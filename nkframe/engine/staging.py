@@ -46,7 +46,7 @@ from nkframe import attach as attach_mod
 from nkframe import netns, pins, specstore
 from nkframe.context import DeviceInfo, EndpointContext
 from nkframe.engine.chains import close_all, detacher, list_attached, programs_by_spec, staged, tc_prio
-from nkframe.errors import EndpointNotFound, NkframeError
+from nkframe.errors import EndpointNotFound, InvalidSpec, NkframeError
 from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint, Mechanism
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class StagingMixin:
         mode = AttachMode(str(attach).lower())
         with self._lock:
             old = self.get_endpoint(endpoint_id)
+            if old.spec.single:
+                raise InvalidSpec(f"endpoint {endpoint_id} is a netkit single device: it has no programs "
+                                  "and no attach mechanism to switch")
             ctx, _st = self._existing_context(attrs.evolve(old.spec, attach=mode))
             self._select_mechanisms(ctx)
             if all(ctx.mechanisms.get(p.hook) is p.mechanism for p in old.programs) and old.programs:
@@ -138,7 +141,8 @@ class StagingMixin:
         the ones before it keep their new ones)."""
         with self._lock:
             if endpoint_ids is None:
-                ids = [e for e in self.layout.endpoint_ids() if self.layout.ready_marker(e).exists()]
+                ids = [e for e in self.layout.endpoint_ids() if self.layout.ready_marker(e).exists()
+                       and not self._is_single(e)]
             else:
                 ids = list(endpoint_ids)
                 for eid in ids:
@@ -149,9 +153,17 @@ class StagingMixin:
             reloaded: set = set()  # shared programs reloaded by this upgrade: one new copy for all
             return [self._upgrade_endpoint(eid, reloaded) for eid in ids]
 
+    def _is_single(self, endpoint_id: str) -> bool:
+        try:
+            return self._spec(endpoint_id).single
+        except NkframeError:
+            return False
+
     def _upgrade_endpoint(self, endpoint_id: str, reloaded: set) -> Endpoint:
         ep_dir = self.layout.endpoint_dir(endpoint_id)
         spec = self._spec(endpoint_id)
+        if spec.single:  # no programs: nothing to upgrade
+            return self.get_endpoint(endpoint_id)
         ctx, st = self._existing_context(spec)
         for note in self._settle_staged(endpoint_id, st):
             log.warning("%s: %s", endpoint_id, note)

@@ -34,6 +34,7 @@ from nkframe.uapi import (
     IFLA_GRO_MAX_SIZE,
     IFLA_GSO_MAX_SIZE,
     IFLA_IFNAME,
+    IFLA_NET_NS_FD,
     IFLA_INFO_KIND,
     IFLA_LINK,
     IFLA_LINKINFO,
@@ -614,6 +615,18 @@ def set_mtu(name: str, mtu: int, netns: str | None = None, *, ipr: Any = None) -
 def set_address(name: str, mac: str, netns: str | None = None, *, ipr: Any = None) -> None:
     raw = bytes(int(x, 16) for x in validate_mac(mac).split(":"))
     _set(name, netns, ipr, f"set MAC address {mac} on", attrs_=nl.nla(IFLA_ADDRESS, raw))
+
+
+def move_link(name: str, to_netns: str, *, new_name: str | None = None, netns: str | None = None) -> int:
+    """Move device ``name`` from ``netns`` into ``to_netns`` (a name or a namespace file),
+    renamed to ``new_name`` in the same request; returns its ifindex there.  A name taken in the
+    target is the kernel's EEXIST and the device stays where it was."""
+    target = new_name or name
+    validate_ifname(target)
+    with peer_netns_fd(to_netns) as fd:
+        extra = nl.nla_u32(IFLA_NET_NS_FD, fd) + (nl.nla_str(IFLA_IFNAME, new_name) if new_name else b"")
+        _set(name, netns, None, f"move into netns {to_netns}" + (f" as {new_name!r}" if new_name else ""), attrs_=extra)
+    return ifindex(target, to_netns)
 
 
 # --------------------------------------------------------------------------------------------

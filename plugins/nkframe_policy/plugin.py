@@ -22,6 +22,7 @@ from pathlib import Path
 
 from nkframe import hookimpl, pins
 from nkframe.context import EndpointContext, UplinkContext
+from nkframe.errors import InvalidSpec
 from nkframe.types import EndpointSpec, Metric
 
 from .model import Policy
@@ -75,7 +76,12 @@ def _l3_offset(ctx: EndpointContext) -> int:
 
 @hookimpl
 def nkframe_endpoint_validate(spec: EndpointSpec) -> None:
-    _policy(spec)  # raises PolicyError (an InvalidSpec) naming the bad field
+    policy = _policy(spec)  # raises PolicyError (an InvalidSpec) naming the bad field
+    if policy is not None and spec.single:
+        raise InvalidSpec(
+            f"endpoint {spec.id}: a policy needs BPF programs on the endpoint's device, and a netkit "
+            "single device (a VM endpoint) runs none; a VM's traffic is to be policed on the uplink's "
+            "XDP path (not built yet): add the endpoint without the policy option")
 
 
 @hookimpl

@@ -152,3 +152,54 @@ def test_addresses_that_are_never_a_pods_are_refused_as_input(addr, why):
 def test_addresses_must_be_a_list():
     with pytest.raises(InvalidSpec, match="must be a list"):
         EndpointSpec(id="a", netns="p", addresses={"10.77.40.9/32": 1})
+
+
+# --- VM endpoints: netkit single device and leases ---------------------------------------------
+
+
+def test_lease_forms_and_round_trip():
+    from nkframe import specstore
+    from nkframe.agent import protocol
+    from nkframe.types import DeviceKind, Endpoint, LeaseInfo, LeaseSpec
+
+    s = EndpointSpec(id="vm", netns="p", device="netkit-single", mode="l2", mac="02:00:00:00:00:01",
+                     leases=["eth1:3", {"uplink": "eth1", "queue": 4}, LeaseSpec("eth2", 0)])
+    assert s.single and s.leases == (LeaseSpec("eth1", 3), LeaseSpec("eth1", 4), LeaseSpec("eth2", 0))
+    assert specstore.from_dict(specstore.to_dict(s)) == s
+    assert specstore.decode(specstore.encode(s)) == s
+    ep = Endpoint(spec=s, device_kind=DeviceKind.NETKIT_SINGLE, node_ifindex=7, mechanism={},
+                  leases=[LeaseInfo(queue=1, uplink_ifindex=3, uplink_queue=3, uplink="eth1")])
+    assert protocol.endpoint_from_dict(protocol.endpoint_to_dict(ep)) == ep
+    # A pair spec still round-trips with no leases.
+    p = EndpointSpec(id="pod", netns="p")
+    assert specstore.from_dict(specstore.to_dict(p)).leases == ()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(leases=["eth1:3"]), "need device 'netkit-single'"),
+    (dict(device="veth", leases=["eth1:3"]), "need device 'netkit-single'"),
+    (dict(device="netkit-single", leases=["eth1"]), "DEVICE:QUEUE"),
+    (dict(device="netkit-single", leases=["eth1:x"]), "DEVICE:QUEUE"),
+    (dict(device="netkit-single", leases=[":3"]), "non-empty"),
+    (dict(device="netkit-single", leases=["a-very-long-device-name:3"]), "at most 15"),
+    (dict(device="netkit-single", leases=["eth1:65536"]), "0..65535"),
+    (dict(device="netkit-single", leases=[{"uplink": "eth1", "queue": True}]), "0..65535"),
+    (dict(device="netkit-single", leases=[{"uplink": "eth1"}]), "exactly the keys"),
+    (dict(device="netkit-single", leases=[{"uplink": "eth1", "queue": 1, "x": 2}]), "exactly the keys"),
+    (dict(device="netkit-single", leases=["eth1:3", "eth1:3"]), "listed twice"),
+    (dict(device="netkit-single", leases=[f"eth1:{i}" for i in range(65)]), "at most 64"),
+    (dict(device="netkit-single", leases=7), "must be a list"),
+    (dict(device="netkit-single", attach="tcx"), "runs no BPF programs"),
+    (dict(device="netkit-single", options={"netkit_policy": "drop"}), "pass policy"),
+    (dict(device="netkit-single", mode="l2", host_mac="02:00:00:00:00:02"), "no node side"),
+])
+def test_bad_vm_endpoint_specs_are_refused(kw, match):
+    with pytest.raises(InvalidSpec, match=match):
+        EndpointSpec(id="vm", netns="p", **kw)
+
+
+def test_vm_endpoint_spec_from_the_wire_refuses_bad_leases():
+    from nkframe import specstore
+
+    with pytest.raises(InvalidSpec, match="DEVICE:QUEUE"):
+        specstore.from_dict({"id": "vm", "netns": "p", "device": "netkit-single", "leases": ["eth1"]})
