@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 # tests/requires.py, which fails (not skips) under CI=true when it is missing.
 APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config \
                 iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz \
-                containernetworking-plugins podman runc
+                containernetworking-plugins podman runc iptables nftables
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 KERNEL ?= 6.12
 K ?=
