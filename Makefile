@@ -4,8 +4,9 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 # Every Debian package a test, the demo or the bench uses.  Tests that need one call
-# tests/requires.py, which fails (not skips) under CI=true when it is missing.
-APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config \
+# tests/requires.py, which fails (not skips) under CI=true when it is missing.  mmdebstrap makes
+# the private trixie chroot the vm-next tier builds its lease source (netdevsim.ko) in.
+APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config mmdebstrap \
                 iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz \
                 containernetworking-plugins podman runc iptables nftables
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600

@@ -13,6 +13,9 @@ Debian's own kernel packages: ``6.12`` (bookworm's ``+deb12`` backport, CONFIG_N
   script writes the command's exit status into a file in a directory shared read-write with the
   guest; no status file means the command did not finish, which is never a success.
 * :func:`run_pytest` runs the root test tier in the guest and reads pytest's JUnit XML.
+* :func:`lease_setup` gives a 7.x guest its lease source: ``netdevsim.ko`` built once per kernel
+  release (:mod:`nkframe.leasesource`) and loaded before the command ("lease source: ..." says
+  which ran, or why none did).
 
 ``python -m nkframe.vm test --kernel 6.12 -- <pytest args>`` and
 ``python -m nkframe.vm exec --kernel 6.12 -- CMD`` are the command-line front ends
@@ -49,6 +52,7 @@ from pathlib import Path
 
 import attrs
 
+from nkframe import leasesource
 from nkframe.errors import NkframeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -426,6 +430,30 @@ def _download_and_unpack(packages: list[str], release: str, target: Path, log: L
             shutil.rmtree(target)
         tree.rename(target)
     log(f"nkframe-vm: {package} unpacked in {time.monotonic() - t0:.0f} s")
+
+
+def lease_setup(kernel: KernelImage, log: Log = _stderr_log, *,
+                cache: Path | None = None) -> tuple[str, str]:
+    """The guest's lease-source lines for ``kernel`` and a one-line description of them.
+
+    Only a series with queue leasing (7.x) gets one: ``netdevsim.ko`` built for the exact
+    release (see :mod:`nkframe.leasesource`), loaded in the guest before the command.  A failed
+    build is reported here and in the guest ("lease source: none (why)"), and the lease tests
+    then fail in vm-next (``next_kernel`` skips fail there): never a silent skip.
+    """
+    series = kernel.series
+    if series.name not in leasesource.LEASE_SERIES:
+        return "", ""
+    try:
+        src = leasesource.ensure_netdevsim(kernel.release, cache or cache_root(),
+                                           apt_options(series, cache),
+                                           archive=_system_archive(), log=log)
+    except (leasesource.LeaseSourceError, OSError) as e:
+        why = f"building netdevsim.ko for {kernel.release} failed: {e}"
+        log(f"nkframe-vm: LEASE SOURCE BUILD FAILED: {e}")
+        log("nkframe-vm: the lease tests will fail in this tier (they need netdevsim)")
+        return leasesource.guest_setup(None, why.replace("\n", " | ")), f"none ({why.splitlines()[0]})"
+    return leasesource.guest_setup(src), src.describe()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1159,7 +1187,11 @@ def run_pytest(
     timeout = timeout or float(os.environ.get("NKFRAME_VM_TIMEOUT", DEFAULT_TIMEOUT))
     budget = max(60, int(timeout - BOOT_ALLOWANCE))
     # coreutils timeout: SIGINT makes pytest stop and still write its report; exit 124 then.
-    cmd = (probe_command(venv, results / "probe.json") + "\n" + f"timeout -s INT -k 60 {budget} "
+    lease_lines, lease_what = lease_setup(kernel, log)
+    if lease_what:
+        log(f"nkframe-vm: lease source for {kernel.release}: {lease_what}")
+    cmd = (probe_command(venv, results / "probe.json") + "\n" + lease_lines
+           + f"timeout -s INT -k 60 {budget} "
            + shlex.join(pytest_command(venv, junit, pytest_args)))
     log(f"nkframe-vm: booting {kernel.release} for the {name} tier "
         f"(time limit {timeout:.0f} s, pytest {budget} s)")
@@ -1265,7 +1297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error("exec needs a command after --")
             k = ensure_kernel(args.kernel)
             rwdir = args.rwdir or REPO_ROOT / "results" / "vm-exec"
-            res = run(k, command if len(command) > 1 else command[0], rwdir=rwdir,
+            lease_lines, _ = lease_setup(k)
+            shell = shlex.join(command) if len(command) > 1 else command[0]
+            res = run(k, lease_lines + shell if lease_lines else shell, rwdir=rwdir,
                       timeout=args.timeout, memory=args.memory, cpus=args.cpus,
                       echo=print)
             if res.exit_code is None:
