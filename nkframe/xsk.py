@@ -205,11 +205,10 @@ class XskSocket:
             ret = lib.xsk_socket__create(out, ifname.encode(), queue_id, umem._umem,
                                          self._rx, self._tx, cfg)
         if ret < 0:
-            hint = ""
-            if -ret == errno.EOPNOTSUPP and bind_flags & XDP_ZEROCOPY:
-                hint = " (zero-copy needs driver support; use XDP_COPY on virtual devices)"
             detail = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-            raise KernelError(-ret, f"create AF_XDP socket on {ifname} queue {queue_id}{hint}"
+            if -ret == errno.EOPNOTSUPP and bind_flags & XDP_ZEROCOPY:
+                raise NotSupported("af_xdp_zerocopy", zerocopy_refusal(ifname, queue_id))
+            raise KernelError(-ret, f"create AF_XDP socket on {ifname} queue {queue_id}"
                               + (f" ({detail})" if detail else ""))
         self._xsk = ffi.gc(out[0], lib.xsk_socket__delete)
         self._fd = lib.xsk_socket__fd(self._xsk)
@@ -315,3 +314,48 @@ class XskSocket:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def zerocopy_refusal(ifname: str, queue_id: int) -> str:
+    """Why the kernel refused a zero-copy bind (EOPNOTSUPP) on ``ifname``'s ``queue_id``, from
+    what the kernel reports about the devices (in the calling thread's netns).
+
+    A netkit device hands zero-copy to the physical device of a leased queue (7.1+,
+    drivers/net/netkit.c: that driver needs ndo_bpf, ndo_xdp_xmit and ndo_xsk_wakeup and the
+    xsk-zerocopy XDP feature); the physical queue is found from the physical side's queue-get,
+    the only side that reports a lease.
+    """
+    import socket
+
+    from nkframe.netlink import netdev
+
+    where = f"AF_XDP zero-copy bind on {ifname} queue {queue_id} refused (EOPNOTSUPP)"
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError:
+        return f"{where}; the device is gone"
+    driver = netdev.device_driver(ifindex)
+    try:
+        with netdev.NetdevFamily() as fam:
+            phys = next((q for q in fam.leased_queues() if q.lease and q.lease.ifindex == ifindex
+                         and q.lease.queue_id == queue_id and q.lease.netns_id is None), None)
+            target = phys.ifindex if phys is not None and phys.ifindex else ifindex
+            features = fam.xdp_features(target)
+    except (NotSupported, KernelError):
+        phys, features = None, set()
+    shown = ", ".join(sorted(features)) or "none reported"
+    lacks = [f for f in ("xsk-zerocopy", "ndo-xmit") if f not in features]
+    lack = (f"it lacks {' and '.join(lacks)}" if lacks
+            else "the kernel refused it all the same")
+    if phys is not None and phys.ifindex:
+        pdrv = netdev.device_driver(phys.ifindex)
+        return (f"{where}: {ifname} ({driver}) passes zero-copy to the physical device of the "
+                f"leased queue, {netdev.device_label(phys.ifindex)} queue {phys.id} (driver {pdrv}), "
+                f"whose XDP features are {shown}: {lack}; bind with XDP_COPY (copy mode works "
+                "on a leased queue) or lease from a NIC whose driver supports AF_XDP zero-copy")
+    if driver == "netkit":
+        return (f"{where}: {ifname} (netkit) supports zero-copy only on a queue leased from a "
+                "physical device whose driver has AF_XDP zero-copy; this queue's physical "
+                f"device is not visible from this netns or the queue is not leased; use XDP_COPY")
+    return (f"{where}: driver {driver}'s XDP features are {shown}: {lack}; use XDP_COPY "
+            "(zero-copy needs driver support)")

@@ -42,6 +42,12 @@ CTRL_ATTR_OP_ID, CTRL_ATTR_OP_FLAGS = 1, 2
 # linux/netdev.h
 NETDEV_FAMILY_NAME = "netdev"
 NETDEV_FAMILY_VERSION = 1
+NETDEV_CMD_DEV_GET = 1
+NETDEV_A_DEV_IFINDEX = 1
+NETDEV_A_DEV_XDP_FEATURES = 3
+#: enum netdev_xdp_act (bit -> name as in the spec)
+XDP_ACT = {1: "basic", 2: "redirect", 4: "ndo-xmit", 8: "xsk-zerocopy", 16: "hw-offload",
+           32: "rx-sg", 64: "ndo-xmit-sg"}
 NETDEV_CMD_QUEUE_GET = 10
 NETDEV_CMD_QUEUE_CREATE = 16
 NETDEV_A_QUEUE_ID = 1
@@ -400,53 +406,115 @@ class NetdevFamily:
         """
         qt = _qtype(qtype)
         payload = encode_queue_create(ifindex, qt, lease_ifindex, lease_queue_id, lease_netns_id)
-        what = (
-            f"lease {qt.name.lower()} queue {lease_queue_id} of ifindex {lease_ifindex} "
-            f"to ifindex {ifindex}"
-        )
+        dev = device_label(ifindex, self.netns)
+        phys = (device_label(lease_ifindex, self.netns) if lease_netns_id is None
+                else f"ifindex {lease_ifindex} in netns id {lease_netns_id}")
+        what = f"lease {qt.name.lower()} queue {lease_queue_id} of {phys} to {dev}"
         try:
             replies = self._do(NETDEV_CMD_QUEUE_CREATE, payload)
         except _NetlinkError as e:
-            if e.code == errno.EINVAL and any(w in (e.extack or "") for w in _CAPABILITY_WORDS):
-                # A capability refusal, whatever errno the kernel picked (7.3: EINVAL with
-                # "Lease device does not support queue management operations" for virtio_net,
-                # "Lease device is a virtual device" for veth).
-                drivers = {ifindex: device_driver(ifindex, self.netns),
-                           lease_ifindex: (device_driver(lease_ifindex, self.netns) if lease_netns_id is None
-                                           else f"ifindex {lease_ifindex} in netns id {lease_netns_id}")}
-                raise NotSupported(
-                    "queue_lease",
-                    f"{what}: refused: {e.extack} (lease device driver: {drivers[lease_ifindex]}, "
-                    f"virtual device driver: {drivers[ifindex]}); the lease device must be a physical "
-                    "NIC whose driver has queue management operations (netdevsim and some NIC "
-                    "drivers have them; veth and virtio_net do not)",
-                ) from None
-            if e.code == errno.EOPNOTSUPP:
-                detail = f" (kernel says: {e.extack})" if e.extack else ""
-                if self.has_queue_lease():
-                    raise NotSupported(
-                        "queue_lease",
-                        f"{what}: a device refused leasing{detail}; the physical device needs "
-                        "queue management ops and the virtual one spare RX queues",
-                    ) from None
-                raise NotSupported("queue_lease", f"{_LEASE_NEEDS}{detail}") from None
-            if e.code == errno.ERANGE:
-                raise InvalidSpec(
-                    f"{what}: no queue {lease_queue_id} on ifindex {lease_ifindex}"
-                    + (f" ({e.extack})" if e.extack else "")
-                ) from None
-            if e.code == errno.EBUSY:
-                raise KernelError(
-                    errno.EBUSY,
-                    f"{what}: the queue is already leased or in use by AF_XDP/io_uring "
-                    "(release it first)" + (f"; kernel says: {e.extack}" if e.extack else ""),
-                ) from None
-            raise _kernel_error(e, what) from None
+            raise self._lease_refusal(e, what, ifindex, lease_ifindex, lease_queue_id,
+                                      lease_netns_id) from None
         for r in replies:
             info = decode_queue(r)
             if info.id is not None:
                 return info.id
         raise KernelError(errno.EPROTO, f"{what}: reply without a queue id")
+
+
+    def _lease_refusal(self, e: "_NetlinkError", what: str, ifindex: int, lease_ifindex: int,
+                       lease_queue_id: int, lease_netns_id: int | None) -> Exception:
+        """The typed error for a refused queue-create (net/core/netdev-genl.c and
+        drivers/net/netkit.c, 7.3): each names the devices, the queue and the kernel's reason."""
+        says = f" (kernel says: {e.extack})" if e.extack else ""
+        ext = e.extack or ""
+        if e.code == errno.EINVAL and any(w in ext for w in _CAPABILITY_WORDS):
+            # A capability refusal, whatever errno the kernel picked (7.3: EINVAL with
+            # "Lease device does not support queue management operations" for virtio_net,
+            # "Lease device is a virtual device" for veth).
+            lease_drv = (device_driver(lease_ifindex, self.netns) if lease_netns_id is None
+                         else f"ifindex {lease_ifindex} in netns id {lease_netns_id}")
+            return NotSupported(
+                "queue_lease",
+                f"{what}: refused: {ext} (lease device driver: {lease_drv}, virtual device "
+                f"driver: {device_driver(ifindex, self.netns)}); the lease device must be a "
+                "physical NIC whose driver has queue management operations (netdevsim and some "
+                "NIC drivers have them; veth and virtio_net do not)")
+        if e.code == errno.EINVAL and "queue limit" in ext:
+            return InvalidSpec(
+                f"{what}: refused: {ext}: the virtual device has no spare RX queue; create it "
+                "with num_rx_queues of at least 1 + the number of leases")
+        if e.code == errno.EOPNOTSUPP:
+            if "peer device" in ext:
+                return NotSupported(
+                    "queue_lease",
+                    f"{what}: refused: {ext}: the primary of a netkit pair manages the pair and "
+                    "cannot hold leased queues; lease to the peer or to a single-mode netkit")
+            if "different devices" in ext:
+                return NotSupported(
+                    "queue_lease",
+                    f"{what}: refused: {ext}: every queue leased to one device must come from "
+                    "the same physical device")
+            if self.has_queue_lease():
+                return NotSupported(
+                    "queue_lease",
+                    f"{what}: a device refused leasing{says}; the physical device needs queue "
+                    "management ops and the virtual one spare RX queues")
+            return NotSupported("queue_lease", f"{_LEASE_NEEDS}{says}")
+        if e.code == errno.ERANGE:
+            src = (device_label(lease_ifindex, self.netns) if lease_netns_id is None
+                   else f"ifindex {lease_ifindex}")
+            return InvalidSpec(f"{what}: refused: {src} has no queue "
+                               f"{lease_queue_id} (ERANGE){says}")
+        if e.code == errno.EBUSY:
+            return KernelError(
+                errno.EBUSY,
+                f"{what}: refused: the queue is busy{says}: it is already leased or in use by "
+                "AF_XDP, io_uring or a memory provider (release it first)")
+        if e.code == errno.ENODEV:
+            where = ("in this netns" if lease_netns_id is None
+                     else f"in netns id {lease_netns_id}")
+            return KernelError(
+                errno.ENODEV,
+                f"{what}: refused: no such device {where}{says} (a physical device in another "
+                "netns is named with lease_netns_id, the id this netns has for it)")
+        if e.code == errno.ENONET:
+            return InvalidSpec(f"{what}: refused: this netns knows no netns id {lease_netns_id}")
+        return _kernel_error(e, what)
+
+    def leased_queues(self) -> list[QueueInfo]:
+        """The queues in this netns that are lent out, seen from the physical side.
+
+        On 7.3 only the physical device's queue-get carries the lease (the virtual queue's
+        does not: netdev_nl_queue_fill_lease walks physical -> virtual only), so this is how a
+        virtual queue's physical queue is found: ``lease`` names the virtual device (ifindex,
+        queue, and netns id when it lives in another netns).
+        """
+        return [q for q in self.queues() if q.lease is not None]
+
+    def leases_held_by(self, ifindex: int, netns_id: int | None = None) -> list[tuple[int, QueueInfo]]:
+        """(virtual queue id, physical queue) of every queue of this netns lent to the virtual
+        device ``ifindex``, which lives in the netns this one calls ``netns_id`` (None: here).
+
+        The way to list a virtual device's leases on 7.3: ask in the physical device's netns.
+        """
+        return sorted(((q.lease.queue_id, q) for q in self.leased_queues()
+                       if q.lease is not None and q.lease.ifindex == ifindex
+                       and q.lease.netns_id == netns_id and q.lease.queue_id is not None),
+                      key=lambda t: t[0])
+
+    def xdp_features(self, ifindex: int) -> set[str]:
+        """The device's XDP features (dev-get ``xdp-features``: 'basic', 'xsk-zerocopy', ...)."""
+        try:
+            replies = self._do(NETDEV_CMD_DEV_GET, nla_u32(NETDEV_A_DEV_IFINDEX, ifindex))
+        except _NetlinkError as e:
+            raise _kernel_error(e, f"get the XDP features of ifindex {ifindex}") from None
+        for r in replies:
+            for atype, p in iter_attrs(r):
+                if atype == NETDEV_A_DEV_XDP_FEATURES:
+                    bits = struct.unpack("=Q", p[:8])[0] if len(p) >= 8 else _u32(p)
+                    return {n for b, n in XDP_ACT.items() if bits & b}
+        return set()
 
 
 # Words of the kernel's extack when queue-create is refused for what a device is, not for what
@@ -473,6 +541,17 @@ def device_driver(ifindex: int, netns: str | None = None) -> str:
         return driver or f"ifindex {ifindex} (driver unknown)"
     except OSError:
         return f"ifindex {ifindex} (driver unknown)"
+
+
+def device_label(ifindex: int, netns: str | None = None) -> str:
+    """``eth0 (ifindex 2)``, or ``ifindex 2`` when the device is not in ``netns``."""
+    import socket
+
+    try:
+        with _netns.enter(netns):
+            return f"{socket.if_indextoname(ifindex)} (ifindex {ifindex})"
+    except OSError:
+        return f"ifindex {ifindex}"
 
 
 def _buf_addr(buf: bytearray) -> int:

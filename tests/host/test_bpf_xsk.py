@@ -20,7 +20,7 @@ import pytest
 import nkframe
 from nkframe import bpf, xsk
 from nkframe._bpf import ffi, lib
-from nkframe.errors import InvalidSpec, KernelError
+from nkframe.errors import InvalidSpec, NotSupported
 
 pytestmark = [
     pytest.mark.root,
@@ -131,10 +131,13 @@ def test_umem_validation():
 
 
 def test_zero_copy_on_veth_is_refused(pair):
+    """The kernel's EOPNOTSUPP becomes NotSupported naming the driver and what it lacks."""
     with xsk.XskUmem(64) as umem:
-        with pytest.raises(KernelError):
+        with pytest.raises(NotSupported) as ei:
             xsk.XskSocket("nka", 0, umem, bind_flags=xsk.XDP_ZEROCOPY)
         assert umem._sockets == 0
+    assert ei.value.feature == "af_xdp_zerocopy"
+    assert "driver veth" in ei.value.reason and "lacks xsk-zerocopy" in ei.value.reason, ei.value.reason
 
 
 def test_receive_redirected_udp(pair, filter_prog):
