@@ -172,13 +172,40 @@ Debian bookworm's `qemu-system-x86` 7.2 (`7.2.22`, `1:7.2+dfsg-7+deb12u18`).
 
 ## Queue leasing on 7.x, as the kernel answers it
 
-Written from `tests/host/test_netlink_queues.py` in the vm-next tier (Debian `7.3.4+deb13-amd64`):
-`queue-create` from a veth is refused with `EINVAL` and the extack "Lease device is a virtual
-device"; from virtio-net (seen when tried by hand, not in a test) with `EINVAL` and "Lease device does not support queue
-management operations". nkframe turns both into `NotSupported("queue_lease", ...)` naming both
-devices' drivers (ethtool `GDRVINFO`). A lease that succeeds needs a driver with queue management
-operations (netdevsim, which Debian does not build, or a real NIC): no lease source runs in these
-tiers yet, so `queue-create` succeeding and AF_XDP on a leased queue are not shown here.
+From `tests/host/test_netlink_lease.py`, `tests/host/test_netlink_queues.py` and
+`tests/host/test_bpf_xsk.py` in the vm-next tier (Debian `7.3.4+deb13-amd64`), and the same
+kernel's `net/core/netdev-genl.c`, `drivers/net/netkit.c` and `net/xdp/`.
+
+- **Lease source**: Debian builds no netdevsim, so the vm-next tier builds `netdevsim.ko` from
+  Debian's `linux-source-7.3` against `linux-headers-<release>` in a private trixie chroot
+  (`nkframe/leasesource.py`; once per kernel release, cached in
+  `~/.cache/nkframe/lease-source/<release>/`; cold 106 s, 449 MB chroot removed afterwards,
+  662 KiB module). The unsigned module loads (`CONFIG_MODULE_SIG=y`, not forced; taint O+E).
+- **Leasing works** from netdevsim: `queue-create` on a single-mode netkit returns the new queue
+  id (the device's old `real_num_rx_queues`: 1, then 2, ...), up to `num_rx_queues`.
+  `queue-get` on the *physical* queue names the virtual device, its queue and, when it lives in
+  another namespace, its netns id; on the *virtual* queue it shows no lease (the kernel fills the
+  lease only from the physical side), so nkframe reads leases there
+  (`NetdevFamily.leases_held_by`). A single device moved into a pod keeps its leases; deleting it
+  (or its namespace) returns the queues; deleting the physical device deletes every netkit
+  holding one of its queues.
+- **Refusals** and what nkframe raises (each names the devices, the queue and the kernel's reason):
+  already leased, or bound by an AF_XDP socket: `EBUSY` -> `KernelError`; no such physical
+  queue: `ERANGE` -> `InvalidSpec`; the primary of a pair: `EOPNOTSUPP` "netkit can only lease
+  against the peer device" -> `NotSupported` (the pair's *peer* may hold leases); no spare RX
+  queue: `EINVAL` "netkit maximum queue limit reached" -> `InvalidSpec`; a physical device in
+  another namespace without its netns id: `ENODEV` -> `KernelError`; a virtual (veth) or
+  queue-op-less (virtio-net) lease device: `EINVAL` with an extack -> `NotSupported` naming both
+  drivers.
+- **AF_XDP on a leased queue**: the socket binds to the netkit's queue and its buffer pool is
+  registered on the physical queue (both sides' `queue-get` report `xsk`). **Copy mode** (and the
+  default bind, which falls back to copy) **works**. **Zero-copy is refused** (`EOPNOTSUPP`):
+  netkit hands `XDP_SETUP_XSK_POOL` to the physical driver only if it has `ndo_bpf`,
+  `ndo_xdp_xmit` and `ndo_xsk_wakeup` and the `xsk-zerocopy` XDP feature; netdevsim has only
+  `ndo_bpf` (xdp-features: basic, hw-offload). nkframe raises `NotSupported("af_xdp_zerocopy",
+  ...)` naming netdevsim and the features it lacks, read with netdev `dev-get`. Frames through
+  the leased queue were not sent in these tests. Zero-copy needs a NIC whose driver has AF_XDP
+  zero-copy.
 """
 
 
