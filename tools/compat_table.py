@@ -203,9 +203,14 @@ kernel's `net/core/netdev-genl.c`, `drivers/net/netkit.c` and `net/xdp/`.
   netkit hands `XDP_SETUP_XSK_POOL` to the physical driver only if it has `ndo_bpf`,
   `ndo_xdp_xmit` and `ndo_xsk_wakeup` and the `xsk-zerocopy` XDP feature; netdevsim has only
   `ndo_bpf` (xdp-features: basic, hw-offload). nkframe raises `NotSupported("af_xdp_zerocopy",
-  ...)` naming netdevsim and the features it lacks, read with netdev `dev-get`. Frames through
-  the leased queue were not sent in these tests. Zero-copy needs a NIC whose driver has AF_XDP
-  zero-copy.
+  ...)` naming netdevsim and the features it lacks, read with netdev `dev-get`. Zero-copy needs a
+  NIC whose driver has AF_XDP zero-copy.
+- **Frames arrive in copy mode**: with an XDP program on the *physical* device redirecting into
+  an XSKMAP at the *physical* queue's index, the socket bound to the netkit's leased queue
+  receives exactly the frames of that physical queue (the kernel checks a frame's device and
+  queue against the lease; frames of other queues are not delivered to it). Proved with two
+  linked netdevsim ports, native (driver) XDP on the receiver: of 64 datagrams spread over 4
+  queues by the sender's flow hash, those of the leased queue reached the socket.
 """
 
 

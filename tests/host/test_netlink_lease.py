@@ -14,8 +14,9 @@ net/core/netdev-genl.c and drivers/net/netkit.c:
 * deleting the netkit (or its netns) returns the queue; deleting the physical device deletes the
   netkit devices holding its queues; a netkit moved to another netns keeps its leases;
 * AF_XDP on a leased queue: the pool is registered on the physical queue (both sides show xsk);
-  copy mode binds; zero-copy is handed to the physical driver, and netdevsim has neither
-  ndo_xdp_xmit nor ndo_xsk_wakeup: EOPNOTSUPP.
+  copy mode binds and receives what an XDP program on the physical device redirects from that
+  physical queue (the kernel checks the frame's queue against the lease); zero-copy is handed
+  to the physical driver, and netdevsim has neither ndo_xdp_xmit nor ndo_xsk_wakeup: EOPNOTSUPP.
 
 netdevsim devices are created on the netdevsim bus, which puts the netdev into the init netns;
 each test moves it into a namespace of its own and deletes the device at the end.
@@ -26,13 +27,17 @@ from __future__ import annotations
 import errno
 import os
 import random
+import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import attrs
 import pytest
 
-from nkframe import netns, probe, xsk
+import nkframe
+from nkframe import bpf, netns, probe, xsk
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.netlink import links
 from nkframe.netlink.netdev import Lease, NetdevFamily, QueueType
@@ -334,3 +339,69 @@ def test_leasing_a_queue_in_use_by_af_xdp_is_ebusy(nsim):
                 assert ei.value.errno == errno.EBUSY
                 assert "in use by AF_XDP" in str(ei.value)
                 assert rx_ids(fam, v) == [0]
+
+
+XSK_O = Path(nkframe.__file__).parent / "_objs" / "test_xsk.o"
+PORT = 5555
+
+
+def test_af_xdp_copy_mode_receives_from_the_leased_physical_queue(make_netns):
+    """Frames reach the socket bound to the netkit's queue from the physical queue it leases.
+
+    Two netdevsim ports are linked (what one sends, the other receives on the RX queue picked by
+    the sender's TX queue); the receiving port's physical queue 2 is leased to a single netkit
+    as its queue 1, and an XDP program on the physical port redirects UDP to PORT into an
+    XSKMAP at the physical queue's index, where the netkit socket sits.  Which datagrams land on
+    queue 2 depends on the sender's flow hash, so 64 source ports are used: some arrive, every
+    one that arrives is one we sent, and the rest go to the stack.
+    """
+    _require_lease_source()
+    if not xsk.available():
+        pytest.skip("nkframe was built without libxdp")
+    ns_tx, ns_rx = make_netns("tx"), make_netns("rx")
+    a, b = make_nsim(ns_tx), make_nsim(ns_rx)
+    try:
+        fds = [os.open(netns.netns_path(n), os.O_RDONLY) for n in (ns_tx, ns_rx)]
+        try:
+            # netdevsim reads the netns fds in the writing process.
+            with open(BUS / "link_device", "w") as f:
+                f.write(f"{fds[0]}:{a.ifindex} {fds[1]}:{b.ifindex}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        links.add_address(a.name, "198.51.100.1/24", netns=ns_tx)
+        links.add_address(b.name, "198.51.100.2/24", netns=ns_rx)
+        v = make_single("nkv", ns_rx)
+        with NetdevFamily(ns_rx) as fam:
+            q = fam.queue_create(v, b.ifindex, 2)
+        with netns.enter(ns_rx), bpf.BpfObject.open(XSK_O) as obj:
+            obj.set_global("cfg_port", struct.pack("<H", PORT))
+            obj.load()
+            bpf.xdp_attach(b.ifindex, obj.programs["xsk_udp"].fd, bpf.XDP_FLAGS_DRV_MODE)
+            try:
+                with xsk.XskUmem(256) as umem, \
+                        xsk.XskSocket("nkv", q, umem, bind_flags=xsk.XDP_COPY) as sock:
+                    obj.maps["xsks"].update(struct.pack("<I", 2), struct.pack("<I", sock.fd))
+                    sent = [f"lease {i}".encode() for i in range(64)]
+                    code = ("import socket, sys\n"
+                            "for i, p in enumerate(sys.argv[1:]):\n"
+                            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                            "    s.bind(('198.51.100.1', 41000 + i))\n"
+                            f"    s.sendto(bytes.fromhex(p), ('198.51.100.2', {PORT}))\n"
+                            "    s.close()\n")
+                    subprocess.run(["nsenter", f"--net={netns.netns_path(ns_tx)}", sys.executable,
+                                    "-c", code, *(p.hex() for p in sent)], check=True, timeout=60)
+                    got: list[bytes] = []
+                    end = time.monotonic() + 3
+                    while time.monotonic() < end:
+                        got += sock.recv(64, timeout=0.2)
+                hits = struct.unpack("<Q", obj.maps["xsk_hits"].lookup(bytes(4)))[0]
+            finally:
+                bpf.xdp_detach(b.ifindex, bpf.XDP_FLAGS_DRV_MODE)
+        payloads = [f[42:] for f in got]  # Ethernet 14 + IPv4 20 + UDP 8
+        assert hits == len(sent)  # the program saw every datagram (on whichever queue)
+        assert 0 < len(payloads) < len(sent), len(payloads)
+        assert len(set(payloads)) == len(payloads) and set(payloads) <= set(sent)
+    finally:
+        a.delete()
+        b.delete()
