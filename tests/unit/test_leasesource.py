@@ -87,3 +87,26 @@ def test_only_the_7_series_gets_a_lease_source(tmp_path):
         k = vm.KernelImage(release, tmp_path / "vmlinuz", tmp_path)
         assert vm.lease_setup(k, cache=tmp_path / "kernels") == ("", "")
     assert not (tmp_path / "lease-source").exists()
+
+
+def test_a_missing_build_tool_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ls.LeaseSourceError, match="mmdebstrap is missing: run 'make setup'"):
+        ls.ensure_netdevsim(RELEASE, tmp_path / "kernels", [], archive=("http://x", "/k"),
+                            log=lambda m: None)
+    assert not (tmp_path / "lease-source" / RELEASE).exists()  # nothing half-made is cached
+
+
+def test_a_failed_build_reaches_the_guest_as_the_reason(tmp_path, monkeypatch):
+    def fail(*a, **kw):
+        raise ls.LeaseSourceError("mmdebstrap trixie with linux-headers-x failed (exit 1):\nE: no net")
+
+    monkeypatch.setattr(ls, "ensure_netdevsim", fail)
+    logged: list[str] = []
+    k = vm.KernelImage(RELEASE, tmp_path / "vmlinuz", tmp_path)
+    lines, what = vm.lease_setup(k, logged.append, cache=tmp_path / "kernels")
+    assert what.startswith("none (building netdevsim.ko for 7.3.4+deb13-amd64 failed: mmdebstrap")
+    assert any("LEASE SOURCE BUILD FAILED" in m for m in logged)
+    r = _run_guest_lines(lines)
+    assert "lease source: none (building netdevsim.ko" in r.stdout and "E: no net" in r.stdout
+    assert "source=none" in r.stdout
