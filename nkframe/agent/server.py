@@ -366,7 +366,8 @@ class Agent:
             self.check_pod_netns(spec.netns)
             mode = spec.mode.value
             others = [m.value for m in DeviceMode if m.value != mode and eng.datapath_program(m.value)]
-            if others and eng.datapath_program(mode) is None:
+            if others and not spec.single and eng.datapath_program(mode) is None:
+                # (A VM endpoint's single device has no programs: no datapath plugin needed.)
                 # A device with no forwarding is never what the caller meant (CNI's "mode": "l2"
                 # with an agent started without the L2 plugin gave pods no datapath at all).
                 raise errors.InvalidSpec(

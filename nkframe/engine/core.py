@@ -275,20 +275,21 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
                 "policed on the uplink's path instead: drop the options that ask for them")
 
     def _read_leases(self, spec: EndpointSpec, ifindex: int) -> tuple[LeaseInfo, ...]:
-        """The leases of a VM endpoint's single device, as the kernel reports them (queue-get
-        in the pod's namespace); the physical devices named from the node's namespace."""
+        """The leases of a VM endpoint's single device, as the kernel reports them.  Linux 7.3
+        reports a lease only from the physical side, so the node's leased queues are read and
+        those held by the pod's device kept (the node names the pod's namespace by an id)."""
         from nkframe.netlink import links, netdev
 
         if not ifindex:
             return ()
-        with netdev.NetdevFamily(spec.netns) as fam:
-            queues = fam.queues(ifindex)
+        with netns.ipr(self.node_netns) as ipr:
+            nsid = netns.netns_id(ipr, spec.netns)
+        with netdev.NetdevFamily(self.node_netns) as fam:
+            held = fam.leases_held_by(ifindex, nsid)
         names = {st.ifindex: st.name for st in links.list_links(netns=self.node_netns)}
         return tuple(
-            LeaseInfo(queue=q.id, uplink_ifindex=q.lease.ifindex, uplink_queue=q.lease.queue_id,
-                      uplink=names.get(q.lease.ifindex, ""))
-            for q in sorted(queues, key=lambda q: q.id or 0)
-            if q.lease is not None and q.type is netdev.QueueType.RX
+            LeaseInfo(queue=vq, uplink_ifindex=q.ifindex, uplink_queue=q.id, uplink=names.get(q.ifindex, ""))
+            for vq, q in held
         )
 
     def _create_device(self, ctx: EndpointContext) -> DeviceInfo:

@@ -51,12 +51,12 @@ class ReconcileMixin:
                 elif spec.single:
                     if self._single_device(spec) is None:
                         gone = f"its netkit single device {spec.ifname} in the pod is gone"
-                        if spec.leases:
-                            gone += f" (the kernel returned its leased queues {', '.join(map(str, spec.leases))})"
                 elif spec.node_ifname not in devices:
                     gone = f"device {spec.node_ifname} is gone"
                 if gone is None and not self.layout.ready_marker(eid).exists():
                     gone = "its add or remove was interrupted"
+                if gone and spec.single and spec.leases:
+                    gone += f" (the kernel returned its leased queues {', '.join(map(str, spec.leases))} with the device)"
                 if gone:
                     self._teardown(spec)
                     self.hook.nkframe_endpoint_removed(endpoint_id=eid)
