@@ -190,22 +190,34 @@ def _api(ctx: click.Context):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--require", multiple=True, help="Exit 1 unless this feature is supported (repeatable).")
-def probe(as_json: bool, require: tuple[str, ...]) -> None:
+@click.option("--uplink", "uplinks", multiple=True, metavar="DEV",
+              help="Also say whether node device DEV can lend RX queues to VM endpoints (a trial lease "
+                   "from a scratch namespace; repeatable).")
+@click.pass_context
+def probe(ctx, as_json: bool, require: tuple[str, ...], uplinks: tuple[str, ...]) -> None:
     """Show what this kernel supports, found by trying each feature."""
     from nkframe import probe as probe_mod
+    from nkframe.types import validate_ifname
 
+    for dev in uplinks:
+        validate_ifname(dev, "--uplink")
     feats = probe_mod.features()
     unknown = [r for r in require if r not in feats.items]
     if unknown:
         raise errors.InvalidSpec(f"unknown feature(s) {', '.join(unknown)}; known: {', '.join(probe_mod.FEATURES)}")
+    sources = {dev: probe_mod.lease_source(dev, ctx.obj["node_netns"]) for dev in uplinks}
     if as_json:
-        print_json(feats.to_dict())
+        doc = feats.to_dict()
+        if uplinks:
+            doc["lease_sources"] = {d: {"supported": f.supported, "reason": f.reason} for d, f in sources.items()}
+        print_json(doc)
     else:
         _table(f"kernel {feats.kernel} · libbpf {feats.libbpf} · libxdp {feats.libxdp or 'missing'}",
                ["feature", "supported", "reason"],
-               [[name, "yes" if feats[name].supported else "no", feats[name].reason] for name in feats])
+               [[name, "yes" if feats[name].supported else "no", feats[name].reason] for name in feats]
+               + [[f"lease_source {d}", "yes" if f.supported else "no", f.reason] for d, f in sources.items()])
     missing = [r for r in require if not feats.supported(r)]
-    if missing:
+    if missing or not all(f.supported for f in sources.values()):
         raise SystemExit(EXIT_FAILED)
 
 

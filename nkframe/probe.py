@@ -9,6 +9,7 @@ reason a user can act on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import platform
@@ -371,6 +372,69 @@ def _probe_af_xdp() -> Feature:
         raise
     s.close()
     return Feature(True, "opened an AF_XDP socket")
+
+
+def lease_source(uplink: str, node_netns: str | None = None) -> Feature:
+    """Can node device ``uplink`` lend RX queues to a netkit single device (VM endpoints)?
+
+    Decided by the kernel, not by a list of drivers: a single device in a scratch namespace
+    asks for one of the uplink's queues across namespaces (queue-create with the node's netns
+    id), and the scratch namespace goes at once, which returns the queue.  Nothing is created
+    in the node's namespace.  The uplink's highest RX queue is asked for; one already leased or
+    bound by AF_XDP (EBUSY) still shows that the driver can lend queues.
+    """
+    from nkframe import netns
+    from nkframe.errors import InvalidSpec, KernelError
+    from nkframe.netlink import links, netdev, netkit
+
+    if os.geteuid() != 0:
+        return Feature(False, "probing needs root (CAP_NET_ADMIN)")
+    if not links.link_exists(uplink, netns=node_netns):
+        return Feature(False, f"no device {uplink} in the node namespace ({node_netns or 'current'})")
+    phys = links.get_link(uplink, netns=node_netns).ifindex
+    with netdev.NetdevFamily(node_netns) as fam:
+        if not fam.has_queue_lease():
+            return Feature(False, "the kernel has no queue leasing (netdev queue-create, Linux 7.1); "
+                                  f"this is {platform.release()}")
+        rx = [q.id for q in fam.queues(phys) if q.type is netdev.QueueType.RX and q.id is not None]
+    if not rx:
+        return Feature(False, f"{uplink} lists no RX queues (is it up?)")
+    queue = max(rx)
+    driver = netdev.device_driver(phys, node_netns)
+    with _Scratch() as scratch:
+        name = scratch.ifname("nkl")
+        try:
+            netkit.create_netkit(netkit.NetkitSpec.single(name, num_rx_queues=2), netns=scratch.name)
+        except NotSupported as e:
+            return Feature(False, f"no netkit single mode to lease to: {e.reason}")
+        with netns.ipr(scratch.name) as ipr:
+            nsid = netns.netns_id(ipr, node_netns if node_netns else f"/proc/{os.getpid()}/ns/net")
+        # Deleting the device returns the queue at once (the namespace's cleanup runs later).
+        with contextlib.closing(_Deleter(name, scratch.name)), netdev.NetdevFamily(scratch.name) as fam:
+            try:
+                fam.queue_create(links.ifindex(name, scratch.name), phys, queue, lease_netns_id=nsid)
+            except NotSupported as e:
+                return Feature(False, f"{uplink} (driver {driver}) cannot lend queues: {e.reason}")
+            except KernelError as e:
+                if e.errno == errno.EBUSY:
+                    return Feature(True, f"{uplink} (driver {driver}) has queue management ops "
+                                         f"(its RX queue {queue} is in use now)")
+                return Feature(False, f"the trial lease of {uplink} RX queue {queue} failed: {e}")
+            except InvalidSpec as e:
+                return Feature(False, f"the trial lease of {uplink} RX queue {queue} was refused: {e}")
+    return Feature(True, f"{uplink} (driver {driver}) lent RX queue {queue} to a scratch netkit single "
+                         "device and got it back")
+
+
+@attrs.frozen
+class _Deleter:
+    name: str
+    netns: str
+
+    def close(self) -> None:
+        from nkframe.netlink import links
+
+        links.delete_link(self.name, netns=self.netns, missing_ok=True)
 
 
 def _probe_queue_lease(scratch: _Scratch) -> Feature:

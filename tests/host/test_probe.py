@@ -57,3 +57,26 @@ def test_require_flag_exit_code():
     assert r.returncode == 1
     r = subprocess.run([sys.executable, "-m", "nkframe.cli", "probe", "--require", "no_such_feature"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown feature" in r.stderr
+
+
+def test_uplink_lease_source_answers_with_a_reason(node):
+    """--uplink on any kernel: a "no" names why (no leasing before 7.1, a veth driver, a missing
+    device), and the node namespace is left as it was.  (tests/host/test_vm_endpoint.py checks
+    the "yes" against netdevsim on 7.x.)"""
+    from nkframe.netlink import links
+
+    before = sorted(l.name for l in links.list_links(netns=node.netns))
+    r = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "probe", "--json",
+                        "--uplink", node.uplink, "--uplink", "nope0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    src = json.loads(r.stdout)["lease_sources"]
+    assert src["nope0"] == {"supported": False, "reason": f"no device nope0 in the node namespace ({node.netns})"}
+    up = src[node.uplink]
+    assert up["supported"] is False
+    if probe.features().supported("queue_lease"):
+        assert "veth" in up["reason"], up
+    else:
+        assert "Linux 7.1" in up["reason"], up
+    assert sorted(l.name for l in links.list_links(netns=node.netns)) == before
+    r = subprocess.run([sys.executable, "-m", "nkframe.cli", "probe", "--uplink", "x" * 16], capture_output=True, text=True)
+    assert r.returncode == 2 and "at most 15" in r.stderr

@@ -329,3 +329,22 @@ def test_single_faults_are_reached():
     src += Path(builtin.__file__).read_text()
     for p in faults.SINGLE_ADD_POINTS:
         assert f'faults.point("{p}")' in src, p
+
+
+def test_probe_says_which_uplink_can_lend_queues(node, nsim, bpffs_root):
+    """nkframe probe --uplink: a trial lease from a scratch namespace, nothing left behind."""
+    before = sorted(l.name for l in links.list_links(netns=node.netns))
+    env = dict(os.environ, NKFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
+    out = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "probe", "--json",
+                          "--uplink", nsim.name, "--uplink", node.uplink], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr  # the veth uplink cannot lend queues
+    src = json.loads(out.stdout)["lease_sources"]
+    assert src[nsim.name]["supported"] is True and "netdevsim" in src[nsim.name]["reason"], src
+    assert src[node.uplink]["supported"] is False and "veth" in src[node.uplink]["reason"], src
+    # The queue tried is back at once, and the node namespace holds what it held.
+    assert nsim.lease_of(3) is None
+    assert sorted(l.name for l in links.list_links(netns=node.netns)) == before
+    # The queue tried can be leased right away.
+    eng = _engine(node, bpffs_root)
+    eng.add_endpoint(_single("vm-p", node.pod(), leases=[f"{nsim.name}:3"]))
+    eng.remove_endpoint("vm-p")
