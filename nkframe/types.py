@@ -239,6 +239,11 @@ def _leases(values: Any) -> tuple:
     if len(set(out)) != len(out):
         dup = next(x for x in out if out.count(x) > 1)
         raise InvalidSpec(f"lease {dup} is listed twice")
+    devices = sorted({x.uplink for x in out})
+    if len(devices) > 1:
+        # netkit refuses it (7.3: EOPNOTSUPP "Leasing queues from different devices not supported").
+        raise InvalidSpec(f"leases name {', '.join(devices)}: a netkit single device takes queues of one "
+                          "physical device only")
     return out
 
 

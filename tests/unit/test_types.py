@@ -163,8 +163,8 @@ def test_lease_forms_and_round_trip():
     from nkframe.types import DeviceKind, Endpoint, LeaseInfo, LeaseSpec
 
     s = EndpointSpec(id="vm", netns="p", device="netkit-single", mode="l2", mac="02:00:00:00:00:01",
-                     leases=["eth1:3", {"uplink": "eth1", "queue": 4}, LeaseSpec("eth2", 0)])
-    assert s.single and s.leases == (LeaseSpec("eth1", 3), LeaseSpec("eth1", 4), LeaseSpec("eth2", 0))
+                     leases=["eth1:3", {"uplink": "eth1", "queue": 4}, LeaseSpec("eth1", 0)])
+    assert s.single and s.leases == (LeaseSpec("eth1", 3), LeaseSpec("eth1", 4), LeaseSpec("eth1", 0))
     assert specstore.from_dict(specstore.to_dict(s)) == s
     assert specstore.decode(specstore.encode(s)) == s
     ep = Endpoint(spec=s, device_kind=DeviceKind.NETKIT_SINGLE, node_ifindex=7, mechanism={},
@@ -189,6 +189,7 @@ def test_lease_forms_and_round_trip():
     (dict(device="netkit-single", leases=["eth1:3", "eth1:3"]), "listed twice"),
     (dict(device="netkit-single", leases=[f"eth1:{i}" for i in range(65)]), "at most 64"),
     (dict(device="netkit-single", leases=7), "must be a list"),
+    (dict(device="netkit-single", leases=["eth1:1", "eth2:1"]), "one physical device only"),
     (dict(device="netkit-single", attach="tcx"), "runs no BPF programs"),
     (dict(device="netkit-single", options={"netkit_policy": "drop"}), "pass policy"),
     (dict(device="netkit-single", mode="l2", host_mac="02:00:00:00:00:02"), "no node side"),
