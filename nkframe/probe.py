@@ -392,11 +392,14 @@ def lease_source(uplink: str, node_netns: str | None = None) -> Feature:
     if not links.link_exists(uplink, netns=node_netns):
         return Feature(False, f"no device {uplink} in the node namespace ({node_netns or 'current'})")
     phys = links.get_link(uplink, netns=node_netns).ifindex
-    with netdev.NetdevFamily(node_netns) as fam:
-        if not fam.has_queue_lease():
-            return Feature(False, "the kernel has no queue leasing (netdev queue-create, Linux 7.1); "
-                                  f"this is {platform.release()}")
-        rx = [q.id for q in fam.queues(phys) if q.type is netdev.QueueType.RX and q.id is not None]
+    try:
+        with netdev.NetdevFamily(node_netns) as fam:
+            if not fam.has_queue_lease():
+                return Feature(False, "the kernel has no queue leasing (netdev queue-create, Linux 7.1); "
+                                      f"this is {platform.release()}")
+            rx = [q.id for q in fam.queues(phys) if q.type is netdev.QueueType.RX and q.id is not None]
+    except NotSupported as e:  # no netdev family at all (before 6.3)
+        return Feature(False, f"the kernel has no queue leasing (netdev queue-create, Linux 7.1): {e.reason}")
     if not rx:
         return Feature(False, f"{uplink} lists no RX queues (is it up?)")
     queue = max(rx)
