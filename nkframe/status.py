@@ -171,22 +171,22 @@ def gather(engine, endpoint_ids: Iterable[str] | None = None) -> NodeStatus:
     )
 
 
+def _identity(ep: Endpoint) -> dict:
+    """The EndpointStatus fields every kind of endpoint fills the same way."""
+    spec = ep.spec
+    return {"id": ep.id, "netns": spec.netns, "device_kind": str(ep.device_kind), "mode": spec.mode.value,
+            "addresses": tuple(str(a) for a in spec.addresses), "pod_ifname": spec.ifname}
+
+
 def _single_status(engine, ep: Endpoint, problems: list[str]) -> EndpointStatus:
     """A VM endpoint: one netkit single device in the pod, its leases, no programs."""
     spec = ep.spec
     pod = _device_end(spec.ifname, spec.netns, problems, "netkit single device")
-    held = {(x.uplink, x.uplink_queue) for x in ep.leases}
-    for want in spec.leases:
-        if (want.uplink, want.queue) not in held:
-            problems.append(f"lease {want} is not held by {spec.ifname}; run 'nkframe reconcile'")
+    for want in ep.unheld_leases:
+        problems.append(f"lease {want} is not held by {spec.ifname}; run 'nkframe reconcile'")
     return EndpointStatus(
-        id=ep.id,
-        netns=spec.netns,
-        device_kind=str(ep.device_kind),
-        mode=spec.mode.value,
-        addresses=tuple(str(a) for a in spec.addresses),
+        **_identity(ep),
         node_ifname="",
-        pod_ifname=spec.ifname,
         pod=pod,
         problems=tuple(problems),
         leases=ep.leases,
@@ -225,13 +225,8 @@ def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
     if generic:
         counters["maps"] = generic
     return EndpointStatus(
-        id=ep.id,
-        netns=spec.netns,
-        device_kind=str(ep.device_kind),
-        mode=spec.mode.value,
-        addresses=tuple(str(a) for a in spec.addresses),
+        **_identity(ep),
         node_ifname=spec.node_ifname,
-        pod_ifname=spec.ifname,
         attach={h: str(m) for h, m in sorted(ep.mechanism.items())},
         programs=programs,
         node=node,

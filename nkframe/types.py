@@ -427,6 +427,12 @@ class Endpoint:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def unheld_leases(self) -> list[LeaseSpec]:
+        """The spec's leases the kernel does not report as held by this endpoint's device."""
+        held = {(x.uplink, x.uplink_queue) for x in self.leases}
+        return [x for x in self.spec.leases if (x.uplink, x.queue) not in held]
+
 
 METRIC_KINDS = ("counter", "gauge")
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -64,9 +64,7 @@ class ReconcileMixin:
                     problems.append(f"{eid}: {gone}; cleaned up")
                     continue
                 if spec.single:
-                    ep = self.get_endpoint(eid)
-                    held = {(x.uplink, x.uplink_queue) for x in ep.leases}
-                    lost = [str(x) for x in spec.leases if (x.uplink, x.queue) not in held]
+                    lost = [str(x) for x in self.get_endpoint(eid).unheld_leases]
                     if lost:
                         problems.append(f"{eid}: lease(s) {', '.join(lost)} no longer held by {spec.ifname} "
                                         "(the physical device went away?); remove and add the endpoint again")
