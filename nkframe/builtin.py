@@ -32,13 +32,24 @@ def choose_device(ctx: EndpointContext) -> tuple[DeviceKind, str]:
 
 @hookimpl(trylast=True)
 def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
+    kind, reason = choose_device(ctx)
+    if kind is DeviceKind.NETKIT_SINGLE:
+        return create_single(ctx, reason)
+    return create_pair(ctx, kind, reason)
+
+
+def create_pair(ctx: EndpointContext, kind: DeviceKind, reason: str, *,
+                pod_queues: int | None = None) -> DeviceInfo:
+    """A netkit or veth pair for ``ctx.spec``, closed until the engine opens it.
+
+    :param pod_queues: RX and TX queue count of the pod side (default: the kernel's, which for
+        veth is one per possible CPU).  A plugin whose pod-side sockets bind to queues (the VM
+        plugin's AF_XDP) asks for exactly the queues it serves.
+    """
     from nkframe.netlink import links, netkit
 
     spec = ctx.spec
-    kind, reason = choose_device(ctx)
     node_if, pod_if = spec.node_ifname, spec.ifname
-    if kind is DeviceKind.NETKIT_SINGLE:
-        return create_single(ctx, reason)
     if kind is DeviceKind.NETKIT:
         nk = netkit.NetkitSpec(
             name=node_if,
@@ -52,6 +63,8 @@ def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
             peer_mtu=spec.mtu,
             address=spec.host_mac if spec.mode is DeviceMode.L2 else None,
             peer_address=spec.mac if spec.mode is DeviceMode.L2 else None,
+            peer_num_rx_queues=pod_queues,
+            peer_num_tx_queues=pod_queues,
         )
         pair = netkit.create_netkit(nk, netns=ctx.node_netns)
     else:
@@ -63,6 +76,8 @@ def nkframe_device_create(ctx: EndpointContext) -> DeviceInfo:
                 mtu=spec.mtu,
                 address=spec.host_mac,
                 peer_address=spec.mac,
+                peer_num_rx_queues=pod_queues,
+                peer_num_tx_queues=pod_queues,
             ),
             netns=ctx.node_netns,
         )

@@ -126,6 +126,11 @@ class Layout:
         """An empty directory whose presence says the endpoint is complete."""
         return self.endpoint_dir(endpoint_id) / "ready"
 
+    def plugin_dir(self, endpoint_id: str, plugin: str) -> Path:
+        """Where a plugin pins what it owns for one endpoint outside the engine's chains (the VM
+        plugin's XSKMAP and XDP link); removed with the endpoint, untouched by upgrades."""
+        return self.endpoint_dir(endpoint_id) / "plugins" / plugin
+
     def map_path(self, scope: str, owner: str, name: str) -> Path:
         base = self._scope_dir(scope, owner)
         return base / "maps" / name

@@ -1,0 +1,60 @@
+"""The VM plugin's hook implementations (entry point ``vm``)."""
+
+from __future__ import annotations
+
+from nkframe import builtin
+from nkframe.context import EndpointContext
+from nkframe.hookspecs import hookimpl
+from nkframe.types import DeviceKind, Endpoint, EndpointSpec
+
+from . import steer
+
+
+@hookimpl
+def nkframe_endpoint_validate(spec: EndpointSpec) -> None:
+    steer.validate(spec)
+
+
+@hookimpl
+def nkframe_device_create(ctx: EndpointContext):
+    """A VM endpoint's pair gets exactly the VM's queues on the pod side: an AF_XDP socket
+    only sees frames of the queue it is bound to, and a veth has one queue per CPU by default,
+    so frames would land on queues QEMU never opened."""
+    opts = steer.VmOptions.from_spec(ctx.spec)
+    if opts is None or ctx.spec.single:
+        return None
+    kind, reason = builtin.choose_device(ctx)
+    if kind is DeviceKind.NETKIT_SINGLE:  # pragma: no cover - refused by validate
+        return None
+    return builtin.create_pair(ctx, kind, f"{reason}; {opts.queues} pod-side queue(s) for the VM",
+                               pod_queues=opts.queues)
+
+
+@hookimpl(trylast=True)
+def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
+    """Attach the steering last, once the datapath plugins have given the pod side its MAC."""
+    if steer.is_vm(ctx.spec) and ctx.device is not None and ctx.device.pod_ifname is not None:
+        steer.attach(ctx)
+
+
+@hookimpl
+def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
+    if steer.is_vm(ctx.spec):
+        from nkframe import pins
+
+        pins.remove_tree(steer.pin_dir(ctx.bpffs_root, ctx.spec.id))
+
+
+@hookimpl
+def nkframe_endpoint_counters(endpoint: Endpoint, bpffs_root: str, node_netns):
+    if not steer.is_vm(endpoint.spec):
+        return None
+    return steer.vm_counters(bpffs_root, endpoint.id)
+
+
+@hookimpl
+def nkframe_cli_commands():
+    """``nkframe vm-netdev``."""
+    from .cli import vm_netdev
+
+    return [vm_netdev]

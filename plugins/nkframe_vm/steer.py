@@ -1,0 +1,197 @@
+"""The VM steering program on an endpoint's pod-side device: options, attach, read back.
+
+What is pinned, under ``pins.Layout.plugin_dir(endpoint, "vm")``:
+
+* ``vm_xsks``  the XSKMAP QEMU fills (``map-path``): slot *q* holds the socket of queue *q*;
+* ``vm_stats`` per-CPU counters of the steering program (:data:`STATS`);
+* ``link``     the XDP link (generic mode) of ``bpf/vm_steer.c`` on the pod-side device.
+
+The engine removes the directory with the endpoint; its upgrades (policy changes, plugin
+upgrades) never touch it, so a running VM keeps its sockets and its steering through them.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from nkframe import bpf, netns, objects, pins
+from nkframe.context import EndpointContext
+from nkframe.errors import InvalidSpec, KernelError, NetnsNotFound
+from nkframe.types import DeviceKind, EndpointSpec
+
+PLUGIN = "vm"
+OPTIONS_KEY = "vm"
+OBJECT = "vm_steer"
+PROGRAM = "vm_steer"
+XSKMAP = "vm_xsks"
+STATS_MAP = "vm_stats"
+LINK = "link"
+MAX_QUEUES = 64  # NK_VM_MAX_QUEUES in bpf/vm_steer.c
+#: vm_stats slots (enum vm_stat in bpf/vm_steer.c) -> counter names in ``nkframe status``.
+STATS = ("to_socket", "no_socket", "runt")
+ZERO_MAC = "00:00:00:00:00:00"
+
+#: The placement this plugin builds (issue: "both placements"); the leased-queue placement on a
+#: netkit single device is refused by :func:`validate` until it is built.
+PLACEMENT_POD_QUEUE = "pod-queue-copy"
+
+
+@attrs.frozen
+class VmOptions:
+    """``spec.options["vm"]``: ``{"queues": N}`` (1..64, default 1), the VM's queue pairs."""
+
+    queues: int = 1
+
+    @classmethod
+    def from_spec(cls, spec: EndpointSpec) -> "VmOptions | None":
+        if OPTIONS_KEY not in spec.options:
+            return None
+        raw = spec.options[OPTIONS_KEY]
+        if raw is None or raw is True:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise InvalidSpec(f"option {OPTIONS_KEY!r} must be a mapping like {{\"queues\": 1}}, "
+                              f"not {type(raw).__name__}")
+        unknown = sorted(map(str, set(raw) - {"queues"}))
+        if unknown:
+            raise InvalidSpec(f"option {OPTIONS_KEY!r}: unknown key(s) {', '.join(unknown)} "
+                              "(known: queues)")
+        queues = raw.get("queues", 1)
+        if isinstance(queues, bool) or not isinstance(queues, int) or not 1 <= queues <= MAX_QUEUES:
+            raise InvalidSpec(f"{OPTIONS_KEY}.queues must be an integer 1..{MAX_QUEUES}, "
+                              f"not {queues!r}")
+        return cls(queues)
+
+
+def is_vm(spec: EndpointSpec) -> bool:
+    return OPTIONS_KEY in spec.options
+
+
+def validate(spec: EndpointSpec) -> None:
+    if VmOptions.from_spec(spec) is None:
+        return
+    if spec.single:
+        raise InvalidSpec(
+            "option 'vm' on a netkit single device: steering a VM through leased queues is not "
+            "built yet (QEMU keys its sockets by the netkit queue, the uplink's XDP sees the "
+            "physical one); use device auto, netkit or veth for a VM endpoint")
+
+
+def placement(kind: DeviceKind | str, queues: int) -> tuple[str, str]:
+    """(name, sentence) of where the VM's sockets sit, for status and ``vm-netdev``."""
+    side = {DeviceKind.NETKIT.value: "netkit peer", DeviceKind.VETH.value: "veth"}.get(
+        str(kind), str(kind))
+    qs = "queue 0" if queues == 1 else f"queues 0..{queues - 1}"
+    return PLACEMENT_POD_QUEUE, (
+        f"AF_XDP copy mode on {qs} of the pod-side {side}, fed by generic XDP: no leased "
+        "physical queue (not built for VM endpoints yet), so every frame is copied once into "
+        "the socket's memory")
+
+
+def pin_dir(bpffs_root: str, endpoint_id: str) -> Path:
+    return pins.Layout(bpffs_root).plugin_dir(endpoint_id, PLUGIN)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def vm_mac(spec: EndpointSpec) -> str:
+    """The VM's MAC: the pod-side device's (what the node's neighbour entry and the L2
+    datapath already use), or, where that device has none (netkit L3), one derived from the
+    endpoint id."""
+    from nkframe.netlink import links
+    from nkframe_fwd.datapath import derived_mac
+
+    mac = (links.get_link(spec.ifname, netns=spec.netns).address or ZERO_MAC).lower()
+    if mac == ZERO_MAC:
+        return derived_mac(spec.id, "pod")
+    return mac
+
+
+def attach(ctx: EndpointContext) -> None:
+    """Load the steering program for this endpoint, pin its maps, attach it (generic XDP,
+    through a link) to the pod-side device and pin the link; every step is on ``ctx.undo``."""
+    spec, dev = ctx.spec, ctx.device
+    opts = VmOptions.from_spec(spec)
+    assert opts is not None and dev is not None and dev.pod_ifname is not None
+    d = pin_dir(ctx.bpffs_root, spec.id)
+    d.mkdir(parents=True, exist_ok=True)
+    ctx.undo.push(f"remove the VM pins of {spec.id}", lambda: pins.remove_tree(d))
+    mac = vm_mac(spec)
+    with bpf.BpfObject.open(objects.path(OBJECT)) as obj:
+        obj.set_global("vm_mac", _mac_bytes(mac))
+        obj.set_max_entries(XSKMAP, opts.queues)
+        obj.load()
+        obj.maps[XSKMAP].pin(d / XSKMAP)
+        obj.maps[STATS_MAP].pin(d / STATS_MAP)
+        with netns.enter(spec.netns):
+            link = bpf.Link.create(obj.programs[PROGRAM].fd, dev.pod_ifindex, bpf.BPF_XDP,
+                                   flags=bpf.XDP_FLAGS_SKB_MODE)
+        with link:
+            link.pin(d / LINK)
+
+
+@attrs.frozen
+class VmSteering:
+    """A VM endpoint's steering as bpffs and the kernel show it."""
+
+    endpoint_id: str
+    queues: int
+    xskmap: str  # the pin QEMU's map-path names
+    attached: bool  # the pinned link is there and still attached to a device
+    prog_id: int | None
+    ifindex: int | None  # the pod-side device the link is attached to (in the pod's netns)
+    problem: str | None = None
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+def read_steering(bpffs_root: str, spec: EndpointSpec) -> VmSteering:
+    opts = VmOptions.from_spec(spec)
+    queues = opts.queues if opts else 0
+    d = pin_dir(bpffs_root, spec.id)
+    xskmap = str(d / XSKMAP)
+    problem = None
+    prog_id = ifindex = None
+    attached = False
+    try:
+        with bpf.Link.from_pin(d / LINK) as link:
+            info = link.info()
+        prog_id, ifindex = info.prog_id, info.ifindex
+        attached = bool(ifindex)
+        if not attached:
+            problem = "the steering link is pinned but its device is gone"
+    except KernelError as e:
+        problem = ("the steering link is not pinned" if e.errno == errno.ENOENT
+                   else f"the steering link cannot be opened: {e}")
+    if attached and not Path(xskmap).exists():
+        attached, problem = False, f"the XSKMAP pin {xskmap} is missing"
+    return VmSteering(spec.id, queues, xskmap, attached, prog_id, ifindex, problem)
+
+
+def vm_counters(bpffs_root: str, endpoint_id: str) -> dict[str, int] | None:
+    path = pin_dir(bpffs_root, endpoint_id) / STATS_MAP
+    if not path.exists():
+        return None
+    out = {}
+    with bpf.Map.from_pin(path) as m:
+        for slot, name in enumerate(STATS):
+            per_cpu = m.lookup_percpu(struct.pack("<I", slot)) or []
+            out[name] = sum(struct.unpack("<Q", v[:8])[0] for v in per_cpu)
+    return out
+
+
+def pod_exists(spec: EndpointSpec) -> bool:
+    try:
+        from nkframe.netlink import links
+
+        return links.link_exists(spec.ifname, netns=spec.netns)
+    except NetnsNotFound:
+        return False

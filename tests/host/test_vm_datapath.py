@@ -1,0 +1,181 @@
+"""The VM plugin (plugins/nkframe_vm) against the real kernel, without a guest: the steering
+program on a VM endpoint's pod side, its pins, its counters, refusals, and ``nkframe vm-netdev``.
+
+(The guest that exchanges traffic through it is in test_vm_guest_afxdp.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import nkframe_l3
+import nkframe_policy.plugin as nkframe_policy
+import nkframe_vm.plugin as nkframe_vm
+from nkframe import bpf, netns
+from nkframe.engine import Engine
+from nkframe.errors import InvalidSpec
+from nkframe.netlink import links
+from nkframe.types import EndpointSpec
+from nkframe_vm import steer
+
+pytestmark = pytest.mark.root
+
+VM4 = "10.230.0.10"
+
+
+def _engine(node, root):
+    return Engine(node.netns, root, plugin_objects=[nkframe_l3, nkframe_policy, nkframe_vm],
+                  autoload=False, uplink=node.uplink)
+
+
+def _spec(pod, id="vm-a", **options):
+    return EndpointSpec(id=id, netns=pod, addresses=[f"{VM4}/32"],
+                        options={"vm": {}, **options})
+
+
+@pytest.fixture
+def routed(node):
+    links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
+    return node
+
+
+def _xdp_prog(pod: str, ifname: str = "eth0") -> int:
+    with netns.enter(pod):
+        return bpf.xdp_query(socket.if_nametoindex(ifname), bpf.XDP_FLAGS_SKB_MODE)
+
+
+def test_vm_endpoint_steers_everything_to_its_xskmap_and_leaves_nothing(routed, bpffs_root):
+    node = routed
+    eng = _engine(node, bpffs_root)
+    eng.setup_uplink()
+    pod = node.pod()
+    try:
+        ep = eng.add_endpoint(_spec(pod))
+        d = steer.pin_dir(bpffs_root, "vm-a")
+        assert sorted(p.name for p in d.iterdir()) == ["link", "vm_stats", "vm_xsks"]
+        st = steer.read_steering(bpffs_root, ep.spec)
+        assert st.attached and st.queues == 1, st
+        # The link's program is the one the kernel runs on the pod side, in generic mode.
+        assert _xdp_prog(pod) == st.prog_id
+        # One queue on the pod side (a veth has one per CPU otherwise).
+        assert links.get_link("eth0", netns=pod).num_rx_queues == 1
+        with bpf.Map.from_pin(d / "vm_xsks") as m:
+            assert m.max_entries == 1
+        # No socket yet: frames for the VM are dropped and counted, the pod's own stack (which
+        # holds the address) never answers for the VM.
+        before = steer.vm_counters(bpffs_root, "vm-a")
+        r = node.run(node.outside, "ping", "-c", "3", "-i", "0.2", "-W", "1", VM4, check=False)
+        assert r.returncode != 0, r.stdout
+        after = steer.vm_counters(bpffs_root, "vm-a")
+        assert after["no_socket"] - before["no_socket"] >= 3, (before, after)
+        assert after["to_socket"] == 0
+        # status shows the plugin's counters under its name
+        from nkframe import status
+        counters = status.gather(eng).endpoints[0]
+        assert "no_socket" in json.dumps(counters.as_dict() if hasattr(counters, "as_dict") else str(counters))
+    finally:
+        for eid in eng.layout.endpoint_ids():
+            eng.remove_endpoint(eid)
+        eng.teardown_uplink()
+    assert not steer.pin_dir(bpffs_root, "vm-a").exists()
+    assert not links.link_exists("eth0", netns=pod)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"queues": 0}, "queues must be an integer 1..64"),
+    ({"queues": 65}, "queues must be an integer 1..64"),
+    ({"queues": "2"}, "queues must be an integer"),
+    ({"queus": 2}, "unknown key(s) queus"),
+    ([1], "must be a mapping"),
+])
+def test_bad_vm_options_are_refused_before_anything_is_built(node, bpffs_root, option, message):
+    eng = _engine(node, bpffs_root)
+    pod = node.pod()
+    before = {l.name for l in links.list_links(netns=node.netns)}
+    with pytest.raises(InvalidSpec, match=message.replace("(", r"\(").replace(")", r"\)")):
+        eng.add_endpoint(EndpointSpec(id="vm-bad", netns=pod, addresses=[f"{VM4}/32"],
+                                      options={"vm": option}))
+    assert {l.name for l in links.list_links(netns=node.netns)} == before
+    assert [l.name for l in links.list_links(netns=pod)] == ["lo"]
+    assert eng.layout.endpoint_ids() == []
+
+
+def test_vm_on_a_single_device_is_refused_with_the_reason(node, bpffs_root):
+    eng = _engine(node, bpffs_root)
+    with pytest.raises(InvalidSpec, match="leased queues is not built yet"):
+        eng.add_endpoint(EndpointSpec(id="vm-s", netns=node.pod(), device="netkit-single",
+                                      options={"vm": {}}))
+    assert eng.layout.endpoint_ids() == []
+
+
+def test_two_queues_give_two_pod_queues_and_slots(node, bpffs_root):
+    eng = _engine(node, bpffs_root)
+    pod = node.pod()
+    try:
+        ep = eng.add_endpoint(_spec(pod, vm={"queues": 2}))
+        assert links.get_link("eth0", netns=pod).num_rx_queues == 2
+        with bpf.Map.from_pin(steer.pin_dir(bpffs_root, ep.id) / "vm_xsks") as m:
+            assert m.max_entries == 2
+    finally:
+        eng.remove_endpoint("vm-a")
+
+
+def _vm_netdev(node, root, *args):
+    env = dict(os.environ, NKFRAME_PLUGINS="l3,policy,vm", NKFRAME_NO_AGENT="1")
+    return subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns,
+                           "--bpffs-root", root, "vm-netdev", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_vm_netdev_prints_what_qemu_needs(routed, bpffs_root):
+    node = routed
+    eng = _engine(node, bpffs_root)
+    pod = node.pod()
+    try:
+        ep = eng.add_endpoint(_spec(pod))
+        r = _vm_netdev(node, bpffs_root, "vm-a", "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        mac = links.get_link("eth0", netns=pod).address
+        xskmap = str(steer.pin_dir(bpffs_root, "vm-a") / "vm_xsks")
+        assert doc["argv"] == [
+            "-netdev", f"af-xdp,id=nk0,ifname=eth0,mode=skb,force-copy=on,queues=1,"
+                       f"start-queue=0,inhibit=on,map-path={xskmap}",
+            "-device", f"virtio-net-pci,netdev=nk0,mac={mac}"]
+        assert doc["placement"] == "pod-queue-copy"
+        assert doc["guest"]["addresses"] == [f"{VM4}/32"]
+        assert doc["guest"]["gateway4"] == "169.254.1.1"
+        assert doc["guest"]["gateway_mac"] == links.get_link(ep.spec.node_ifname, netns=node.netns).address
+        plain = _vm_netdev(node, bpffs_root, "vm-a")
+        assert plain.returncode == 0 and plain.stdout.split() == doc["argv"]
+        assert "placement pod-queue-copy" in plain.stderr
+        # Debian 12's QEMU (7.2) predates af-xdp: a clear refusal naming why.
+        system = _vm_netdev(node, bpffs_root, "vm-a", "--qemu", "/usr/bin/qemu-system-x86_64")
+        assert system.returncode != 0
+        assert "predates the af-xdp netdev" in system.stderr, system.stderr
+        assert "Traceback" not in system.stderr
+    finally:
+        eng.remove_endpoint("vm-a")
+    gone = _vm_netdev(node, bpffs_root, "vm-a")
+    assert gone.returncode != 0 and "vm-a" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_vm_netdev_refuses_a_pod_endpoint_and_missing_steering(node, bpffs_root):
+    eng = _engine(node, bpffs_root)
+    try:
+        eng.add_endpoint(EndpointSpec(id="pod-p", netns=node.pod(), addresses=["10.230.0.20/32"]))
+        r = _vm_netdev(node, bpffs_root, "pod-p")
+        assert r.returncode != 0 and "not a VM endpoint" in r.stderr, r.stderr
+        eng.add_endpoint(_spec(node.pod()))
+        os.unlink(steer.pin_dir(bpffs_root, "vm-a") / "link")
+        r = _vm_netdev(node, bpffs_root, "vm-a")
+        assert r.returncode != 0 and "steering link is not pinned" in r.stderr, r.stderr
+    finally:
+        for eid in eng.layout.endpoint_ids():
+            eng.remove_endpoint(eid)
