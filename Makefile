@@ -10,7 +10,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config mmdebstrap \
                 iproute2 kmod qemu-system-x86 iperf3 python3-venv busybox-static graphviz \
                 containernetworking-plugins podman runc iptables nftables iputils-ping \
-                libglib2.0-dev ninja-build m4 dpkg-dev
+                libglib2.0-dev ninja-build m4 dpkg-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 KERNEL ?= 6.12
 K ?=
