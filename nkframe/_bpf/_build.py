@@ -8,7 +8,9 @@ crash.  What the installed libraries offer is probed, not assumed:
   ``OPTIONAL``; each is compiled in only if a probe program using it builds and links, and
   ``lib.NK_HAVE_<name>`` tells the Python side which ones made it.
 * libxdp (AF_XDP sockets) is optional: without it (or with NKFRAME_NO_LIBXDP=1 in the
-  environment) ``lib.NK_HAVE_LIBXDP`` is 0 and :mod:`nkframe.xsk` raises NotSupported.
+  environment) ``lib.NK_HAVE_LIBXDP`` is 0 and :mod:`nkframe.xsk` raises NotSupported.  With
+  it, ``nk_xsk_impl.h`` (C, declared in ``decl/nk_xsk.h``) adds the batch ring operations and
+  the echo/forward loop :mod:`nkframe.xsk` runs on.
 
 Run directly (``python nkframe/_bpf/_build.py``) to build in place for development.
 """
@@ -211,6 +213,7 @@ def make_ffibuilder() -> FFI:
     )
     if xdp_version is not None:
         builder.cdef(_decl("libxdp.h"))
+        builder.cdef(_decl("nk_xsk.h"))
 
     defines = "".join(
         f"#define NK_HAVE_{name} {1 if name in optional else 0}\n" for name in OPTIONAL
@@ -224,6 +227,9 @@ def make_ffibuilder() -> FFI:
     else:
         source += '#define NK_HAVE_LIBXDP 0\n#define NK_LIBXDP_BUILD_VERSION ""\n'
     source += _decl("nk_attr.h") + HELPERS
+    if xdp_version is not None:
+        # The batch ring operations and the echo/forward loop behind nkframe.xsk.
+        source += (HERE / "nk_xsk_impl.h").read_text()
 
     builder.set_source("nkframe._bpf._lib", source, libraries=libraries)
     return builder
