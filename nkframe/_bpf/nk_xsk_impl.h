@@ -165,10 +165,10 @@ static inline int nk_transient(int err)
 
 /* Ring the TX doorbell until the kernel has taken what is queued: copy mode takes a bounded
  * number of descriptors per sendto and answers EAGAIN while more remain, or while the completion
- * ring is full (drained here, into the free stack).  Stops when the ring is empty, on success,
+ * ring is full (drained here: into the free stack, or with to_fill (echo) into the fill ring).  Stops when the ring is empty, on success,
  * or when a doorbell moved nothing.  Returns 0, or -errno for an error that is not "busy, try
  * again". */
-static int nk_xsk_kick(struct nk_xsk_port *p, struct nk_xsk_loop_stats *st)
+static int nk_xsk_kick_to(struct nk_xsk_port *p, struct nk_xsk_loop_stats *st, int to_fill)
 {
     __u32 left = nk_tx_outstanding(p);
     int tries;
@@ -187,7 +187,7 @@ static int nk_xsk_kick(struct nk_xsk_port *p, struct nk_xsk_loop_stats *st)
             return -errno;
         if (errno != EAGAIN)
             break;
-        done = nk_xsk_complete(p);
+        done = to_fill ? nk_xsk_complete_to_fill(p) : nk_xsk_complete(p);
         if (st)
             st->completed += done;
         now = nk_tx_outstanding(p);
@@ -196,6 +196,11 @@ static int nk_xsk_kick(struct nk_xsk_port *p, struct nk_xsk_loop_stats *st)
         left = now;
     }
     return 0;
+}
+
+static int nk_xsk_kick(struct nk_xsk_port *p, struct nk_xsk_loop_stats *st)
+{
+    return nk_xsk_kick_to(p, st, 0);
 }
 
 /* Receive: give the frames out[0..held) still names back to the fill ring, then take up to max
@@ -345,8 +350,6 @@ static long nk_xsk_move(struct nk_xsk_port *in, struct nk_xsk_port *out, __u32 b
 
     if (in == out) {
         st->completed += nk_xsk_complete_to_fill(out);
-        if (out->free->count)  /* completions the doorbell reclaimed */
-            nk_xsk_fill(out, out->free->count);
     } else {
         st->completed += nk_xsk_complete(out);
     }
@@ -354,7 +357,7 @@ static long nk_xsk_move(struct nk_xsk_port *in, struct nk_xsk_port *out, __u32 b
     n = xsk_ring_cons__peek(in->rx, batch, &ridx);
     if (n == 0) {
         if (nk_tx_outstanding(out)) {
-            err = nk_xsk_kick(out, st);
+            err = nk_xsk_kick_to(out, st, in == out);
             if (err)
                 return err;
         }
@@ -362,7 +365,7 @@ static long nk_xsk_move(struct nk_xsk_port *in, struct nk_xsk_port *out, __u32 b
     }
     k = nk_prod_room(out->tx, n);
     if (k < n) {
-        err = nk_xsk_kick(out, st);
+        err = nk_xsk_kick_to(out, st, in == out);
         if (err)
             return err;
         st->completed += in == out ? nk_xsk_complete_to_fill(out) : nk_xsk_complete(out);
@@ -404,7 +407,7 @@ static long nk_xsk_move(struct nk_xsk_port *in, struct nk_xsk_port *out, __u32 b
     st->rx += n;
     st->tx += k;
     st->dropped += n - k;
-    err = nk_xsk_kick(out, st);
+    err = nk_xsk_kick_to(out, st, in == out);
     return err ? err : (long)n;
 }
 
@@ -432,10 +435,6 @@ static int nk_xsk_loop(struct nk_xsk_port *a, struct nk_xsk_port *b, __u32 batch
     memset(st, 0, sizeof(*st));
     if (batch == 0 || batch > NK_XSK_MAX_BATCH)
         batch = batch ? NK_XSK_MAX_BATCH : 64;
-    /* Echo and one-way forwarding never transmit from a's free frames: they are more receive
-     * buffers.  Both ways, each side keeps its free frames for the copies it transmits. */
-    if (!bidir)
-        nk_xsk_fill(a, a->free->count);
     while (!(ctl && ctl->stop)) {
         __u64 before = st->rx;
         __u32 b1 = batch;
