@@ -1,0 +1,5 @@
+import sys
+
+from .sidecar import main
+
+sys.exit(main())
