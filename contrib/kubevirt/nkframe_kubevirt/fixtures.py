@@ -10,7 +10,6 @@ interface with ``<target dev="tap0" managed="no">``; a binding with only a sidec
 from __future__ import annotations
 
 import json
-import uuid as uuidmod
 
 UID = "5f0c8d3e-2a41-4c77-9a0e-6f1b2c3d4e5f"
 
@@ -97,7 +96,7 @@ def launcher_domain(*, interfaces: str = "", name: str = "default_vmi-afxdp",
                  '\t</os>']
     lines = [f'<domain type="{"qemu" if boot else "kvm"}" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">',
              f'\t<name>{name}</name>',
-             f'\t<uuid>{uuidmod.uuid5(uuidmod.NAMESPACE_URL, name)}</uuid>',
+             f'\t<uuid>{UID}</uuid>',
              f'\t<memory unit="b">{256 * 1024 * 1024}</memory>',
              *os_el,
              '\t<sysinfo type="smbios">',
