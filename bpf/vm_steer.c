@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* The VM plugin's steering program (plugins/nkframe_vm): XDP, generic mode, on the pod side of
- * a VM endpoint's device.  The device is the VM's wire: every frame that reaches it goes to the
+/* The VM plugin's steering program (plugins/nkframe_vm): XDP, native mode, on the pod side of
+ * a VM endpoint's veth.  The device is the VM's wire: every frame that reaches it goes to the
  * AF_XDP socket QEMU bound to the queue it arrived on, through the endpoint's pinned XSKMAP
  * (QEMU's -netdev af-xdp map-path).  Nothing reaches the pod's own stack; with no socket in the
  * slot (QEMU not running) the frame is dropped and counted, so the pod's stack never answers
@@ -66,8 +66,16 @@ int vm_steer(struct xdp_md *ctx)
 		count(VM_STAT_RUNT);
 		return XDP_DROP;
 	}
-	if (!(eth->h_dest[0] & 1))
-		__builtin_memcpy(eth->h_dest, (const void *)vm_mac, ETH_ALEN);
+	if (!(eth->h_dest[0] & 1)) {
+		/* Element by element: each read of the volatile array is a load from .rodata (a
+		 * memcpy from it cast to plain const would fold to the zeros it was compiled with). */
+		eth->h_dest[0] = vm_mac[0];
+		eth->h_dest[1] = vm_mac[1];
+		eth->h_dest[2] = vm_mac[2];
+		eth->h_dest[3] = vm_mac[3];
+		eth->h_dest[4] = vm_mac[4];
+		eth->h_dest[5] = vm_mac[5];
+	}
 	verdict = bpf_redirect_map(&vm_xsks, queue, XDP_DROP);
 	count(verdict == XDP_REDIRECT ? VM_STAT_TO_SOCKET : VM_STAT_NO_SOCKET);
 	return verdict;

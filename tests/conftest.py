@@ -109,3 +109,25 @@ class Node:
 @pytest.fixture
 def node(make_netns):
     return Node(make_netns)
+
+
+QEMU_AFXDP_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "qemu_afxdp.py")
+QEMU_AFXDP_BUILD_TIMEOUT = 60 * 60
+
+
+@pytest.fixture(scope="session")
+def qemu_afxdp() -> str:
+    """The af-xdp QEMU's path: built (or found in the cache, ~/.cache/nkframe/qemu) by
+    tools/qemu_afxdp.py, never skipped: a missing build is a failure with the tool's reason."""
+    import sys
+
+    tool = os.path.normpath(QEMU_AFXDP_TOOL)
+    try:
+        r = subprocess.run([sys.executable, tool, "build"], capture_output=True, text=True,
+                           timeout=QEMU_AFXDP_BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{tool} build took over {QEMU_AFXDP_BUILD_TIMEOUT} s", pytrace=False)
+    if r.returncode != 0:
+        pytest.fail(f"the af-xdp QEMU could not be built ({tool} build, exit {r.returncode}; "
+                    f"'make qemu-afxdp' runs the same):\n{r.stderr[-3000:]}", pytrace=False)
+    return r.stdout.strip().splitlines()[-1]

@@ -25,6 +25,8 @@ from nkframe.netlink import nlsock
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.uapi import (
     ETHTOOL_GDRVINFO,
+    ETHTOOL_GTXCSUM,
+    ETHTOOL_STXCSUM,
     SIOCETHTOOL,
     CTRL_CMD_GETFAMILY,
     GENL_ID_CTRL,
@@ -523,24 +525,54 @@ _CAPABILITY_WORDS = ("not support", "virtual device", "queue management")
 _DRVINFO = struct.Struct("=I32s32s32s32s32s12s5I")  # struct ethtool_drvinfo
 
 
+def _ethtool(name: str, buf: bytearray, netns: str | None) -> None:
+    """One SIOCETHTOOL request on device ``name`` in ``netns``; the kernel answers in ``buf``."""
+    import fcntl
+    import socket
+
+    with _netns.enter(netns):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, struct.pack("16sP", name.encode(), _buf_addr(buf)))
+
+
 def device_driver(ifindex: int, netns: str | None = None) -> str:
     """The driver of a device (ethtool GDRVINFO), e.g. ``veth``, ``virtio_net``, ``netdevsim``;
     ``"ifindex N (driver unknown)"`` when the kernel does not say."""
-    import fcntl
     import socket
 
     try:
         with _netns.enter(netns):
             name = socket.if_indextoname(ifindex)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                buf = bytearray(_DRVINFO.pack(ETHTOOL_GDRVINFO, *(b"",) * 6, *(0,) * 5))
-                addr = _buf_addr(buf)
-                ifreq = struct.pack("16sP", name.encode(), addr)
-                fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+        buf = bytearray(_DRVINFO.pack(ETHTOOL_GDRVINFO, *(b"",) * 6, *(0,) * 5))
+        _ethtool(name, buf, netns)
         driver = _DRVINFO.unpack(bytes(buf))[1].split(b"\0", 1)[0].decode(errors="replace")
         return driver or f"ifindex {ifindex} (driver unknown)"
     except OSError:
         return f"ifindex {ifindex} (driver unknown)"
+
+
+_ETHTOOL_VALUE = struct.Struct("=II")  # struct ethtool_value
+
+
+def tx_checksum(name: str, netns: str | None = None) -> bool:
+    """Does device ``name`` offload TX checksums (ethtool ``tx-checksumming``)?"""
+    buf = bytearray(_ETHTOOL_VALUE.pack(ETHTOOL_GTXCSUM, 0))
+    try:
+        _ethtool(name, buf, netns)
+    except OSError as e:
+        raise KernelError(e.errno or 0, f"ethtool: read tx-checksumming of {name}") from None
+    return bool(_ETHTOOL_VALUE.unpack(bytes(buf))[1])
+
+
+def set_tx_checksum(name: str, on: bool, netns: str | None = None) -> None:
+    """Turn TX checksum offload of device ``name`` on or off.  Off, the kernel completes every
+    checksum (and segments GSO packets, which need it) before the device transmits."""
+    buf = bytearray(_ETHTOOL_VALUE.pack(ETHTOOL_STXCSUM, int(on)))
+    try:
+        _ethtool(name, buf, netns)
+    except OSError as e:
+        raise KernelError(e.errno or 0, f"ethtool: turn tx-checksumming of {name} "
+                                        f"{'on' if on else 'off'}") from None
 
 
 def device_label(ifindex: int, netns: str | None = None) -> str:

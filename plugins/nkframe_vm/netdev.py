@@ -45,7 +45,7 @@ def describe(ep: Endpoint, bpffs_root: str, *, netdev_id: str = "nk0",
     if not st.attached:
         raise InvalidSpec(f"endpoint {spec.id}: its VM steering is not in place ({st.problem}); "
                           "nkframe reconcile or re-adding the endpoint rebuilds it")
-    nd = AfXdpNetdev(spec.ifname, id=netdev_id, mode="skb", force_copy=True, queues=opts.queues,
+    nd = AfXdpNetdev(spec.ifname, id=netdev_id, mode="native", force_copy=True, queues=opts.queues,
                      start_queue=0, inhibit=True, map_path=st.xskmap).validate()
     if qemu is not None:
         check_af_xdp(qemu, nd)

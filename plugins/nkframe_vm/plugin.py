@@ -17,17 +17,23 @@ def nkframe_endpoint_validate(spec: EndpointSpec) -> None:
 
 @hookimpl
 def nkframe_device_create(ctx: EndpointContext):
-    """A VM endpoint's pair gets exactly the VM's queues on the pod side: an AF_XDP socket
-    only sees frames of the queue it is bound to, and a veth has one queue per CPU by default,
-    so frames would land on queues QEMU never opened."""
+    """A VM endpoint gets a veth pair (:data:`steer.DEVICE_REASON` says why not netkit) with
+    exactly the VM's queues on the pod side: an AF_XDP socket only sees the frames of the queue
+    it is bound to, and a veth has one queue per CPU by default."""
     opts = steer.VmOptions.from_spec(ctx.spec)
     if opts is None or ctx.spec.single:
         return None
-    kind, reason = builtin.choose_device(ctx)
-    if kind is DeviceKind.NETKIT_SINGLE:  # pragma: no cover - refused by validate
-        return None
-    return builtin.create_pair(ctx, kind, f"{reason}; {opts.queues} pod-side queue(s) for the VM",
+    return builtin.create_pair(ctx, DeviceKind.VETH,
+                               f"{steer.DEVICE_REASON}; {opts.queues} pod-side queue(s)",
                                pod_queues=opts.queues)
+
+
+@hookimpl
+def nkframe_programs_collect(ctx: EndpointContext):
+    """``vm_to_pod`` (bpf/vm_to_pod.c) on TO_POD: see :func:`steer.to_pod_program`."""
+    if not steer.is_vm(ctx.spec) or ctx.device is None or ctx.device.pod_ifname is None:
+        return None
+    return [steer.to_pod_program()]
 
 
 @hookimpl(trylast=True)

@@ -4,7 +4,7 @@ What is pinned, under ``pins.Layout.plugin_dir(endpoint, "vm")``:
 
 * ``vm_xsks``  the XSKMAP QEMU fills (``map-path``): slot *q* holds the socket of queue *q*;
 * ``vm_stats`` per-CPU counters of the steering program (:data:`STATS`);
-* ``link``     the XDP link (generic mode) of ``bpf/vm_steer.c`` on the pod-side device.
+* ``link``     the XDP link (native mode) of ``bpf/vm_steer.c`` on the pod-side device.
 
 The engine removes the directory with the endpoint; its upgrades (policy changes, plugin
 upgrades) never touch it, so a running VM keeps its sockets and its steering through them.
@@ -22,7 +22,7 @@ import attrs
 from nkframe import bpf, netns, objects, pins
 from nkframe.context import EndpointContext
 from nkframe.errors import InvalidSpec, KernelError, NetnsNotFound
-from nkframe.types import DeviceKind, EndpointSpec
+from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
 
 PLUGIN = "vm"
 OPTIONS_KEY = "vm"
@@ -31,6 +31,8 @@ PROGRAM = "vm_steer"
 XSKMAP = "vm_xsks"
 STATS_MAP = "vm_stats"
 LINK = "link"
+TO_POD_PROGRAM = "vm_to_pod"
+TO_POD_ORDER = 900  # after policy (100): it only continues
 MAX_QUEUES = 64  # NK_VM_MAX_QUEUES in bpf/vm_steer.c
 #: vm_stats slots (enum vm_stat in bpf/vm_steer.c) -> counter names in ``nkframe status``.
 STATS = ("to_socket", "no_socket", "runt")
@@ -72,9 +74,20 @@ def is_vm(spec: EndpointSpec) -> bool:
     return OPTIONS_KEY in spec.options
 
 
+#: Why a VM endpoint is a veth pair whatever the kernel offers (its DeviceInfo reason).
+DEVICE_REASON = ("VM endpoint: veth, whose native XDP sees every frame the node sends it; a "
+                 "netkit peer has only generic XDP, which the kernel skips for frames the node "
+                 "redirected to it (skb->redirected)")
+
+
 def validate(spec: EndpointSpec) -> None:
     if VmOptions.from_spec(spec) is None:
         return
+    if spec.device == DeviceKind.NETKIT.value:
+        raise InvalidSpec(
+            "option 'vm' with device 'netkit': a VM endpoint needs native XDP on its pod side, "
+            "which netkit does not have (generic XDP skips the frames the node redirects to "
+            "it); use device auto or veth")
     if spec.single:
         raise InvalidSpec(
             "option 'vm' on a netkit single device: steering a VM through leased queues is not "
@@ -84,11 +97,9 @@ def validate(spec: EndpointSpec) -> None:
 
 def placement(kind: DeviceKind | str, queues: int) -> tuple[str, str]:
     """(name, sentence) of where the VM's sockets sit, for status and ``vm-netdev``."""
-    side = {DeviceKind.NETKIT.value: "netkit peer", DeviceKind.VETH.value: "veth"}.get(
-        str(kind), str(kind))
     qs = "queue 0" if queues == 1 else f"queues 0..{queues - 1}"
     return PLACEMENT_POD_QUEUE, (
-        f"AF_XDP copy mode on {qs} of the pod-side {side}, fed by generic XDP: no leased "
+        f"AF_XDP copy mode on {qs} of the pod-side {kind}, fed by native XDP: no leased "
         "physical queue (not built for VM endpoints yet), so every frame is copied once into "
         "the socket's memory")
 
@@ -114,12 +125,29 @@ def vm_mac(spec: EndpointSpec) -> str:
     return mac
 
 
+def to_pod_program() -> ProgramSpec:
+    """A program that only continues, on TO_POD, for where it puts the packet's path: an
+    endpoint with TO_POD programs is reached through its node-side device (the uplink uses
+    ``bpf_redirect``, not ``bpf_redirect_peer``), so every packet to the VM is transmitted by
+    that device, whose TX checksum offload :func:`attach` turns off.  The kernel then
+    completes checksums and segments GSO packets before the frame reaches the VM's socket:
+    AF_XDP has no way to tell QEMU that a checksum is left to fill in, and a frame larger than
+    a UMEM chunk is dropped."""
+    return ProgramSpec(name=TO_POD_PROGRAM, object=objects.path(TO_POD_PROGRAM),
+                       program=TO_POD_PROGRAM, hook=Hook.TO_POD, order=TO_POD_ORDER,
+                       plugin=PLUGIN, shared=True)
+
+
 def attach(ctx: EndpointContext) -> None:
-    """Load the steering program for this endpoint, pin its maps, attach it (generic XDP,
-    through a link) to the pod-side device and pin the link; every step is on ``ctx.undo``."""
+    """Turn off TX checksum offload on the node side, load the steering program for this
+    endpoint, pin its maps, attach it (native XDP, through a link) to the pod-side device and
+    pin the link; every step is on ``ctx.undo`` (the device goes with a rollback)."""
+    from nkframe.netlink import netdev
+
     spec, dev = ctx.spec, ctx.device
     opts = VmOptions.from_spec(spec)
     assert opts is not None and dev is not None and dev.pod_ifname is not None
+    netdev.set_tx_checksum(dev.node_ifname, False, ctx.node_netns)
     d = pin_dir(ctx.bpffs_root, spec.id)
     d.mkdir(parents=True, exist_ok=True)
     ctx.undo.push(f"remove the VM pins of {spec.id}", lambda: pins.remove_tree(d))
@@ -132,7 +160,7 @@ def attach(ctx: EndpointContext) -> None:
         obj.maps[STATS_MAP].pin(d / STATS_MAP)
         with netns.enter(spec.netns):
             link = bpf.Link.create(obj.programs[PROGRAM].fd, dev.pod_ifindex, bpf.BPF_XDP,
-                                   flags=bpf.XDP_FLAGS_SKB_MODE)
+                                   flags=bpf.XDP_FLAGS_DRV_MODE)
         with link:
             link.pin(d / LINK)
 

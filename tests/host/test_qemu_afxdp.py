@@ -22,7 +22,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,28 +35,10 @@ from nkframe.qemu import AfXdpNetdev, check_af_xdp, inspect
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "qemu_afxdp.py"
 XSK_O = Path(nkframe.__file__).parent / "_objs" / "test_xsk.o"
 PORT = 5555
 XDP_PASS, XDP_REDIRECT = 2, 4
 MAC = "52:54:00:6b:66:01"
-BUILD_TIMEOUT = 60 * 60
-
-
-@pytest.fixture(scope="session")
-def qemu_afxdp() -> str:
-    """The built QEMU's path: built (or found in the cache) by the tool, never skipped."""
-    try:
-        r = subprocess.run([sys.executable, str(TOOL), "build"], capture_output=True, text=True,
-                           timeout=BUILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{TOOL.name} build took over {BUILD_TIMEOUT} s", pytrace=False)
-    if r.returncode != 0:
-        pytest.fail(f"the af-xdp QEMU could not be built ({TOOL.name} build, exit "
-                    f"{r.returncode}; 'make qemu-afxdp' runs the same):\n{r.stderr[-3000:]}",
-                    pytrace=False)
-    return r.stdout.strip().splitlines()[-1]
 
 
 def _frame() -> bytes:
