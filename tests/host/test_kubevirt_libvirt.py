@@ -40,7 +40,6 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
 
@@ -57,7 +56,7 @@ sys.path.insert(0, str(CONTRIB))
 sys.path.insert(0, str(REPO / "tools"))
 import vm_guest  # noqa: E402
 
-from nkframe_kubevirt import binding, fixtures, protos  # noqa: E402
+from nkframe_kubevirt import fixtures  # noqa: E402
 
 PLUGINS = "l3,policy,vm"
 SHIM = Path(nkframe.__file__).parent / "_bin" / "nkframe-cni-shim"
@@ -240,10 +239,8 @@ class Sidecar:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < end, "the sidecar did not listen in 30 s"
             time.sleep(0.05)
-        self.channel = grpc.insecure_channel(f"unix:{self.socket}")
 
     def stop(self) -> None:
-        self.channel.close()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -281,8 +278,17 @@ def guest_kernel():
     return vm.ensure_kernel("6.12")
 
 
+def client(sidecar: "Sidecar", *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """python -m nkframe_kubevirt.client (the README's commands)."""
+    r = subprocess.run([sys.executable, "-m", "nkframe_kubevirt.client", "--socket", sidecar.socket, *args],
+                       capture_output=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(CONTRIB), os.environ.get("PYTHONPATH", "")])))
+    if check:
+        assert r.returncode == 0, r.stderr.decode()
+    return r
+
+
 def test_sidecar_domain_boots_under_libvirt_on_afxdp(node, bpffs_root, qemu_afxdp, guest_kernel, tmp_path):
-    pb = protos.load()
     need("virt-xml-validate", "libvirt-clients")
     sock = str(tmp_path / "agent.sock")
     pod = node.pod("launcher")
@@ -294,6 +300,20 @@ def test_sidecar_domain_boots_under_libvirt_on_afxdp(node, bpffs_root, qemu_afxd
     serial = tmp_path / "serial.log"
     timings = {}
     try:
+        # the sidecar first: before the CNI ran there is no endpoint, and OnDefineDomain says so
+        sidecar = Sidecar(tmp_path, pod, nk_env(node, bpffs_root, sock))
+        info = json.loads(client(sidecar, "info").stdout)
+        assert "v1alpha3" in info["versions"] and {"name": "OnDefineDomain", "priority": 0} in info["hookPoints"]
+        vmi_file = tmp_path / "vmi.json"
+        vmi_file.write_bytes(fixtures.vmi(
+            [{"name": "afxdp", "binding": {"name": "nkframe-afxdp"}, "pciAddress": PCI}],
+            [{"name": "afxdp", "multus": {"networkName": "nkframe-vm", "default": True}}]))
+        dom_file = tmp_path / "domain-in.xml"
+        dom_file.write_bytes(fixtures.launcher_domain(name=dom_name))
+        r = client(sidecar, "define", "--domain", str(dom_file), "--vmi", str(vmi_file), check=False)
+        assert r.returncode == 1 and r.stdout == b""
+        assert r.stderr.decode().startswith("FAILED_PRECONDITION: no nkframe endpoint has pod device eth0"), r.stderr
+
         t0 = time.monotonic()
         rc, result = cni.run("ADD")
         assert rc == 0, result
@@ -306,21 +326,14 @@ def test_sidecar_domain_boots_under_libvirt_on_afxdp(node, bpffs_root, qemu_afxd
         g = doc["guest"]
         assert g["addresses"] == [f"{vm_ip}/32"]
 
-        sidecar = Sidecar(tmp_path, pod, nk_env(node, bpffs_root, sock))
-        info = pb.info_grpc.InfoStub(sidecar.channel).Info(pb.info.InfoParams(), timeout=10)
-        assert "v1alpha3" in info.versions and "OnDefineDomain" in [h.name for h in info.hookPoints]
-
         initrd = vm_guest.build_initramfs(guest_kernel, tmp_path / "guest")
         cmdline = vm_guest.kernel_cmdline(mac=g["mac"], ip=f"{vm_ip}/32", gw=g["gateway4"], gwmac=g["gateway_mac"],
                                           udpecho=(ECHO,))
-        domain_in = fixtures.launcher_domain(name=dom_name, boot={
+        dom_file.write_bytes(fixtures.launcher_domain(name=dom_name, boot={
             "emulator": qemu_afxdp, "kernel": str(guest_kernel.vmlinuz), "initrd": str(initrd),
-            "cmdline": cmdline, "serial": str(serial)})
-        vmi = fixtures.vmi([{"name": "afxdp", "binding": {"name": "nkframe-afxdp"}, "pciAddress": PCI}],
-                           [{"name": "afxdp", "multus": {"networkName": "nkframe-vm", "default": True}}])
+            "cmdline": cmdline, "serial": str(serial)}))
         t0 = time.monotonic()
-        domain_out = pb.v1alpha3_grpc.CallbacksStub(sidecar.channel).OnDefineDomain(
-            pb.v1alpha3.OnDefineDomainParams(domainXML=domain_in, vmi=vmi), timeout=60).domainXML
+        domain_out = client(sidecar, "define", "--domain", str(dom_file), "--vmi", str(vmi_file)).stdout
         timings["on_define_domain"] = time.monotonic() - t0
         xml_file = tmp_path / "domain.xml"
         xml_file.write_bytes(domain_out)
@@ -355,7 +368,7 @@ def test_sidecar_domain_boots_under_libvirt_on_afxdp(node, bpffs_root, qemu_afxd
         t0 = time.monotonic()
         libvirt.virsh("destroy", dom_name)
         libvirt.virsh("undefine", dom_name)
-        pb.v1alpha3_grpc.CallbacksStub(sidecar.channel).Shutdown(pb.v1alpha3.ShutdownParams(), timeout=10)
+        client(sidecar, "shutdown")
         assert sidecar.proc.wait(15) == 0 and not os.path.exists(sidecar.socket)
         rc, out = cni.run("DEL")
         assert rc == 0, out
