@@ -36,6 +36,7 @@ FEATURES = (
     "xdp_generic",
     "af_xdp",
     "queue_lease",
+    "vm_endpoint",
 )
 
 AF_XDP = 44
@@ -130,6 +131,7 @@ def _probe_all() -> Features:
         out["xdp_generic"] = _guard(lambda: _probe_xdp(scratch, native=False))
         out["af_xdp"] = _guard(_probe_af_xdp)
         out["queue_lease"] = _guard(lambda: _probe_queue_lease(scratch))
+    out["vm_endpoint"] = vm_endpoint(out["xdp_native"], out["af_xdp"])
     return Features(platform.release(), bpf.libbpf_version(), bpf.libxdp_version(), {k: out[k] for k in FEATURES})
 
 
@@ -361,6 +363,16 @@ def _probe_xdp(scratch: _Scratch, *, native: bool) -> Feature:
         links.delete_link(a, netns=scratch.name, missing_ok=True)
     mode = "native (driver) mode on veth" if native else "generic (skb) mode"
     return Feature(True, f"XDP program attached in {mode}")
+
+
+def vm_endpoint(xdp_native: Feature, af_xdp: Feature) -> Feature:
+    """Can this node have VM endpoints (the ``vm`` plugin), and in which placement?  Derived:
+    the pod side's steering needs native XDP on veth, QEMU's af-xdp netdev needs AF_XDP."""
+    for name, f in (("xdp_native", xdp_native), ("af_xdp", af_xdp)):
+        if not f.supported:
+            return Feature(False, f"needs {name}: {f.reason}")
+    return Feature(True, "placement pod-queue-copy: AF_XDP copy mode on the pod-side veth's "
+                         "queues, native XDP (leased NIC queues on netkit single: not built)")
 
 
 def _probe_af_xdp() -> Feature:

@@ -23,6 +23,7 @@ def nkframe_device_create(ctx: EndpointContext):
     opts = steer.VmOptions.from_spec(ctx.spec)
     if opts is None or ctx.spec.single:
         return None
+    ctx.features.require("vm_endpoint")
     return builtin.create_pair(ctx, DeviceKind.VETH,
                                f"{steer.DEVICE_REASON}; {opts.queues} pod-side queue(s)",
                                pod_queues=opts.queues)
