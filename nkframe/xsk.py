@@ -37,6 +37,8 @@ Python never touches a ring descriptor by itself: every ring operation is one ca
   fill ring, and returns :class:`XskLoopStats`.  Echo is zero-copy (the received descriptor is
   the one transmitted, MACs swapped in place if asked); forwarding to another socket copies each
   frame once into the other UMEM (one socket per UMEM in this version).
+
+docs/xsk.md has the whole picture with examples.
 """
 
 from __future__ import annotations

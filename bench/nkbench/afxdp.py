@@ -8,9 +8,16 @@ with the same sender and receiver device.
 * receiver (kernel only): an XDP program on the receiving end that counts and drops.
   ``afxdp.kernel`` is that counter's rate: the most this pair moves with this sender.
 * ``afxdp.rx.python``: the receiver's program redirects every frame to an AF_XDP socket and a
-  Python loop (``XskSocket.recv``) counts what it gets; same sender.
+  Python loop receives batches of descriptors (``XskSocket.recv_into``, 64 per call: frames stay
+  in the UMEM, the next call recycles them) and counts them; same sender.
+  ``afxdp.rx.offered`` is what the redirecting program saw meanwhile.
 * ``afxdp.tx.python``: a Python loop sends through an AF_XDP socket on the sending end
-  (``XskSocket.send``); the receiving end's count-and-drop program counts what arrived.
+  (``XskSocket.send``, a list of 64 frames per call, copied into the UMEM in one C call); the
+  receiving end's count-and-drop program counts what arrived.
+* ``afxdp.echo.python``: the receiver's socket runs ``XskSocket.echo`` (the C loop: each
+  received descriptor goes straight back out of the same socket, MACs swapped, no copy and no
+  Python per frame) while the sender sends as for ``afxdp.kernel``; a second instance of the
+  count-and-drop program, attached to the *sending* end, counts the frames that come back.
 
 Rates are frames per second over a window after one second of warm-up; the figure is the median
 of ROUNDS windows, rounds interleaved.
@@ -26,6 +33,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +102,96 @@ def sender_main(obj: str, ifname: str, frame_hex: str, seconds: float) -> int:
     return 0
 
 
+# Two CPUs or more: the sender (and the receiving device's softirq work it raises) on CPU 0, the
+# Python side (its loop and the softirq work its sends raise) on CPU 1, the way the throughput
+# section pins iperf3; unpinned, the scheduler's placement moved single rounds by 2x.
+PIN = (os.cpu_count() or 1) >= 2
+SENDER_CPU, PYTHON_CPU = 0, 1
+
+
+class _pinned:
+    """Run the calling thread on ``cpu`` inside the block (Linux: affinity is per thread)."""
+
+    def __init__(self, cpu: int):
+        self.cpu = cpu
+        self.saved = None
+
+    def __enter__(self) -> None:
+        if PIN:
+            self.saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {self.cpu})
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            os.sched_setaffinity(0, self.saved)
+
+
+SOL_PACKET, PACKET_QDISC_BYPASS = 263, 20  # bits/socket.h, linux/if_packet.h
+MMSG_BATCH = 1024
+
+
+def sender_packet_main(ifname: str, frame_hex: str, seconds: float) -> int:
+    """The fallback sender, for where live-frames test runs are refused: an AF_PACKET socket
+    that bypasses the qdisc, ``MMSG_BATCH`` copies of the frame per ``sendmmsg``.  The kernel
+    does all per-frame work; Python makes one call per batch."""
+    import ctypes
+
+    data = bytes.fromhex(frame_hex)
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    class msghdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                    ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                    ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]
+
+    class mmsghdr(ctypes.Structure):
+        _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    msgs = (mmsghdr * MMSG_BATCH)()
+    for m in msgs:
+        m.hdr.iov = ctypes.pointer(iov)
+        m.hdr.iovlen = 1
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+    s.bind((ifname, 0))
+    s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    sendmmsg, fd = libc.sendmmsg, s.fileno()
+    sent, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        n = sendmmsg(fd, msgs, MMSG_BATCH, 0)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.ENOBUFS, errno.EAGAIN):
+                continue
+            print(json.dumps({"error": os.strerror(err)}), flush=True)
+            return 1
+        sent += n
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}), flush=True)
+    return 0
+
+
+def live_frames_allowed(obj: str) -> str | None:
+    """None if a live-frames test run works here, else why not (the kernel's error)."""
+    from nkframe import bpf
+    from nkframe._bpf import ffi, lib
+
+    data = bytes(60)
+    with bpf.BpfObject.open(obj) as o:
+        o.load()
+        buf = ffi.from_buffer(data)
+        opts = ffi.new("struct bpf_test_run_opts *")
+        opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+        opts.data_in, opts.data_size_in = buf, len(data)
+        opts.repeat, opts.flags = 1, BPF_F_TEST_XDP_LIVE_FRAMES
+        ret = lib.bpf_prog_test_run_opts(o.programs["xdp_count_drop"].fd, opts)  # drops: sends nothing
+    return None if ret == 0 else f"{os.strerror(-ret)} ({errno.errorcode.get(-ret, -ret)})"
+
+
 class Rig:
     def __init__(self, scope: Scope):
         from nkframe import bpf, netns
@@ -110,8 +208,15 @@ class Rig:
         self.ifindex_b = links.get_link("eth0", netns=self.b).ifindex
         self.ifindex_a = links.get_link("eth0", netns=self.a).ifindex
         self.frame = frame(_mac(self.b, "eth0"), _mac(self.a, "eth0"))
+        # A second instance of the object (maps of its own) counts what comes back to the
+        # sending end in the echo case.
+        self.back = bpf.BpfObject.open(self.obj_path)
+        self.back.load()
+        scope.defer("xdp object (sender side)", self.back.close)
         self.netns = netns
         self.bpf = bpf
+        self.live_refused = live_frames_allowed(self.obj_path)
+        self.sender = "live-frames" if self.live_refused is None else "af_packet"
 
     def receiver(self, prog: str) -> None:
         with self.netns.enter(self.b):
@@ -128,10 +233,33 @@ class Rig:
     def count(self) -> int:
         return sum(struct.unpack("=Q", v)[0] for v in self.counter.lookup_percpu(b"\0\0\0\0"))
 
+    def count_back(self) -> int:
+        m = self.back.maps["frames"]
+        return sum(struct.unpack("=Q", v)[0] for v in m.lookup_percpu(b"\0\0\0\0"))
+
+    def sender_side_counter(self) -> None:
+        with self.netns.enter(self.a):
+            self.bpf.xdp_attach(self.ifindex_a, self.back.programs["xdp_count_drop"].fd)
+        self.scope.defer("xdp on sender", self.detach_sender_side)
+
+    def detach_sender_side(self) -> None:
+        with self.netns.enter(self.a):
+            try:
+                self.bpf.xdp_detach(self.ifindex_a)
+            except Exception:  # noqa: BLE001 - the namespace may be gone already
+                pass
+
     def start_sender(self, seconds: float) -> subprocess.Popen:
-        code = ("import sys; sys.path.insert(0, %r); from nkbench.afxdp import sender_main; "
-                "sys.exit(sender_main(*sys.argv[1:3], sys.argv[3], float(sys.argv[4])))") % str(HERE.parent)
-        return self.scope.popen(in_netns(self.a, sys.executable, "-c", code, self.obj_path, "eth0", self.frame.hex(), str(seconds)),
+        if self.sender == "live-frames":
+            code = ("import sys; sys.path.insert(0, %r); from nkbench.afxdp import sender_main; "
+                    "sys.exit(sender_main(*sys.argv[1:3], sys.argv[3], float(sys.argv[4])))") % str(HERE.parent)
+            args = [self.obj_path, "eth0", self.frame.hex(), str(seconds)]
+        else:
+            code = ("import sys; sys.path.insert(0, %r); from nkbench.afxdp import sender_packet_main; "
+                    "sys.exit(sender_packet_main(sys.argv[1], sys.argv[2], float(sys.argv[3])))") % str(HERE.parent)
+            args = ["eth0", self.frame.hex(), str(seconds)]
+        pin = ("taskset", "-c", str(SENDER_CPU)) if PIN else ()
+        return self.scope.popen(in_netns(self.a, *pin, sys.executable, "-c", code, *args),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def kernel_rate(self) -> float:
@@ -150,66 +278,126 @@ class Rig:
             raise RuntimeError(f"live-frames sender failed: {out.strip()} {err.strip()[-500:]}")
         return (c1 - c0) / (t1 - t0)
 
+    def socket(self, ns: str):
+        """A UMEM of 4096 frames and a copy-mode socket on queue 0 of eth0 in ``ns``.  The kernel
+        unbinds a closed socket from its queue a moment later (the XSKMAP held it): until
+        then a new bind answers EBUSY, so that is retried for a while."""
+        from nkframe import xsk
+        from nkframe.errors import KernelError
+
+        end = time.monotonic() + 5
+        while True:
+            # Both inside the namespace: the UMEM's socket is the first XSK, bound by ifindex
+            # in the namespace it was created in.
+            with self.netns.enter(ns):
+                umem = xsk.XskUmem(4096)
+                try:
+                    return umem, xsk.XskSocket("eth0", 0, umem, bind_flags=xsk.XDP_COPY)
+                except KernelError as e:
+                    umem.close()
+                    if e.errno != errno.EBUSY or time.monotonic() > end:
+                        raise
+            time.sleep(0.05)
+
     def python_rx(self) -> tuple[float, float]:
         """Live-frames sender -> XSK -> Python: (frames/s received by Python, frames/s the XDP
         program saw)."""
         from nkframe import xsk
 
-        with self.netns.enter(self.b):
-            umem = xsk.XskUmem(4096)
-            sock = xsk.XskSocket("eth0", 0, umem, bind_flags=xsk.XDP_COPY)
+        umem, sock = self.socket(self.b)
+        descs = sock.descs(64)
         try:
             sock.update_xskmap(self.xsks.fd)
             self.receiver("xdp_count_xsk")
             p = self.start_sender(WINDOW + 2)
             try:
-                end = time.monotonic() + 1.0
-                while time.monotonic() < end:
-                    sock.recv(64)
-                got, c0, t0 = 0, self.count(), time.monotonic()
-                end = t0 + WINDOW
-                while time.monotonic() < end:
-                    got += len(sock.recv(64))
-                t1, c1 = time.monotonic(), self.count()
+                recv_into = sock.recv_into
+                with _pinned(PYTHON_CPU):
+                    end = time.monotonic() + 1.0
+                    while time.monotonic() < end:
+                        recv_into(descs, timeout=0.01)
+                    got, c0, t0 = 0, self.count(), time.monotonic()
+                    end = t0 + WINDOW
+                    while time.monotonic() < end:
+                        got += recv_into(descs, timeout=0.01)  # waits in poll() only when empty
+                    t1, c1 = time.monotonic(), self.count()
             finally:
                 p.communicate(timeout=30)
                 self.detach()
             return got / (t1 - t0), (c1 - c0) / (t1 - t0)
         finally:
+            self.xsks.delete(b"\0\0\0\0")
+            sock.recycle(descs)
             sock.close()
             umem.close()
-            self.xsks.delete(b"\0\0\0\0")
 
     def python_tx(self) -> float:
         """Python -> XSK on the sending end -> count-and-drop: frames/s arriving."""
         from nkframe import xsk
-        from nkframe.errors import KernelError
 
         self.receiver("xdp_count_drop")
-        with self.netns.enter(self.a):
-            umem = xsk.XskUmem(4096)
-            sock = xsk.XskSocket("eth0", 0, umem, bind_flags=xsk.XDP_COPY)
+        umem, sock = self.socket(self.a)
         batch = [self.frame] * 64
         try:
             def pump(seconds: float) -> None:
+                send = sock.send
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
-                    try:
-                        sock.send(batch)
-                    except KernelError as e:
-                        if e.errno != errno.ENOBUFS:
-                            raise
-                        sock.complete()
+                    send(batch)
 
-            pump(1.0)
-            c0, t0 = self.count(), time.monotonic()
-            pump(WINDOW)
-            c1, t1 = self.count(), time.monotonic()
+            with _pinned(PYTHON_CPU):
+                pump(1.0)
+                c0, t0 = self.count(), time.monotonic()
+                pump(WINDOW)
+                c1, t1 = self.count(), time.monotonic()
             return (c1 - c0) / (t1 - t0)
         finally:
             sock.close()
             umem.close()
             self.detach()
+
+    def python_echo(self) -> tuple[float, object]:
+        """Live-frames sender -> XSK -> ``XskSocket.echo`` -> back to the sending end, counted
+        there: (frames/s echoed back, the loop's own counts)."""
+        from nkframe import xsk
+
+        umem, sock = self.socket(self.b)
+        result: dict = {}
+        echo: threading.Thread | None = None
+
+        def loop() -> None:
+            try:
+                with _pinned(PYTHON_CPU):
+                    result["stats"] = sock.echo(duration=WINDOW + 3, swap_macs=True)
+            except BaseException as e:  # noqa: BLE001 - reported by the caller
+                result["error"] = e
+
+        try:
+            sock.update_xskmap(self.xsks.fd)
+            self.receiver("xdp_count_xsk")
+            self.sender_side_counter()
+            echo = threading.Thread(target=loop, name="xsk-echo", daemon=True)
+            echo.start()
+            p = self.start_sender(WINDOW + 2)
+            try:
+                time.sleep(1.0)
+                c0, t0 = self.count_back(), time.monotonic()
+                time.sleep(WINDOW)
+                c1, t1 = self.count_back(), time.monotonic()
+            finally:
+                p.communicate(timeout=30)
+                sock.stop()
+                echo.join(timeout=30)
+                self.detach()
+                self.detach_sender_side()
+            if "error" in result:
+                raise result["error"]
+            return (c1 - c0) / (t1 - t0), result.get("stats")
+        finally:
+            self.xsks.delete(b"\0\0\0\0")
+            if echo is None or not echo.is_alive():
+                sock.close()
+                umem.close()
 
 
 def run(rec: Recorder, scope: Scope, *, quick: bool = False) -> None:
@@ -228,15 +416,26 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False) -> None:
         WINDOW = 0.5
     rec.log(f"AF_XDP: {rounds} rounds of {WINDOW} s windows, 64-byte frames, veth copy mode")
     rig = Rig(scope)
-    k, rx, seen, tx = [], [], [], []
+    if rig.live_refused:
+        rec.skip("afxdp live-frames sender",
+                 f"BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES was refused here: {rig.live_refused}; "
+                 f"every AF_XDP figure of this run used the fallback sender (AF_PACKET, PACKET_QDISC_BYPASS, "
+                 f"{MMSG_BATCH} frames per sendmmsg)")
+    rec.log(f"AF_XDP sender: {rig.sender}")
+    k, rx, seen, tx, echo = [], [], [], [], []
     for r in range(rounds):
         k.append(rig.kernel_rate() / 1e6)
         got, offered = rig.python_rx()
         rx.append(got / 1e6)
         seen.append(offered / 1e6)
         tx.append(rig.python_tx() / 1e6)
-        rec.log(f"round {r + 1}: kernel {k[-1]:.2f} Mpps, Python rx {rx[-1]:.3f} Mpps (XDP saw {seen[-1]:.2f}), Python tx {tx[-1]:.3f} Mpps")
+        back, st = rig.python_echo()
+        echo.append(back / 1e6)
+        rec.log(f"round {r + 1}: kernel {k[-1]:.2f} Mpps, Python rx {rx[-1]:.3f} Mpps (XDP saw {seen[-1]:.2f}), "
+                f"Python tx {tx[-1]:.3f} Mpps, echo {echo[-1]:.3f} Mpps back at the sender "
+                f"(loop: {st.rx} in, {st.tx} out, {st.dropped} dropped, {st.kicks} kicks in {st.seconds:.1f} s)")
     base = rec.add("afxdp.kernel", Stat.of(k), "Mpps", better="higher")
     rec.add("afxdp.rx.python", Stat.of(rx), "Mpps", baseline=base, better="higher")
     rec.add("afxdp.rx.offered", Stat.of(seen), "Mpps", baseline=base, better="higher")
     rec.add("afxdp.tx.python", Stat.of(tx), "Mpps", baseline=base, better="higher")
+    rec.add("afxdp.echo.python", Stat.of(echo), "Mpps", baseline=base, better="higher")
