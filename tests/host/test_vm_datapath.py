@@ -45,47 +45,54 @@ def routed(node):
     return node
 
 
+@pytest.fixture
+def served(routed, bpffs_root):
+    """(node, engine with the uplink set up, a pod namespace); every endpoint goes at the end."""
+    eng = _engine(routed, bpffs_root)
+    eng.setup_uplink()
+    try:
+        yield routed, eng, routed.pod()
+    finally:
+        for eid in eng.layout.endpoint_ids():
+            eng.remove_endpoint(eid)
+        eng.teardown_uplink()
+
+
 def _xdp_prog(pod: str, ifname: str = "eth0") -> int:
     with netns.enter(pod):
         return bpf.xdp_query(socket.if_nametoindex(ifname), bpf.XDP_FLAGS_DRV_MODE)
 
 
-def test_vm_endpoint_steers_everything_to_its_xskmap_and_leaves_nothing(routed, bpffs_root):
-    node = routed
-    eng = _engine(node, bpffs_root)
-    eng.setup_uplink()
-    pod = node.pod()
-    try:
-        ep = eng.add_endpoint(_spec(pod))
-        d = steer.pin_dir(bpffs_root, "vm-a")
-        assert sorted(p.name for p in d.iterdir()) == ["link", "vm_stats", "vm_xsks"]
-        st = steer.read_steering(bpffs_root, ep.spec)
-        assert st.attached and st.queues == 1, st
-        # The link's program is the one the kernel runs on the pod side, in native mode, on a
-        # veth whatever the kernel offers (netkit has no native XDP).
-        assert _xdp_prog(pod) == st.prog_id
-        assert ep.device_kind.value == "veth"
-        assert "native XDP" in ep.reasons.get("device", "")
-        # One queue on the pod side (a veth has one per CPU otherwise).
-        assert links.get_link("eth0", netns=pod).num_rx_queues == 1
-        with bpf.Map.from_pin(d / "vm_xsks") as m:
-            assert m.max_entries == 1
-        # No socket yet: frames for the VM are dropped and counted, the pod's own stack (which
-        # holds the address) never answers for the VM.
-        before = steer.vm_counters(bpffs_root, "vm-a")
-        r = node.run(node.outside, "ping", "-c", "3", "-i", "0.2", "-W", "1", VM4, check=False)
-        assert r.returncode != 0, r.stdout
-        after = steer.vm_counters(bpffs_root, "vm-a")
-        assert after["no_socket"] - before["no_socket"] >= 3, (before, after)
-        assert after["to_socket"] == 0
-        # status shows the plugin's counters under its name
-        from nkframe import status
-        counters = status.gather(eng).endpoints[0]
-        assert "no_socket" in json.dumps(counters.as_dict() if hasattr(counters, "as_dict") else str(counters))
-    finally:
-        for eid in eng.layout.endpoint_ids():
-            eng.remove_endpoint(eid)
-        eng.teardown_uplink()
+def test_vm_endpoint_steers_everything_to_its_xskmap_and_leaves_nothing(served, bpffs_root):
+    node, eng, pod = served
+    ep = eng.add_endpoint(_spec(pod))
+    d = steer.pin_dir(bpffs_root, "vm-a")
+    assert sorted(p.name for p in d.iterdir()) == ["link", "vm_stats", "vm_xsks"]
+    st = steer.read_steering(bpffs_root, ep.spec)
+    assert st.attached and st.queues == 1, st
+    # The link's program is the one the kernel runs on the pod side, in native mode, on a
+    # veth whatever the kernel offers (netkit has no native XDP).
+    assert _xdp_prog(pod) == st.prog_id
+    assert ep.device_kind.value == "veth"
+    assert "native XDP" in ep.reasons.get("device", "")
+    # One queue on the pod side (a veth has one per CPU otherwise).
+    assert links.get_link("eth0", netns=pod).num_rx_queues == 1
+    with bpf.Map.from_pin(d / "vm_xsks") as m:
+        assert m.max_entries == 1
+    # No socket yet: frames for the VM are dropped and counted, the pod's own stack (which
+    # holds the address) never answers for the VM.
+    before = steer.vm_counters(bpffs_root, "vm-a")
+    r = node.run(node.outside, "ping", "-c", "3", "-i", "0.2", "-W", "1", VM4, check=False)
+    assert r.returncode != 0, r.stdout
+    after = steer.vm_counters(bpffs_root, "vm-a")
+    assert after["no_socket"] - before["no_socket"] >= 3, (before, after)
+    assert after["to_socket"] == 0
+    # status shows the plugin's counters under its name (the module's here: registered as an
+    # object, not through its entry point)
+    from nkframe import status
+    counters = status.gather(eng).endpoints[0].counters
+    assert counters[nkframe_vm.__name__]["no_socket"] >= 3, counters
+    eng.remove_endpoint("vm-a")
     assert not steer.pin_dir(bpffs_root, "vm-a").exists()
     assert not links.link_exists("eth0", netns=pod)
 
@@ -121,7 +128,7 @@ def test_vm_on_netkit_is_refused_with_the_reason(node, bpffs_root, device, messa
     assert eng.layout.endpoint_ids() == []
 
 
-def test_a_socket_in_the_slot_gets_the_vms_frames_and_sends_for_it(routed, bpffs_root):
+def test_a_socket_in_the_slot_gets_the_vms_frames_and_sends_for_it(served, bpffs_root):
     """What QEMU does, done by nkframe.xsk: bind a copy-mode socket to the pod side's queue 0
     and put it into the pinned XSKMAP.  Frames routed to the VM's address arrive there with the
     VM's MAC as destination (and nothing reaches the pod's stack: no ping reply); a frame sent
@@ -130,49 +137,41 @@ def test_a_socket_in_the_slot_gets_the_vms_frames_and_sends_for_it(routed, bpffs
 
     if not xsk.available():
         pytest.fail("nkframe was built without libxdp (make setup installs libxdp-dev)")
-    node = routed
-    eng = _engine(node, bpffs_root)
-    eng.setup_uplink()
-    pod = node.pod()
+    node, eng, pod = served
+    ep = eng.add_endpoint(_spec(pod))
+    mac = links.get_link("eth0", netns=pod).address
+    with netns.enter(pod):
+        umem = xsk.XskUmem(256)
+        sock = xsk.XskSocket("eth0", 0, umem, bind_flags=xsk.XDP_COPY)
     try:
-        ep = eng.add_endpoint(_spec(pod))
-        mac = links.get_link("eth0", netns=pod).address
-        with netns.enter(pod):
-            umem = xsk.XskUmem(256)
-            sock = xsk.XskSocket("eth0", 0, umem, bind_flags=xsk.XDP_COPY)
+        with bpf.Map.from_pin(steer.pin_dir(bpffs_root, "vm-a") / "vm_xsks") as m:
+            sock.update_xskmap(m.fd)
+        r = node.run(node.outside, "ping", "-c", "3", "-i", "0.2", "-W", "1", VM4, check=False)
+        assert r.returncode != 0  # nobody answers: the frames went to our socket
+        got = []
+        for _ in range(20):
+            got += sock.recv(64, timeout=0.1)
+        echo = [f for f in got if f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == 8]
+        assert len(echo) == 3, [f[:40].hex() for f in got]
+        want = bytes.fromhex(mac.replace(":", ""))
+        assert all(f[:6] == want for f in echo)
+        # and back: a frame through the socket comes out of the node-side device
+        with netns.enter(node.netns):
+            cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
         try:
-            with bpf.Map.from_pin(steer.pin_dir(bpffs_root, "vm-a") / "vm_xsks") as m:
-                sock.update_xskmap(m.fd)
-            r = node.run(node.outside, "ping", "-c", "3", "-i", "0.2", "-W", "1", VM4, check=False)
-            assert r.returncode != 0  # nobody answers: the frames went to our socket
-            got = []
-            for _ in range(20):
-                got += sock.recv(64, timeout=0.1)
-            echo = [f for f in got if f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == 8]
-            assert len(echo) == 3, [f[:40].hex() for f in got]
-            want = bytes.fromhex(mac.replace(":", ""))
-            assert all(f[:6] == want for f in echo)
-            # and back: a frame through the socket comes out of the node-side device
-            with netns.enter(node.netns):
-                cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
-            try:
-                cap.bind((ep.spec.node_ifname, 0))
-                cap.settimeout(2)
-                frame = b"\xff" * 6 + want + b"\x88\xb5" + b"vm says hello".ljust(50, b".")
-                assert sock.send([frame]) == 1
-                sock.kick()
-                assert cap.recv(2048)[:len(frame)] == frame
-            finally:
-                cap.close()
+            cap.bind((ep.spec.node_ifname, 0))
+            cap.settimeout(2)
+            frame = b"\xff" * 6 + want + b"\x88\xb5" + b"vm says hello".ljust(50, b".")
+            assert sock.send([frame]) == 1
+            sock.kick()
+            assert cap.recv(2048)[:len(frame)] == frame
         finally:
-            sock.close()
-            umem.close()
-        c = steer.vm_counters(bpffs_root, "vm-a")
-        assert c["to_socket"] >= 3, c
+            cap.close()
     finally:
-        for eid in eng.layout.endpoint_ids():
-            eng.remove_endpoint(eid)
-        eng.teardown_uplink()
+        sock.close()
+        umem.close()
+    c = steer.vm_counters(bpffs_root, "vm-a")
+    assert c["to_socket"] >= 3, c
 
 
 def test_two_queues_give_two_pod_queues_and_slots(node, bpffs_root):
