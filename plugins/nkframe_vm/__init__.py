@@ -4,7 +4,8 @@ An endpoint with ``options={"vm": {...}}`` is a VM's wire: its pod-side device (
 netkit peer, with exactly the queues the VM uses) carries an XDP program that hands every frame
 to the AF_XDP socket QEMU bound to that queue, through an XSKMAP pinned for the endpoint.
 QEMU's ``-netdev af-xdp,...,inhibit=on,map-path=<pin>`` puts its sockets there itself, so it
-needs no privilege to load programs, and the dataplane can be upgraded under a running VM.
+loads no BPF program (it still needs CAP_NET_RAW, and CAP_BPF to open the pin where unprivileged
+BPF is off), and the dataplane can be upgraded under a running VM.
 ``nkframe vm-netdev ENDPOINT`` prints those arguments.
 
 Everything else an endpoint gets comes from the datapath plugins as for a pod (``mode: l3``
