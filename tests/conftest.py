@@ -131,3 +131,15 @@ def qemu_afxdp() -> str:
         pytest.fail(f"the af-xdp QEMU could not be built ({tool} build, exit {r.returncode}; "
                     f"'make qemu-afxdp' runs the same):\n{r.stderr[-3000:]}", pytrace=False)
     return r.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def guest_kernel():
+    """The Debian 6.12 kernel the QEMU guests of tools/vm_guest.py boot (downloaded once into
+    ~/.cache/nkframe/kernels)."""
+    import sys
+
+    sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(QEMU_AFXDP_TOOL))))
+    import vm_guest
+
+    return vm_guest.guest_kernel("6.12")

@@ -602,6 +602,36 @@ def log_tail(serial_log: Path, lines: int = 40) -> str:
     return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or f"({serial_log} is empty)"
 
 
+def udp_echo(netns_name: str, dst: str, port: int, payloads: Sequence[bytes], *, sport: int = 0,
+             timeout: float = 3.0) -> list[bytes]:
+    """Send each payload from network namespace ``netns_name`` to ``dst:port`` (IPv4 UDP) and
+    return those that came back unchanged, in order; each waits ``timeout`` seconds for its own
+    echo (late echoes of earlier payloads are skipped)."""
+    import socket
+
+    from nkframe import netns
+
+    with netns.enter(netns_name):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("0.0.0.0", sport))
+        s.settimeout(timeout)
+        got = []
+        for p in payloads:
+            s.sendto(p, (dst, port))
+            try:
+                while True:
+                    data, _ = s.recvfrom(65536)
+                    if data == p:
+                        got.append(data)
+                        break
+            except socket.timeout:
+                pass
+        return got
+    finally:
+        s.close()
+
+
 def wait_for(serial_log: Path, pattern: str | re.Pattern[str], timeout: float, *,
              proc: subprocess.Popen | None = None,
              fail_pattern: str | re.Pattern[str] | None = r"NKGUEST ERROR|Kernel panic") -> str:

@@ -101,35 +101,6 @@ class Agent:
                 self.kill()
 
 
-def _udp(ns: str, dst: str, port: int, payloads: list[bytes], *, sport: int = 0,
-         timeout: float = 1.0) -> list[bytes]:
-    """Send each payload from ``ns`` and collect the replies (one receive window each)."""
-    with netns.enter(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind(("0.0.0.0", sport))
-        s.settimeout(timeout)
-        got = []
-        for p in payloads:
-            s.sendto(p, (dst, port))
-            try:
-                while True:
-                    data, _ = s.recvfrom(2048)
-                    if data == p:
-                        got.append(data)
-                        break
-            except socket.timeout:
-                pass
-        return got
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def guest_kernel():
-    return vm_guest.guest_kernel("6.12")
-
-
 def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, guest_kernel,
                                                 tmp_path):
     links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
@@ -177,16 +148,16 @@ def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, gu
         assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
         # UDP echo (the guest's echo server, not the pod's stack: it has none)
         payloads = [f"echo {i}".encode() for i in range(5)]
-        assert _udp(node.outside, VM4, ECHO, payloads, timeout=10) == payloads
+        assert vm_guest.udp_echo(node.outside, VM4, ECHO, payloads, timeout=10) == payloads
 
         # ingress deny: never reaches the socket
         before = steer.vm_counters(bpffs_root, "vm-g")
-        assert _udp(node.outside, VM4, DENIED_IN, [b"denied"] * 3, timeout=2) == []
+        assert vm_guest.udp_echo(node.outside, VM4, DENIED_IN, [b"denied"] * 3, timeout=2) == []
         after = steer.vm_counters(bpffs_root, "vm-g")
         assert after["to_socket"] == before["to_socket"], (before, after)
         # egress deny: the request reaches the guest, its reply does not leave the node
         before = after
-        assert _udp(node.outside, VM4, ECHO, [b"no way back"] * 3, sport=EGRESS_DENIED_SPORT,
+        assert vm_guest.udp_echo(node.outside, VM4, ECHO, [b"no way back"] * 3, sport=EGRESS_DENIED_SPORT,
                     timeout=2) == []
         after = steer.vm_counters(bpffs_root, "vm-g")
         assert after["to_socket"] - before["to_socket"] >= 3, (before, after)
