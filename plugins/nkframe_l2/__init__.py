@@ -19,31 +19,19 @@ program; see :mod:`nkframe_l3`), plus:
 
 from __future__ import annotations
 
-from nkframe.context import EndpointContext, UplinkContext
-from nkframe.hookspecs import hookimpl
-from nkframe.types import DeviceMode, EndpointSpec
+from nkframe.context import EndpointContext
+from nkframe.types import DeviceMode
 
 from nkframe_fwd import datapath, layout
+from nkframe_fwd.hooks import ForwardingHooks
 
 PLUGIN = "l2"
 PROGRAM = "l2_fwd"
 
 
-def _mine(spec: EndpointSpec) -> bool:
-    return datapath.applies(spec, DeviceMode.L2)
-
-
-@hookimpl
-def nkframe_endpoint_validate(spec: EndpointSpec) -> None:
-    if _mine(spec):
-        datapath.validate(spec)
-        datapath.l2_macs(spec)
-
-
-@hookimpl
-def nkframe_programs_collect(ctx: EndpointContext):
-    if not _mine(ctx.spec) or ctx.device is None or ctx.device.pod_ifname is None:
-        return None
+def _program_globals(ctx: EndpointContext) -> dict[str, bytes]:
+    """What l2_fwd needs per endpoint: the node-side MAC it answers the gateway with, and the
+    gateway addresses."""
     opts = datapath.Options.from_spec(ctx.spec)
     _pod_mac, node_mac = datapath.l2_macs(ctx.spec)
     extra = {
@@ -51,35 +39,10 @@ def nkframe_programs_collect(ctx: EndpointContext):
         "GW4": opts.gateway4.packed,  # network order, as the program compares it
         "GW6": opts.gateway6.packed,
     }
-    return [datapath.endpoint_program(ctx, name=PROGRAM, obj="l2", program="l2_from_pod", plugin=PLUGIN, extra_globals=extra)]
+    return extra
 
 
-@hookimpl(wrapper=True)
-def nkframe_uplink_programs(ctx: UplinkContext):
-    results = yield
-    return datapath.add_uplink_program(results)
-
-
-@hookimpl
-def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
-    if _mine(ctx.spec) and ctx.device is not None and ctx.device.pod_ifname is not None:
-        datapath.configure(ctx, l2=True)
-
-
-@hookimpl
-def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
-    if _mine(ctx.spec):
-        datapath.unconfigure(ctx)
-
-
-@hookimpl
-def nkframe_datapath_program(mode: str):
-    """This plugin forwards L2 endpoints with :data:`PROGRAM`."""
-    return PROGRAM if mode == "l2" else None
-
-
-@hookimpl
-def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
-    """The shared datapath switched forwarding on for L2 endpoints too: put it back (a second
-    call, from the L3 plugin, finds nothing left to do)."""
-    datapath.restore_forwarding(node_netns, bpffs_root)
+HOOKS = ForwardingHooks(mode=DeviceMode.L2, plugin=PLUGIN, program=PROGRAM, obj="l2",
+                        function="l2_from_pod", program_globals=_program_globals,
+                        validate=datapath.l2_macs)
+HOOKS.export(globals())

@@ -29,11 +29,8 @@ Counters per endpoint (``nk_dp_stats``, see :class:`Stat`): :func:`endpoint_stat
 
 from __future__ import annotations
 
-from nkframe.context import EndpointContext, UplinkContext
-from nkframe.hookspecs import hookimpl
-from nkframe.types import DeviceMode, EndpointSpec
+from nkframe.types import DeviceMode
 
-from nkframe_fwd import datapath
 from nkframe_fwd.datapath import (
     Options,
     derived_mac,
@@ -41,6 +38,7 @@ from nkframe_fwd.datapath import (
     endpoint_stats,
     uplink_stats,
 )
+from nkframe_fwd.hooks import ForwardingHooks
 from nkframe_fwd.layout import EndpointEntry, Stat
 
 __all__ = [
@@ -56,49 +54,6 @@ __all__ = [
 PLUGIN = "l3"
 PROGRAM = "l3_fwd"
 
-
-def _mine(spec: EndpointSpec) -> bool:
-    return datapath.applies(spec, DeviceMode.L3)
-
-
-@hookimpl
-def nkframe_endpoint_validate(spec: EndpointSpec) -> None:
-    if _mine(spec):
-        datapath.validate(spec)
-
-
-@hookimpl
-def nkframe_programs_collect(ctx: EndpointContext):
-    if not _mine(ctx.spec) or ctx.device is None or ctx.device.pod_ifname is None:
-        return None
-    return [datapath.endpoint_program(ctx, name=PROGRAM, obj="l3", program="l3_from_pod", plugin=PLUGIN)]
-
-
-@hookimpl(wrapper=True)
-def nkframe_uplink_programs(ctx: UplinkContext):
-    results = yield
-    return datapath.add_uplink_program(results)
-
-
-@hookimpl
-def nkframe_endpoint_configure(ctx: EndpointContext) -> None:
-    if _mine(ctx.spec) and ctx.device is not None and ctx.device.pod_ifname is not None:
-        datapath.configure(ctx, l2=False)
-
-
-@hookimpl
-def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
-    if _mine(ctx.spec):
-        datapath.unconfigure(ctx)
-
-
-@hookimpl
-def nkframe_datapath_program(mode: str):
-    """This plugin forwards L3 endpoints with :data:`PROGRAM`."""
-    return PROGRAM if mode == "l3" else None
-
-
-@hookimpl
-def nkframe_node_reset(node_netns, bpffs_root: str) -> None:
-    """Put the node's forwarding sysctls back as they were before the first endpoint."""
-    datapath.restore_forwarding(node_netns, bpffs_root)
+HOOKS = ForwardingHooks(mode=DeviceMode.L3, plugin=PLUGIN, program=PROGRAM, obj="l3",
+                        function="l3_from_pod")
+HOOKS.export(globals())
