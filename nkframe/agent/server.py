@@ -375,11 +375,15 @@ class Agent:
                     f"{', '.join(others)}), so the pod "
                     f"would get a device and no datapath; restart the agent with a datapath for "
                     f"{mode} (nkframe's own: 'nkframe agent run --plugin {mode} ...')")
-            with self._admit:
-                self._check_addresses(spec)
-                ep = eng.add_endpoint(spec)
-                self._index.record(ep.spec)
-            return {"endpoint": protocol.endpoint_to_dict(ep), "macs": _device_macs(eng, ep)}
+            from nkframe.netlink import links
+
+            with links.batch():  # the MACs are read on the add's sockets
+                with self._admit:
+                    self._check_addresses(spec)
+                    ep = eng.add_endpoint(spec)
+                    self._index.record(ep.spec)
+                macs = _device_macs(eng, ep)
+            return {"endpoint": protocol.endpoint_to_dict(ep), "macs": macs}
         if m == "endpoint.del":
             with self._admit:
                 try:

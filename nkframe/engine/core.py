@@ -241,7 +241,11 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
             pass  # check_netns has said what is missing
         if not spec.addresses:
             return
-        mine = links.node_addresses(self.node_netns)
+        # Only the families asked for, and the node's IPv6 link-local addresses (one per device
+        # that is up: one per endpoint) only when a link-local address is asked for (types
+        # refuses those): nothing else can equal one or be the network address of its fe80::/64.
+        mine = links.node_addresses(self.node_netns, versions={a.version for a in spec.addresses},
+                                    link_local=any(a.version == 6 and a.ip.is_link_local for a in spec.addresses))
         for want in spec.addresses:
             for have in mine:
                 if want.ip == have.ip:
