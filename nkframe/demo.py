@@ -206,6 +206,11 @@ def run(*, keep: bool = False, attach: str = "auto", as_json: bool = False) -> i
             doc["kept"] = {"node": demo.node_ns, "outside": demo.out_ns, "pods": demo.pod_ns, "bpffs": demo.bpffs}
         else:
             demo.cleanup()
+    return finish(doc, as_json, console)
+
+
+def finish(doc: dict, as_json: bool, console) -> int:
+    """Print a demo's result document (JSON or the report) and return its exit code."""
     if as_json:
         print(json.dumps(doc))
     else:

@@ -13,7 +13,6 @@ TCP connections: the policy is stateless); every other pair talks freely.  The d
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -124,7 +123,7 @@ class ClusterDemo:
 def run(nodes: int, *, attach: str = "auto", as_json: bool = False) -> int:
     from rich.console import Console
 
-    from nkframe.demo import print_report
+    from nkframe.demo import finish
 
     console = Console(stderr=as_json)
     demo = ClusterDemo(nodes, attach)
@@ -142,8 +141,4 @@ def run(nodes: int, *, attach: str = "auto", as_json: bool = False) -> int:
         doc["seconds"] = round(time.monotonic() - t0, 1)
     finally:
         demo.cleanup()
-    if as_json:
-        print(json.dumps(doc))
-    else:
-        print_report(console, doc)
-    return 0 if doc["passed"] else 1
+    return finish(doc, as_json, console)

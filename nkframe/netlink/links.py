@@ -287,21 +287,24 @@ def device_attrs(
     return out
 
 
+def peer_attrs(spec: Any, peer_netns_fd: int | None) -> list:
+    """The peer's device attributes of a pair spec (veth or netkit: both have ``peer_*``)."""
+    return device_attrs(
+        name=spec.peer_name,
+        netns_fd=peer_netns_fd,
+        # The peer MTU is only what we send: say it, defaulting to the primary's.
+        mtu=spec.peer_mtu if spec.peer_mtu is not None else spec.mtu,
+        num_tx_queues=spec.peer_num_tx_queues,
+        num_rx_queues=spec.peer_num_rx_queues,
+        address=spec.peer_address,
+        gso_max_size=spec.peer_gso_max_size,
+        gro_max_size=spec.peer_gro_max_size,
+    )
+
+
 def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
     """The RTM_NEWLINK message (pyroute2 ifinfmsg, not yet encoded) that creates ``spec``."""
-    peer = {
-        "attrs": device_attrs(
-            name=spec.peer_name,
-            netns_fd=peer_netns_fd,
-            # The peer MTU is only what we send: say it, defaulting to the primary's.
-            mtu=spec.peer_mtu if spec.peer_mtu is not None else spec.mtu,
-            num_tx_queues=spec.peer_num_tx_queues,
-            num_rx_queues=spec.peer_num_rx_queues,
-            address=spec.peer_address,
-            gso_max_size=spec.peer_gso_max_size,
-            gro_max_size=spec.peer_gro_max_size,
-        )
-    }
+    peer = {"attrs": peer_attrs(spec, peer_netns_fd)}
     return new_link_message(spec, "veth", [("VETH_INFO_PEER", peer)])
 
 

@@ -299,16 +299,7 @@ class NetkitInfo:
 def _info_data(spec: NetkitSpec, peer_netns_fd: int | None) -> list[tuple[str, Any]]:
     data: list[tuple[str, Any]] = []
     if spec.pairing == NetkitPairing.PAIR:
-        peer = _links.device_attrs(
-            name=spec.peer_name,
-            netns_fd=peer_netns_fd,
-            mtu=spec.peer_mtu if spec.peer_mtu is not None else spec.mtu,
-            num_tx_queues=spec.peer_num_tx_queues,
-            num_rx_queues=spec.peer_num_rx_queues,
-            address=spec.peer_address,
-            gso_max_size=spec.peer_gso_max_size,
-            gro_max_size=spec.peer_gro_max_size,
-        )
+        peer = _links.peer_attrs(spec, peer_netns_fd)
         data.append(("IFLA_NETKIT_PEER_INFO", {"attrs": peer}))
     data.append(("IFLA_NETKIT_MODE", int(spec.mode)))
     data.append(("IFLA_NETKIT_POLICY", int(spec.policy)))
