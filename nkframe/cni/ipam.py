@@ -9,6 +9,10 @@ whose IPAM plugins speak CNI up to 1.0.0.  When such a plugin answers a 1.1.0 co
 "incompatible CNI versions" (code 1), the call is repeated once with ``cniVersion`` 1.0.0: a
 1.0.0 IPAM result holds nothing a 1.1.0 one would add.  STATUS and GC do not exist before 1.1.0,
 so they are delegated only to IPAM plugins that list 1.1.0 in their VERSION answer.
+
+ADD and DEL of ``host-local`` run in process, with host-local's own algorithm and files, when
+:mod:`nkframe.cni.hostlocal` reads the configuration exactly as host-local does (the plugin must
+still be in CNI_PATH); anything else is delegated as above.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Ipam:
         self.conf = conf
         self.data = data
         self._exe: str | None = None
+        self._native: object = None
 
     @property
     def exe(self) -> str:
@@ -78,12 +83,27 @@ class Ipam:
             raise CniError(INTERNAL, f"cannot run IPAM plugin {self.plugin}", f"{exe}: {e}") from None
         return p.returncode, p.stdout
 
+    def native(self):
+        """The in-process host-local for this invocation (:mod:`nkframe.cni.hostlocal`), or None
+        when the plugin is to be exec'd."""
+        if self._native is None:
+            self._native = False
+            if self.plugin == "host-local":
+                from nkframe.cni import hostlocal
+
+                self._native = hostlocal.load(self.conf, self.environ) or False
+        return self._native or None
+
     def call(self, command: str) -> dict | None:
         """Run ``command``; the parsed stdout (ADD: the result; others: usually nothing).
 
         A failure is raised as the IPAM plugin's own CNI error, its message prefixed with the
         plugin's name.
         """
+        native = self.native() if command in ("ADD", "DEL") else None
+        if native is not None:
+            self.exe  # still looked up: a missing plugin is the same configuration error
+            return native.run(command)
         rc, out = self._exec(command, self.data)
         err = _error(rc, out)
         if err is not None and err.get("code") == INCOMPATIBLE_VERSION and self.conf.get("cniVersion") in FALLBACK:
