@@ -226,6 +226,21 @@ def test_veth_encoding_with_peer_in_netns():
         "veth", nla(VETH_INFO_PEER, peer)
     )
     assert bytes(msg.data[16:]) == expected
+    assert links.encode_veth_bytes(spec, peer_netns_fd=7) == expected
+
+
+@given(st.builds(
+    links.VethSpec, name=st.just("ve0"), peer_name=st.just("eth0"), peer_netns=st.sampled_from([None, "pod"]),
+    mtu=st.none() | st.integers(68, 65535), peer_mtu=st.none() | st.integers(68, 65535),
+    address=st.none() | st.just("02:00:00:00:00:01"), peer_address=st.none() | st.just("02:0a:0b:0c:0d:0e"),
+    num_tx_queues=st.none() | st.integers(1, 64), peer_num_rx_queues=st.none() | st.integers(1, 64),
+    gso_max_size=st.none() | st.integers(1, 65536), peer_gro_max_size=st.none() | st.integers(1, 65536)),
+    st.none() | st.integers(0, 1000))
+def test_veth_bytes_are_pyroute2s_bytes(spec, fd):
+    """create_veth sends encode_veth_bytes; pyroute2's encoding of the same spec is the same."""
+    msg = links.encode_veth(spec, peer_netns_fd=fd)
+    msg.encode()
+    assert links.encode_veth_bytes(spec, peer_netns_fd=fd) == bytes(msg.data[16:])
 
 
 def test_nlmsghdr_length_matches():
