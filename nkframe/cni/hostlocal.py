@@ -48,6 +48,10 @@ _GO_SPACE = " \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 
+# store -> {path: ((inode, size, mtime, ctime, is a link), stripped content)} of its last walk
+_CONTENTS: dict[str, dict[str, tuple]] = {}
+
+
 class _Unsure(Exception):
     """The configuration is not one this module reads exactly as host-local: delegate."""
 
@@ -104,8 +108,12 @@ class HostLocal:
     # -- the store ----------------------------------------------------------------------------
 
     def _lock(self) -> int:
-        os.makedirs(self.store, 0o755, exist_ok=True)
-        fd = os.open(os.path.join(self.store, "lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
+        path = os.path.join(self.store, "lock")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # (O_CREAT costs more on overlayfs)
+        except FileNotFoundError:
+            os.makedirs(self.store, 0o755, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
@@ -115,28 +123,50 @@ class HostLocal:
 
     def _files(self):
         """(path, content) of every file under the store, in host-local's walk order (lexical,
-        into subdirectories, never following a link to one)."""
+        into subdirectories, never following a link to one).
+
+        host-local reads every file on each ADD and DEL; so does this, but a file whose inode,
+        size, mtime and ctime are what they were at the last walk is not read again (the
+        store's files are created and removed whole; an in-place rewrite changes mtime)."""
+        seen: dict[str, tuple] = {}
+        cache = _CONTENTS.get(self.store, {})
+
         def walk(d):
             try:
-                names = sorted(os.listdir(d))
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
             except OSError:
                 return
-            for n in names:
-                p = os.path.join(d, n)
+            for e in entries:
                 try:
-                    st = os.lstat(p)
+                    st = e.stat(follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISDIR(st.st_mode):
-                    yield from walk(p)
+                    yield from walk(e.path)
                     continue
-                try:
-                    with open(p, "rb") as f:
-                        data = f.read()
-                except OSError:
-                    continue
-                yield p, data.decode("utf-8", "surrogateescape").strip(_GO_SPACE)
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, stat.S_ISLNK(st.st_mode))
+                hit = cache.get(e.path)
+                if hit is not None and hit[0] == sig and not sig[4]:
+                    content = hit[1]
+                else:
+                    try:
+                        fd = os.open(e.path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        continue
+                    try:
+                        chunks = []
+                        while chunk := os.read(fd, 65536):
+                            chunks.append(chunk)
+                    except OSError:
+                        continue
+                    finally:
+                        os.close(fd)
+                    content = b"".join(chunks).decode("utf-8", "surrogateescape").strip(_GO_SPACE)
+                seen[e.path] = (sig, content)
+                yield e.path, content
+
         yield from walk(self.store)
+        _CONTENTS[self.store] = seen
 
     def _keys(self) -> tuple[str, str]:
         cid = self.container_id.strip(_GO_SPACE)
