@@ -5,6 +5,10 @@ with the same sender and receiver device.
   XDP program returning ``XDP_TX``: each repetition's 64-byte UDP frame leaves through the
   device.  This is how xdp-trafficgen sends; Debian's xdp-tools 1.3.1 fails to load on this
   kernel (its tp_btf programs name a tracepoint 6.18 no longer has), so the harness does it.
+  Where the kernel refuses live-frames runs (EPERM, e.g. in a sandbox) every figure uses the
+  fallback sender instead, an AF_PACKET socket bypassing the qdisc (``sendmmsg`` of 1024
+  frames), and the run records a note saying so.  The sender runs on CPU 0, the Python side on
+  CPU 1 (two CPUs or more).
 * receiver (kernel only): an XDP program on the receiving end that counts and drops.
   ``afxdp.kernel`` is that counter's rate: the most this pair moves with this sender.
 * ``afxdp.rx.python``: the receiver's program redirects every frame to an AF_XDP socket and a
@@ -263,7 +267,7 @@ class Rig:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def kernel_rate(self) -> float:
-        """Live-frames sender -> count-and-drop: frames per second arriving."""
+        """Sender -> count-and-drop: frames per second arriving."""
         self.receiver("xdp_count_drop")
         p = self.start_sender(WINDOW + 2)
         try:
@@ -300,10 +304,8 @@ class Rig:
             time.sleep(0.05)
 
     def python_rx(self) -> tuple[float, float]:
-        """Live-frames sender -> XSK -> Python: (frames/s received by Python, frames/s the XDP
+        """Sender -> XSK -> Python: (frames/s received by Python, frames/s the XDP
         program saw)."""
-        from nkframe import xsk
-
         umem, sock = self.socket(self.b)
         descs = sock.descs(64)
         try:
@@ -333,8 +335,6 @@ class Rig:
 
     def python_tx(self) -> float:
         """Python -> XSK on the sending end -> count-and-drop: frames/s arriving."""
-        from nkframe import xsk
-
         self.receiver("xdp_count_drop")
         umem, sock = self.socket(self.a)
         batch = [self.frame] * 64
@@ -357,10 +357,8 @@ class Rig:
             self.detach()
 
     def python_echo(self) -> tuple[float, object]:
-        """Live-frames sender -> XSK -> ``XskSocket.echo`` -> back to the sending end, counted
+        """Sender -> XSK -> ``XskSocket.echo`` -> back to the sending end, counted
         there: (frames/s echoed back, the loop's own counts)."""
-        from nkframe import xsk
-
         umem, sock = self.socket(self.b)
         result: dict = {}
         echo: threading.Thread | None = None
