@@ -271,35 +271,59 @@ def run(rec: Recorder, scope: Scope, *, quick: bool = False, sizes: Sizes | None
 def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
     """What the kernel charges for hooking one program onto a fresh device: a TCX link
     (``BPF_LINK_CREATE``) beside a tc cls_bpf filter (clsact + filter over netlink), and the
-    detaches.  The same loaded program, devices made beforehand, nothing else in the timing."""
+    detaches.  The same loaded program, nothing else in the timing.  The device is a veth pair
+    made the way an endpoint's is (its peer created in a pod's namespace); ``kernel.pair`` times
+    that creation, ``kernel.add`` the pair and the attach right after it: the kernel's share of
+    every add, which no ordering of nkframe's own work removes.  ``kernel.attach.*.later``: the
+    same attach 50 ms after the pair was made (a TCX attach waits for an RCU grace period, and
+    the pair's creation has just started one)."""
     from nkframe import bpf, netns, objects
     from nkframe.attach import tc, tcx
     from nkframe.netlink import links
 
     n = max(sizes.seq // 3, 2)
-    ns = scope.netns("ka")
+    ns, pod = scope.netns("ka"), scope.netns("kp")
     rounds: dict[str, list[float]] = {}
     obj = bpf.BpfObject.open(objects.path("count"))
     try:
         obj.load()
         prog = next(iter(obj.programs.values()))
         for r in range(sizes.rounds):
-            lat: dict[str, list[float]] = {k: [] for k in ("tcx.attach", "tc.attach", "tcx.detach", "tc.detach")}
-            for i in range(n):
-                for mech in ("tcx", "tc"):
-                    name = f"k{mech}{r}x{i}"
-                    links.create_veth(links.VethSpec(name=name, peer_name=f"p{mech}{r}x{i}"), netns=ns)
-                    idx = links.ifindex(name, ns)
-                    backend = tcx.backend if mech == "tcx" else tc.backend
-                    kw = {} if mech == "tcx" else {"priority": tc.PRIO_BASE + tc.PRIO_STEP}
-                    with netns.enter(ns):
+            lat: dict[str, list[float]] = {}
+            # As adds come one after the other: pairs made and programs attached in turn, all
+            # kept; then every program detached; then the devices deleted (untimed).
+            for mech, wait in (("tcx", 0.0), ("tc", 0.0), ("tcx.later", 0.05)):
+                made = []
+                with netns.enter(ns):
+                    for i in range(n):
+                        name = f"k{r}{mech[:3]}{'w' if wait else ''}{i}"
                         t0 = time.perf_counter()
-                        att = backend.attach(idx, "ingress", prog, **kw)
+                        idx = links.create_veth(links.VethSpec(name=name, peer_name=f"p{name}", peer_netns=pod)).ifindex
                         t1 = time.perf_counter()
-                        backend.detach(att)
+                        if wait:
+                            time.sleep(wait)
+                            t1 = time.perf_counter()
+                        if mech == "tc":
+                            att = tc.backend.attach(idx, "ingress", prog, priority=tc.PRIO_BASE + tc.PRIO_STEP)
+                        else:
+                            # An open fd on the link, no pin (closing the fd detaches).
+                            att = tcx.backend.attach_unpinned(idx, "ingress", prog)
                         t2 = time.perf_counter()
-                    lat[f"{mech}.attach"].append((t1 - t0) * 1000)
-                    lat[f"{mech}.detach"].append((t2 - t1) * 1000)
+                        made.append((name, att))
+                        lat.setdefault(f"{mech}.attach", []).append((t2 - t1) * 1000)
+                        if not wait:
+                            lat.setdefault("pair", []).append((t1 - t0) * 1000)
+                            lat.setdefault(f"{mech}.add", []).append((t2 - t0) * 1000)
+                    for name, att in made:
+                        t0 = time.perf_counter()
+                        if mech == "tc":
+                            tc.backend.detach(att)
+                        else:
+                            att.detach()
+                        lat.setdefault(f"{mech}.detach", []).append((time.perf_counter() - t0) * 1000)
+                        if mech != "tc":
+                            att.close()
+                for name, _ in made:
                     links.delete_link(name, netns=ns)
             for k, xs in lat.items():
                 rounds.setdefault(k, []).append(percentile(xs, 50))
@@ -308,6 +332,11 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
     for verb in ("attach", "detach"):
         base = rec.add(f"kernel.{verb}.p50.tc", Stat.of(rounds[f"tc.{verb}"]), "ms")
         rec.add(f"kernel.{verb}.p50.tcx", Stat.of(rounds[f"tcx.{verb}"]), "ms", baseline=base)
+    rec.add("kernel.attach.p50.tcx.later", Stat.of(rounds["tcx.later.attach"]), "ms", baseline=rec.get("kernel.attach.p50.tcx"))
+    ptp = rec.get("ptp.add.p50")
+    rec.add("kernel.pair.p50", Stat.of(rounds["pair"]), "ms", baseline=ptp)
+    for mech in ("tc", "tcx"):
+        rec.add(f"kernel.add.p50.{mech}", Stat.of(rounds[f"{mech}.add"]), "ms", baseline=ptp)
 
 
 class NkframeCniFront:

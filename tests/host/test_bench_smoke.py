@@ -79,6 +79,14 @@ def test_goal_verdicts_follow_the_figures():
     assert rows["Policy with 10,000 rules adds ≤ 60 ns per packet over the empty program"] == "**holds**"
     assert rows["Agent RSS ≤ 200 MB"] == "**holds**"
     assert rows["1,000 endpoints added in ≤ 60 s"] == "not measured"
+    # Issue item 6: the shim's ADD and 16 concurrent ADDs against ptp's, in the same run.
+    rec.add("endpoint.add.p50.cni", Stat.of([39.0]), "ms", baseline=base)
+    c16 = rec.add("ptp.add.c16.p50", Stat.of([100.0]), "ms")
+    rec.add("endpoint.add.c16.p50.agent", Stat.of([90.0]), "ms", baseline=c16)
+    rec.add("endpoint.add.c16.p50.cni", Stat.of([120.0]), "ms", baseline=c16)
+    rows = {g: v for g, v, _d, _l in report.goal_rows(rec)}
+    assert rows["CNI ADD p50 through the shim ≤ 1.0 × ptp's ADD p50 (default attach: TCX here)"] == "**holds**"
+    assert rows["16 concurrent ADDs: p50 ≤ 1.0 × ptp's"] == "**partly**"
 
 
 def test_report_writers_on_synthetic_figures(tmp_path):
