@@ -60,8 +60,8 @@ sys.path.insert(0, str(REPO / "tools"))
 import vm_guest  # noqa: E402
 
 from nkframe_kubevirt import fixtures  # noqa: E402
+from node_agent import NodeAgent, nk, nk_env  # noqa: E402
 
-PLUGINS = "l3,policy,vm"
 SHIM = Path(nkframe.__file__).parent / "_bin" / "nkframe-cni-shim"
 HOST_LOCAL = "/usr/lib/cni/host-local"
 ECHO = 7
@@ -75,45 +75,6 @@ def need(path: str, package: str) -> str:
     found = path if os.path.isabs(path) else shutil.which(path)
     assert found and os.access(found, os.X_OK), f"{path} is missing: Debian package {package} (make setup installs it)"
     return found
-
-
-def nk_env(node, root, sock) -> dict:
-    return dict(os.environ, NKFRAME_PLUGINS=PLUGINS, NKFRAME_NODE_NETNS=node.netns,
-                NKFRAME_BPFFS_ROOT=root, NKFRAME_AGENT_SOCKET=sock)
-
-
-def nk(node, root, sock, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "nkframe.cli", *args], capture_output=True, text=True,
-                       env=nk_env(node, root, sock), timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"nkframe {' '.join(args)}: exit {r.returncode}: {r.stderr}")
-    return r
-
-
-class Agent:
-    def __init__(self, node, root: str, sock: str, log: Path):
-        self.node, self.root, self.sock, self.log = node, root, sock, log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nkframe.cli", "--netns", node.netns, "--bpffs-root", root, "agent", "run",
-             "--socket", sock, *(a for p in PLUGINS.split(",") for a in ("--plugin", p)), "--uplink", node.uplink],
-            stdout=subprocess.DEVNULL, stderr=open(log, "a"), env=dict(os.environ, NKFRAME_PLUGINS=PLUGINS),
-            start_new_session=True)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, log.read_text()[-2000:]
-            if os.path.exists(sock) and nk(node, root, sock, "endpoint", "ls", check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"the agent did not answer: {log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 class Cni:
@@ -267,7 +228,7 @@ def test_sidecar_domain_boots_under_libvirt_on_afxdp(node, bpffs_root, qemu_afxd
     need("virt-xml-validate", "libvirt-clients")
     sock = str(tmp_path / "agent.sock")
     pod = node.pod("launcher")
-    agent = Agent(node, bpffs_root, sock, tmp_path / "agent.log")
+    agent = NodeAgent(node, bpffs_root, sock, tmp_path / "agent.log").start()
     cni = Cni(tmp_path, pod, sock)
     links.add_route(cni.conf["ipam"]["ranges"][0][0]["subnet"], via="192.0.2.1", netns=node.outside)
     sidecar = libvirt = None

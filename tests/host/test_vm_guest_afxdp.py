@@ -45,6 +45,7 @@ pytestmark = [pytest.mark.root,
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(TOOLS))
 import vm_guest  # noqa: E402  (tools/ is not a package of the product)
+from node_agent import NodeAgent, nk  # noqa: E402
 
 VM4 = "10.230.0.10"
 ECHO, DENIED_IN, EGRESS_DENIED_SPORT = 7, 7001, 40999
@@ -56,57 +57,11 @@ POLICY = {
 }
 
 
-def _nk(node, root, sock, *args, check=True, timeout=120):
-    env = dict(os.environ, NKFRAME_PLUGINS="l3,policy,vm")
-    r = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns,
-                        "--bpffs-root", root, "--agent-socket", sock, *args],
-                       capture_output=True, text=True, env=env, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"nkframe {' '.join(args)}: exit {r.returncode}: {r.stderr}")
-    return r
-
-
-class Agent:
-    def __init__(self, node, root: str, sock: str, log: Path):
-        self.node, self.root, self.sock, self.log = node, root, sock, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, NKFRAME_PLUGINS="l3,policy,vm")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nkframe.cli", "--netns", self.node.netns, "--bpffs-root",
-             self.root, "agent", "run", "--socket", self.sock, "--plugin", "l3", "--plugin",
-             "policy", "--plugin", "vm", "--uplink", self.node.uplink],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), env=env,
-            start_new_session=True)
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            if os.path.exists(self.sock) and _nk(self.node, self.root, self.sock, "endpoint", "ls",
-                                                 check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"agent did not answer: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, guest_kernel,
                                                 tmp_path):
     links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
     sock = str(tmp_path / "agent.sock")
-    agent = Agent(node, bpffs_root, sock, tmp_path / "agent.log")
+    agent = NodeAgent(node, bpffs_root, sock, tmp_path / "agent.log")
     pod = node.pod("vmpod")
     qemu = None
     serial = tmp_path / "serial.log"
@@ -114,10 +69,10 @@ def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, gu
     try:
         pol = tmp_path / "policy.json"
         pol.write_text(json.dumps(POLICY))
-        _nk(node, bpffs_root, sock, "endpoint", "add", "vm-g", "--pod-netns", pod,
+        nk(node, bpffs_root, sock, "endpoint", "add", "vm-g", "--pod-netns", pod,
             "--address", f"{VM4}/32", "--option", 'vm={"queues": 1}', "--option",
             f"policy=@{pol}")
-        doc = json.loads(_nk(node, bpffs_root, sock, "vm-netdev", "vm-g", "--json", "--qemu",
+        doc = json.loads(nk(node, bpffs_root, sock, "vm-netdev", "vm-g", "--json", "--qemu",
                              qemu_afxdp).stdout)
         assert doc["placement"] == "pod-queue-copy"
         g = doc["guest"]
@@ -189,7 +144,7 @@ def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, gu
         assert steer.read_steering(bpffs_root, _spec_of(bpffs_root, "vm-g")).attached
 
         # deleting the endpoint under a running QEMU: nothing left, QEMU does not crash
-        _nk(node, bpffs_root, sock, "endpoint", "del", "vm-g")
+        nk(node, bpffs_root, sock, "endpoint", "del", "vm-g")
         assert not steer.pin_dir(bpffs_root, "vm-g").exists()
         assert not (Path(bpffs_root) / "endpoints" / "vm-g").exists()
         assert not links.link_exists("eth0", netns=pod)
@@ -206,7 +161,7 @@ def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, gu
         if qemu is not None:
             err = qemu.stderr.read() if qemu.stderr else ""
             assert "Segmentation" not in err and "core dumped" not in err, err
-        _nk(node, bpffs_root, sock, "endpoint", "del", "vm-g", check=False)
+        nk(node, bpffs_root, sock, "endpoint", "del", "vm-g", check=False)
         agent.stop()
         if serial.exists():
             print(serial.read_text()[-3000:])

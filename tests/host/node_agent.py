@@ -1,0 +1,67 @@
+"""The node agent as a child process for the guest tests (no tests here): start it, SIGKILL it,
+start it again, stop it; and ``nk``, the ``nkframe`` command line against it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PLUGINS = "l3,policy,vm"
+
+
+def nk_env(node, root: str, sock: str, plugins: str = PLUGINS) -> dict:
+    """The environment that points ``nkframe`` at this node, bpffs root and agent socket."""
+    return dict(os.environ, NKFRAME_PLUGINS=plugins, NKFRAME_NODE_NETNS=node.netns,
+                NKFRAME_BPFFS_ROOT=root, NKFRAME_AGENT_SOCKET=sock)
+
+
+def nk(node, root: str, sock: str, *args: str, check: bool = True,
+       timeout: float = 120) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "nkframe.cli", *args], capture_output=True,
+                       text=True, env=nk_env(node, root, sock), timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"nkframe {' '.join(args)}: exit {r.returncode}: {r.stderr}")
+    return r
+
+
+class NodeAgent:
+    """``nkframe agent run`` with the plugins of :data:`PLUGINS` and the node's uplink."""
+
+    def __init__(self, node, root: str, sock: str, log: Path, plugins: str = PLUGINS):
+        self.node, self.root, self.sock, self.log, self.plugins = node, root, sock, log, plugins
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> NodeAgent:
+        """Start it and wait until it answers (60 s)."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nkframe.cli", "--netns", self.node.netns, "--bpffs-root",
+             self.root, "agent", "run", "--socket", self.sock,
+             *(a for p in self.plugins.split(",") for a in ("--plugin", p)),
+             "--uplink", self.node.uplink],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"),
+            env=dict(os.environ, NKFRAME_PLUGINS=self.plugins), start_new_session=True)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            if os.path.exists(self.sock) and nk(self.node, self.root, self.sock, "endpoint", "ls",
+                                                check=False).returncode == 0:
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"the agent did not answer: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
