@@ -3,7 +3,7 @@ and the network settings the guest should use (``nkframe vm-netdev``)."""
 
 from __future__ import annotations
 
-from nkframe.errors import InvalidSpec, NkframeError, NotSupported
+from nkframe.errors import InvalidSpec, NkframeError
 from nkframe.qemu import AfXdpNetdev, QemuInfo, check_af_xdp
 from nkframe.types import Endpoint
 
@@ -70,5 +70,3 @@ def describe(ep: Endpoint, bpffs_root: str, *, netdev_id: str = "nk0",
                        "af_xdp": qemu.af_xdp, "map_path": qemu.map_path}
     return doc
 
-
-__all__ = ["describe", "NotSupported"]

@@ -21,7 +21,7 @@ import attrs
 
 from nkframe import bpf, netns, objects, pins
 from nkframe.context import EndpointContext
-from nkframe.errors import InvalidSpec, KernelError, NetnsNotFound
+from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
 
 PLUGIN = "vm"
@@ -215,11 +215,3 @@ def vm_counters(bpffs_root: str, endpoint_id: str) -> dict[str, int] | None:
             out[name] = sum(struct.unpack("<Q", v[:8])[0] for v in per_cpu)
     return out
 
-
-def pod_exists(spec: EndpointSpec) -> bool:
-    try:
-        from nkframe.netlink import links
-
-        return links.link_exists(spec.ifname, netns=spec.netns)
-    except NetnsNotFound:
-        return False
