@@ -18,6 +18,7 @@ Run directly (``python nkframe/_bpf/_build.py``) to build in place for developme
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -196,6 +197,19 @@ def _decl(name: str) -> str:
     return (DECL / name).read_text()
 
 
+def _impl_structs(path: Path) -> str:
+    """The ``struct nk_…`` definitions of a C file of ours, comments removed, for cdef.
+
+    The batch helpers' structs are both compiled (in the C file) and declared to cffi; taking
+    the declaration from the definition keeps the two from drifting apart.
+    """
+    text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
+    blocks = re.findall(r"^struct nk_\w+ \{.*?^\};", text, flags=re.S | re.M)
+    if not blocks:
+        raise RuntimeError(f"no struct nk_* definitions found in {path}")
+    return "\n\n".join(blocks)
+
+
 def make_ffibuilder() -> FFI:
     _libbpf_check()
     optional = _optional_symbols()
@@ -213,6 +227,7 @@ def make_ffibuilder() -> FFI:
     )
     if xdp_version is not None:
         builder.cdef(_decl("libxdp.h"))
+        builder.cdef(_impl_structs(HERE / "nk_xsk_impl.h"))
         builder.cdef(_decl("nk_xsk.h"))
 
     defines = "".join(

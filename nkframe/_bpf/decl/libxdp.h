@@ -1,8 +1,9 @@
 /* cffi declarations for <xdp/xsk.h> (libxdp 1.3): the AF_XDP socket API.
  *
  * Compiled in only when _build.py finds libxdp (headers and library).  The ring structs are
- * declared field by field because Python zeroes and reads them; libxdp leaves fields it does not
- * set uninitialised, so they must be zeroed before xsk_umem__create / xsk_socket__create.
+ * opaque with a size ("...;": API mode takes the layout from libxdp's header): only C touches
+ * their fields, and ffi.new() zeroes them, which xsk_umem__create / xsk_socket__create need
+ * because libxdp leaves fields it does not set uninitialised.
  */
 
 struct xdp_desc {
@@ -11,27 +12,9 @@ struct xdp_desc {
     __u32 options;
 };
 
-struct xsk_ring_prod {
-    __u32 cached_prod;
-    __u32 cached_cons;
-    __u32 mask;
-    __u32 size;
-    __u32 *producer;
-    __u32 *consumer;
-    void *ring;
-    __u32 *flags;
-};
+struct xsk_ring_prod { ...; };
 
-struct xsk_ring_cons {
-    __u32 cached_prod;
-    __u32 cached_cons;
-    __u32 mask;
-    __u32 size;
-    __u32 *producer;
-    __u32 *consumer;
-    void *ring;
-    __u32 *flags;
-};
+struct xsk_ring_cons { ...; };
 
 struct xsk_umem;
 struct xsk_socket;

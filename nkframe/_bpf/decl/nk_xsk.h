@@ -7,38 +7,8 @@
 #define NK_XSK_LOOP_SWAP_MACS ...
 #define NK_XSK_LOOP_BIDIR ...
 
-struct nk_xsk_frames {
-    __u64 *addr;
-    __u32 count;
-    __u32 cap;
-};
-
-struct nk_xsk_port {
-    struct xsk_ring_cons *rx;
-    struct xsk_ring_prod *tx;
-    struct xsk_ring_prod *fill;
-    struct xsk_ring_cons *comp;
-    struct nk_xsk_frames *free;
-    unsigned char *area;
-    __u64 area_size;
-    __u32 frame_size;
-    __u32 flags;
-    int fd;
-};
-
-struct nk_xsk_loop_stats {
-    __u64 rx;
-    __u64 tx;
-    __u64 dropped;
-    __u64 completed;
-    __u64 kicks;
-    __u64 polls;
-    double seconds;
-};
-
-struct nk_xsk_ctl {
-    volatile int stop;
-};
+/* The structs nk_xsk_frames, nk_xsk_port, nk_xsk_loop_stats and nk_xsk_ctl are declared by
+ * _build.py from their definitions in ../nk_xsk_impl.h (one source for C and cffi). */
 
 struct xdp_statistics {
     __u64 rx_dropped;
