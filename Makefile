@@ -46,7 +46,7 @@ test-host: setup qemu-afxdp
 	$(VENV)/bin/pytest tests -m root $(K)
 
 test-vm: setup
-	$(PY) -m nkframe.vm test --kernel $(KERNEL) -- $(K)
+	$(PY) -m tools.vm test --kernel $(KERNEL) -- $(K)
 
 bench: setup
 	$(PY) bench/run.py

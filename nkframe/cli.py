@@ -503,10 +503,35 @@ def events(ctx, endpoint_id, reasons, as_json, count, timeout) -> None:
                                     count=count, timeout=timeout, echo=echo))
 
 
+def _checkout_vm_runner():
+    """The checkout's VM runner (``tools/vm.py``) for ``demo --vm``.
+
+    The runner is test tooling of the repository, not part of the package: it boots the guest
+    with the checkout's venv and files over 9p.  This is the one place the package reaches into
+    ``tools/``, and only when the command runs.  From an installed package (no checkout around
+    it) it is refused in one line that says what is needed.
+    """
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not ((root / "tools" / "vm.py").is_file() and (root / "tests" / "vm").is_dir()):
+        raise errors.NotSupported(
+            "demo --vm", "it needs a checkout of the nkframe repository (make setup there, then "
+            ".venv/bin/nkframe demo --vm): the VM runner, tools/vm.py, is not part of the installed package")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tools import vm  # the guarded import of the checkout's tooling (tests/unit/test_layers.py)
+
+    if Path(vm.__file__).resolve().parent.parent != root:
+        raise errors.NotSupported("demo --vm", f"the module 'tools' found is {vm.__file__}, not this "
+                                  f"checkout's ({root / 'tools'})")
+    return vm
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the last line of output).")
 @click.option("--keep", is_flag=True, help="Leave the namespaces and pins in place for a look around.")
-@click.option("--vm", "in_vm", is_flag=True, help="Run inside the netkit kernel VM (Debian 6.12) instead.")
+@click.option("--vm", "in_vm", is_flag=True, help="Run inside the netkit kernel VM (Debian 6.12) instead; needs a checkout of the repository (tools/vm.py).")
 @click.option("--kernel", default="6.12", show_default=True, help="With --vm: which kernel to boot.")
 @click.option("--nodes", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Build this many nodes (2-8), a pod on each, routed over a shared bridge, and prove pod-to-pod traffic across them.")
@@ -523,14 +548,13 @@ def demo(ctx, as_json, keep, in_vm, kernel, nodes) -> None:
         import shutil
         from pathlib import Path
 
-        from nkframe import vm
-
+        vm = _checkout_vm_runner()
         # Say everything that is missing at once, before a kernel is downloaded.
         needs = []
         try:
             vm.find_vng()
         except vm.VmError:
-            needs.append("virtme-ng (pip install 'nkframe[vm]', or make setup in a checkout)")
+            needs.append("virtme-ng (make setup)")
         if not shutil.which("qemu-system-x86_64"):
             needs.append("QEMU (apt-get install qemu-system-x86)")
         if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
@@ -540,10 +564,7 @@ def demo(ctx, as_json, keep, in_vm, kernel, nodes) -> None:
         k = vm.ensure_kernel(kernel)
         exe = Path(sys.executable).parent / "nkframe"
         cmd = [str(exe), "demo"] + (["--json"] if as_json else [])
-        # A checkout keeps results beside its other tiers'; an installed package in the cache.
-        in_checkout = (vm.REPO_ROOT / "tests" / "vm").is_dir()
-        rwdir = vm.REPO_ROOT / "results" / "demo-vm" if in_checkout else vm.cache_root().parent / "demo-vm"
-        res = vm.run(k, cmd, rwdir=rwdir, echo=click.echo)
+        res = vm.run(k, cmd, rwdir=vm.REPO_ROOT / "results" / "demo-vm", echo=click.echo)
         if res.exit_code is None:
             raise errors.NkframeError(f"the demo VM produced no result: {res.describe()}")
         raise SystemExit(res.exit_code)

@@ -178,7 +178,7 @@ kernel's `net/core/netdev-genl.c`, `drivers/net/netkit.c` and `net/xdp/`.
 
 - **Lease source**: Debian builds no netdevsim, so the vm-next tier builds `netdevsim.ko` from
   Debian's `linux-source-7.3` against `linux-headers-<release>` in a private trixie chroot
-  (`nkframe/leasesource.py`; once per kernel release, cached in
+  (`tools/leasesource.py`; once per kernel release, cached in
   `~/.cache/nkframe/lease-source/<release>/`; cold 106 s, 449 MB chroot removed afterwards,
   662 KiB module). The unsigned module loads (`CONFIG_MODULE_SIG=y`, not forced; taint O+E).
 - **Leasing works** from netdevsim: `queue-create` on a single-mode netkit returns the new queue

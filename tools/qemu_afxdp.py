@@ -153,11 +153,11 @@ def build_name(qemu: str, xdp: str, bpf: str) -> str:
 # --- private apt configuration ----------------------------------------------------------------
 
 def _system_archive() -> tuple[str, str]:
-    """(URI, keyring) of the system's Debian archive: nkframe.vm's reader when importable (the
+    """(URI, keyring) of the system's Debian archive: tools/vm.py's reader when importable (the
     tool also runs without the package installed), else the same deb822 reading here."""
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from nkframe.vm import _system_archive as read  # noqa: PLC0415 - optional reuse
+        from tools.vm import _system_archive as read  # noqa: PLC0415 - optional reuse
         return read()
     except Exception:  # noqa: BLE001 - any failure falls back to reading the file ourselves
         pass

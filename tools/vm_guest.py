@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small, fast-booting Linux guest for end-to-end tests of QEMU VMs.
 
-The guest is one of Debian's kernels (:func:`nkframe.vm.ensure_kernel`, the 6.12 series by
+The guest is one of Debian's kernels (:func:`tools.vm.ensure_kernel`, the 6.12 series by
 default) and an initramfs built here in pure Python (a ``newc`` cpio, gzip-compressed):
 
 * Debian's static busybox (``/bin/busybox``, package busybox-static) with a symlink per applet;
@@ -58,12 +58,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 try:
-    from nkframe import vm
-except ImportError:  # run as a script from a checkout without the package installed
+    from tools import vm
+except ImportError:  # run as a script (tools/ itself is sys.path[0]): the checkout's root holds tools
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from nkframe import vm
+    from tools import vm
 
-from nkframe.vm import KernelImage
+from tools.vm import KernelImage
 
 DEFAULT_SERIES = "6.12"
 BUSYBOX = Path("/bin/busybox")
@@ -291,7 +291,7 @@ _CC_FLAGS = ("-Os", "-static", "-nostdlib", "-ffreestanding", "-fno-builtin",
 
 
 def guest_kernel(series: str = DEFAULT_SERIES, **kw) -> KernelImage:
-    """The newest Debian kernel of ``series`` (downloaded once; see :func:`nkframe.vm.ensure_kernel`)."""
+    """The newest Debian kernel of ``series`` (downloaded once; see :func:`tools.vm.ensure_kernel`)."""
     return vm.ensure_kernel(series, **kw)
 
 

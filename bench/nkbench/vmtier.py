@@ -1,6 +1,6 @@
 """netkit vs veth inside the netkit VM tier (Debian's 6.12 kernel under QEMU, TCG).
 
-The host kernel has no netkit, so this section boots the VM runner (:mod:`nkframe.vm`) and runs
+The host kernel has no netkit, so this section boots the VM runner (the checkout's :mod:`tools.vm`) and runs
 ``bench/run.py --vm-inner`` in the guest: two nkframe nodes side by side, one with netkit pairs
 and netkit links, one with veth pairs and TCX, pod -> pod and pod -> outside with iperf3.  The
 guest's CPUs are emulated in software, which distorts absolute speed (and not evenly: the more
@@ -23,7 +23,8 @@ OUT_ENV = "NKBENCH_VM_OUT"
 
 
 def run(rec: Recorder, scope: Scope, *, quick: bool = False) -> None:
-    from nkframe import vm
+    sys.path.insert(0, str(HERE.parent.parent))  # the checkout's root: tools/ is not in the package
+    from tools import vm
 
     rec.section = "vm"
     try:

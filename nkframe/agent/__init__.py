@@ -3,7 +3,6 @@
 * :mod:`nkframe.agent.server` — :class:`Agent` (start, serve, stop) and :func:`run`.
 * :mod:`nkframe.agent.protocol` — JSON lines: requests, responses, error codes, value encoding.
 * :mod:`nkframe.agent.client` — :class:`AgentClient`, with the Engine's verbs.
-* :mod:`nkframe.agent.kobjects` — a census of kernel BPF objects by id (leak checks).
 
 The reference for the wire protocol is ``docs/agent.md``.
 """

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from agent_support import Counting, count_obj, served, version_count, wire  # noqa: F401 - fixture
 
 from nkframe import netns
-from nkframe.agent import kobjects, protocol
+from nkframe.agent import protocol
+from tools import kobjects
 from nkframe.agent.client import AgentClient
 from nkframe.agent.protocol import AddressInUse, Refused
 from nkframe.agent.server import Agent, AgentRunning

@@ -17,7 +17,7 @@ import pytest
 from agent_support import HERE, AgentProcess, Counting, count_obj  # noqa: F401 - fixture
 
 from nkframe import faults, netns
-from nkframe.agent import kobjects
+from tools import kobjects
 from nkframe.agent.protocol import AgentUnavailable
 from nkframe.engine import Engine
 from nkframe.netlink import links

@@ -1,7 +1,7 @@
 """Queue leasing for real (Linux 7.1+), with netdevsim as the physical device.
 
 Runs in the vm-next tier, which builds netdevsim.ko for the guest kernel and loads it
-(nkframe/leasesource.py); every test here is ``next_kernel``-marked, so a skip there (no lease
+(tools/leasesource.py); every test here is ``next_kernel``-marked, so a skip there (no lease
 source, no leasing) is a failure.  What is asserted is what Debian's 7.3.4 does, read from its
 net/core/netdev-genl.c and drivers/net/netkit.c:
 
@@ -57,7 +57,7 @@ def _require_lease_source() -> None:
     if not (BUS / "new_device").exists():
         why = os.environ.get("NKFRAME_LEASE_SOURCE_WHY") or (
             "netdevsim is not loaded; the vm-next tier builds it for the guest kernel and loads "
-            "it (nkframe/leasesource.py)")
+            "it (tools/leasesource.py)")
         pytest.skip(f"no lease source: {why}")
     feats = probe.features()
     if not feats.supported("queue_lease"):

@@ -24,7 +24,7 @@ import pytest
 from agent_support import HERE, Counting, count_obj, counts  # noqa: F401 - fixture
 
 from nkframe import bpf, probe, specstore
-from nkframe.agent import kobjects
+from tools import kobjects
 from nkframe.engine import STAGING_PREFIX, Engine
 from nkframe.netlink import links
 from nkframe.testing import udp_probe

@@ -18,7 +18,7 @@ import time
 import pytest
 from agent_support import Counting, count_obj  # noqa: F401 - fixture
 
-from nkframe.agent import kobjects
+from tools import kobjects
 from nkframe.engine import Engine
 from nkframe.netlink import links
 from nkframe.testing import udp_probe

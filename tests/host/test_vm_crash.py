@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from nkframe import vm
+from tools import vm
 
 pytestmark = [pytest.mark.root, pytest.mark.vm,
               pytest.mark.skipif(os.environ.get("NKFRAME_VM") == "1",

@@ -5,7 +5,9 @@
 * no module imports a private name of another module (``from x import _y``, ``x._y`` where
   ``x`` is an imported module), in ``nkframe/`` and ``plugins/``;
 * every uAPI number is defined once, in ``nkframe/uapi.py``;
-* nothing in ``nkframe`` imports a plugin.
+* nothing in ``nkframe`` imports a plugin;
+* nothing in ``nkframe`` imports the checkout's tooling (``tools/``: the VM runner, the lease
+  source, the kernel-object census) except ``demo --vm``'s guarded loader in ``nkframe/cli.py``.
 
 Imports inside functions count: a lazy import is still a dependency.
 """
@@ -101,6 +103,70 @@ def test_the_core_imports_no_plugin():
     bad = [f"{p.relative_to(ROOT)}:{line}: imports {t}" for mod, p in NKFRAME.items()
            for line, t, _ in _imports(mod, p) if t.split(".")[0].startswith("nkframe_")]
     assert not bad, "\n".join(bad)
+
+
+#: The one place the package may import the checkout's tools/: a function that runs only for
+#: ``nkframe demo --vm`` and refuses in one line when there is no checkout (test_wheel.py).
+TOOLS_LOADER = ("nkframe.cli", "_checkout_vm_runner")
+
+
+def _tools_imports(path: Path) -> list[tuple[int, str | None]]:
+    """(line, enclosing function or None) of every import of ``tools`` in the file, import
+    statements and ``importlib.import_module("tools...")`` / ``__import__`` calls alike."""
+    out = []
+
+    def is_tools(name: str) -> bool:
+        return name == "tools" or name.startswith("tools.")
+
+    def walk(node: ast.AST, func: str | None) -> None:
+        for n in ast.iter_child_nodes(node):
+            f = n.name if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(n, ast.Import) and any(is_tools(a.name) for a in n.names):
+                out.append((n.lineno, func))
+            elif isinstance(n, ast.ImportFrom) and not n.level and is_tools(n.module or ""):
+                out.append((n.lineno, func))
+            elif (isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant)
+                  and isinstance(n.args[0].value, str) and is_tools(n.args[0].value)
+                  and getattr(n.func, "attr", getattr(n.func, "id", "")) in ("import_module", "__import__")):
+                out.append((n.lineno, func))
+            walk(n, f)
+
+    walk(ast.parse(path.read_text(), str(path)), None)
+    return out
+
+
+def test_the_package_does_not_import_the_tools():
+    bad = [f"{path.relative_to(ROOT)}:{line}: imports tools" + (f" in {func}()" if func else " at import time")
+           for mod, path in NKFRAME.items() for line, func in _tools_imports(path)
+           if (mod, func) != TOOLS_LOADER]
+    assert not bad, "the package imports the checkout's tools/ outside " + ".".join(TOOLS_LOADER) + ":\n" + "\n".join(bad)
+    mod, func = TOOLS_LOADER
+    assert any(f == func for _, f in _tools_imports(NKFRAME[mod])), f"{mod}.{func} no longer loads tools: update TOOLS_LOADER"
+
+
+@pytest.mark.parametrize("snippet, caught", [
+    ("from tools import vm\n", True),
+    ("import tools.kobjects\n", True),
+    ("def f():\n    from tools.vm import run\n", True),
+    ("import importlib\ndef f():\n    return importlib.import_module('tools.vm')\n", True),
+    ("def _checkout_vm_runner():\n    from tools import vm\n", False),
+    ("from nkframe import tools_of_mine\n", False),
+])
+def test_the_tools_check_can_fail(tmp_path, monkeypatch, snippet, caught):
+    """A planted import of tools is found unless it is inside the allowed loader (planted here as
+    nkframe.cli, i.e. TOOLS_LOADER's module)."""
+    p = tmp_path / "planted.py"
+    p.write_text(snippet)
+    monkeypatch.setitem(NKFRAME, "nkframe.cli", p)
+    monkeypatch.setattr(Path, "relative_to", lambda self, other: self)
+    if caught:
+        with pytest.raises(AssertionError, match="planted"):
+            test_the_package_does_not_import_the_tools()
+    elif "_checkout_vm_runner" in snippet:
+        test_the_package_does_not_import_the_tools()
+    else:
+        with pytest.raises(AssertionError, match="no longer loads tools"):
+            test_the_package_does_not_import_the_tools()
 
 
 def test_no_module_uses_another_modules_private_names():

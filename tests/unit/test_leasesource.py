@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from nkframe import leasesource as ls
-from nkframe import vm
+from tools import leasesource as ls
+from tools import vm
 
 RELEASE = "7.3.4+deb13-amd64"
 MADISON = """\

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nkframe import vm
-from nkframe.vm import KernelImage, TestCounts, VmError
+from tools import vm
+from tools.vm import KernelImage, TestCounts, VmError
 
 # Shape of `apt-cache search --names-only '^linux-image-6\.12\.'` on bookworm (trimmed), with
 # numbers chosen so string order and numeric order disagree.

@@ -7,7 +7,7 @@ Expected failures (``xfail``) are left alone: pytest reports those as skips too.
 the vm-next tier (Linux 7.x) with ``NKFRAME_REQUIRE_NEXT=1``: a ``next_kernel`` test (netkit
 single mode, queue leasing) that skips there fails.
 
-With ``NKFRAME_VM_SELECT=kernel`` (what ``nkframe.vm`` sets unless told otherwise) only the
+With ``NKFRAME_VM_SELECT=kernel`` (what ``tools/vm.py`` sets unless told otherwise) only the
 kernel-dependent tests run: every ``netkit`` test, and those listed in ``kernel-tests.txt``
 beside this file.  The rest are deselected (pytest reports the number).
 """

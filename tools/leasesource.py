@@ -279,7 +279,7 @@ def guest_setup(source: LeaseSource | None, why: str = "") -> str:
         return (f"echo {shlex.quote(msg)}\nexport {ENV_SOURCE}=none {ENV_WHY}={shlex.quote(why)}\n")
     ko = shlex.quote(str(source.module))
     ok = shlex.quote(f"lease source: {source.describe()}")
-    return f"""# The lease source: netdevsim built for this kernel (see nkframe/leasesource.py).
+    return f"""# The lease source: netdevsim built for this kernel (see tools/leasesource.py).
 nk_lease_why=
 for dep in $(modinfo -F depends {ko} 2>/dev/null | tr ',' ' '); do
     modprobe -q "$dep" || nk_lease_why="modprobe $dep (a dependency of netdevsim) failed"
