@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import attrs
 
 from nkframe.errors import NkframeError, NotSupported
+from nkframe.uapi import AF_XDP
 
 FEATURES = (
     "bpffs",
@@ -39,7 +40,6 @@ FEATURES = (
     "vm_endpoint",
 )
 
-AF_XDP = 44
 BAD_IFINDEX = 0x7FFFFFF0  # an ifindex no device has
 
 

@@ -61,7 +61,7 @@ def nkframe_endpoint_counters(endpoint: Endpoint, bpffs_root: str, node_netns):
 
 @hookimpl
 def nkframe_cli_commands():
-    """``nkframe vm-netdev``."""
-    from .cli import vm_netdev
+    """``nkframe vm-netdev`` and ``nkframe vm-run``."""
+    from .cli import vm_netdev, vm_run
 
-    return [vm_netdev]
+    return [vm_netdev, vm_run]
