@@ -120,6 +120,32 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_OPERSTATE = 1, 3, 4, 5, 16
 IFLA_LINKINFO, IFLA_STATS64, IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 18, 23, 31, 32
 IFLA_LINK_NETNSID, IFLA_GSO_MAX_SIZE, IFLA_GRO_MAX_SIZE = 37, 41, 58
 IFLA_NET_NS_FD = 28
+IFLA_INFO_DATA = 2
+
+# link kinds' IFLA_INFO_DATA (linux/if_link.h, linux/veth.h)
+VETH_INFO_PEER = 1
+IFLA_NETKIT_PEER_INFO, IFLA_NETKIT_PRIMARY, IFLA_NETKIT_POLICY, IFLA_NETKIT_PEER_POLICY = 1, 2, 3, 4
+IFLA_NETKIT_MODE, IFLA_NETKIT_SCRUB, IFLA_NETKIT_PEER_SCRUB = 5, 6, 7
+IFLA_NETKIT_HEADROOM, IFLA_NETKIT_TAILROOM, IFLA_NETKIT_PAIRING = 8, 9, 10
+
+# ---------------------------------------------------------------------------------------------
+# generic netlink families: linux/genetlink.h (ctrl), linux/netdev.h (Documentation/netlink/
+# specs/netdev.yaml; op ids count the spec's notifications too, hence the gaps)
+# ---------------------------------------------------------------------------------------------
+
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_VERSION = 1, 2, 3
+CTRL_ATTR_OPS = 6
+CTRL_ATTR_OP_ID, CTRL_ATTR_OP_FLAGS = 1, 2
+
+NETDEV_FAMILY_VERSION = 1
+NETDEV_CMD_DEV_GET = 1
+NETDEV_CMD_QUEUE_GET = 10
+NETDEV_CMD_QUEUE_CREATE = 16
+NETDEV_A_DEV_IFINDEX = 1
+NETDEV_A_DEV_XDP_FEATURES = 3
+NETDEV_A_QUEUE_ID, NETDEV_A_QUEUE_IFINDEX, NETDEV_A_QUEUE_TYPE, NETDEV_A_QUEUE_NAPI_ID = 1, 2, 3, 4
+NETDEV_A_QUEUE_DMABUF, NETDEV_A_QUEUE_IO_URING, NETDEV_A_QUEUE_XSK, NETDEV_A_QUEUE_LEASE = 5, 6, 7, 8
+NETDEV_A_LEASE_IFINDEX, NETDEV_A_LEASE_QUEUE, NETDEV_A_LEASE_NETNS_ID = 1, 2, 3
 
 # ---------------------------------------------------------------------------------------------
 # ethtool: linux/sockios.h, linux/ethtool.h

@@ -23,6 +23,7 @@ import attrs
 from nkframe import netns as _netns
 from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import validate_ifname  # noqa: F401 - re-exported
+from nkframe.netlink import ifla
 from nkframe.netlink import nlsock as nl
 from nkframe.netlink._rtnl import kernel_error, where
 from nkframe.netlink.nlsock import NetlinkError, RtnlSocket, attr_map, encoded, open_rtnl
@@ -308,32 +309,33 @@ def encode_veth(spec: VethSpec, peer_netns_fd: int | None = None) -> Any:
     return new_link_message(spec, "veth", [("VETH_INFO_PEER", peer)])
 
 
-_IFLA_INFO_DATA = 2
-_VETH_INFO_PEER = 1
-_ATTR_ENCODERS = {
-    "IFLA_IFNAME": lambda v: nl.nla_str(IFLA_IFNAME, v),
-    "IFLA_NET_NS_FD": lambda v: nl.nla_u32(IFLA_NET_NS_FD, v),
-    "IFLA_MTU": lambda v: nl.nla_u32(IFLA_MTU, v),
-    "IFLA_NUM_TX_QUEUES": lambda v: nl.nla_u32(IFLA_NUM_TX_QUEUES, v),
-    "IFLA_NUM_RX_QUEUES": lambda v: nl.nla_u32(IFLA_NUM_RX_QUEUES, v),
-    "IFLA_ADDRESS": lambda v: nl.nla(IFLA_ADDRESS, bytes(int(x, 16) for x in v.split(":"))),
-    "IFLA_GSO_MAX_SIZE": lambda v: nl.nla_u32(IFLA_GSO_MAX_SIZE, v),
-    "IFLA_GRO_MAX_SIZE": lambda v: nl.nla_u32(IFLA_GRO_MAX_SIZE, v),
-}
+def main_attrs(spec: Any) -> list[tuple[str, Any]]:
+    """The primary end's device attributes of a pair spec (veth or netkit)."""
+    return device_attrs(
+        name=spec.name,
+        mtu=spec.mtu,
+        num_tx_queues=spec.num_tx_queues,
+        num_rx_queues=spec.num_rx_queues,
+        address=spec.address,
+        gso_max_size=spec.gso_max_size,
+        gro_max_size=spec.gro_max_size,
+    )
 
 
-def _raw_attrs(attrs_: list[tuple[str, Any]]) -> bytes:
-    return b"".join(_ATTR_ENCODERS[k](v) for k, v in attrs_)
+def new_link_bytes(spec: Any, kind: str, info_data: Any, **header: int) -> bytes:
+    """An RTM_NEWLINK body (after the nlmsghdr) through the codec: ``spec``'s own device
+    attributes and ``info_data`` (a mapping in the kind's map of :mod:`nkframe.netlink.kinds`)
+    as IFLA_INFO_DATA.  ``spec`` None sends no device attributes (a change to a device named
+    by ``index=`` in ``header``)."""
+    attrs_ = dict(main_attrs(spec)) if spec is not None else {}
+    attrs_["IFLA_LINKINFO"] = {"IFLA_INFO_KIND": kind, "IFLA_INFO_DATA": info_data}
+    return ifla.LINK.encode(attrs_, **header)
 
 
 def encode_veth_bytes(spec: VethSpec, peer_netns_fd: int | None = None) -> bytes:
-    """:func:`encode_veth`'s bytes after the nlmsghdr, built directly (pyroute2's encoder was
-    a sixth of an endpoint add's CPU); the encoding tests hold both to the uAPI's bytes."""
-    main = device_attrs(name=spec.name, mtu=spec.mtu, num_tx_queues=spec.num_tx_queues, num_rx_queues=spec.num_rx_queues,
-                        address=spec.address, gso_max_size=spec.gso_max_size, gro_max_size=spec.gro_max_size)
-    peer = nl.nla(_VETH_INFO_PEER, ifinfomsg() + _raw_attrs(peer_attrs(spec, peer_netns_fd)))
-    info = nl.nla_str(IFLA_INFO_KIND, "veth") + nl.nla(_IFLA_INFO_DATA, peer)
-    return ifinfomsg() + _raw_attrs(main) + nl.nla(IFLA_LINKINFO, info)
+    """:func:`encode_veth`'s bytes after the nlmsghdr, built by the codec (pyroute2's encoder
+    was a sixth of an endpoint add's CPU); the encoding tests hold both to the uAPI's bytes."""
+    return new_link_bytes(spec, "veth", {"VETH_INFO_PEER": dict(peer_attrs(spec, peer_netns_fd))})
 
 
 def new_link_message(spec: Any, kind: str, info_data: list) -> Any:

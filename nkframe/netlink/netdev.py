@@ -23,7 +23,30 @@ import attrs
 from nkframe import netns as _netns
 from nkframe.netlink import nlsock
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
-from nkframe.uapi import (
+from nkframe.uapi import (  # noqa: F401 - the CTRL_/NETDEV_ numbers are re-exported
+    CTRL_ATTR_FAMILY_ID,
+    CTRL_ATTR_FAMILY_NAME,
+    CTRL_ATTR_OP_FLAGS,
+    CTRL_ATTR_OP_ID,
+    CTRL_ATTR_OPS,
+    CTRL_ATTR_VERSION,
+    NETDEV_A_DEV_IFINDEX,
+    NETDEV_A_DEV_XDP_FEATURES,
+    NETDEV_A_LEASE_IFINDEX,
+    NETDEV_A_LEASE_NETNS_ID,
+    NETDEV_A_LEASE_QUEUE,
+    NETDEV_A_QUEUE_DMABUF,
+    NETDEV_A_QUEUE_ID,
+    NETDEV_A_QUEUE_IFINDEX,
+    NETDEV_A_QUEUE_IO_URING,
+    NETDEV_A_QUEUE_LEASE,
+    NETDEV_A_QUEUE_NAPI_ID,
+    NETDEV_A_QUEUE_TYPE,
+    NETDEV_A_QUEUE_XSK,
+    NETDEV_CMD_DEV_GET,
+    NETDEV_CMD_QUEUE_CREATE,
+    NETDEV_CMD_QUEUE_GET,
+    NETDEV_FAMILY_VERSION,
     ETHTOOL_GDRVINFO,
     ETHTOOL_GTXCSUM,
     ETHTOOL_STXCSUM,
@@ -36,33 +59,10 @@ from nkframe.uapi import (
 )
 
 
-# linux/genetlink.h
-CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_VERSION = 1, 2, 3
-CTRL_ATTR_OPS = 6
-CTRL_ATTR_OP_ID, CTRL_ATTR_OP_FLAGS = 1, 2
-
-# linux/netdev.h
 NETDEV_FAMILY_NAME = "netdev"
-NETDEV_FAMILY_VERSION = 1
-NETDEV_CMD_DEV_GET = 1
-NETDEV_A_DEV_IFINDEX = 1
-NETDEV_A_DEV_XDP_FEATURES = 3
 #: enum netdev_xdp_act (bit -> name as in the spec)
 XDP_ACT = {1: "basic", 2: "redirect", 4: "ndo-xmit", 8: "xsk-zerocopy", 16: "hw-offload",
            32: "rx-sg", 64: "ndo-xmit-sg"}
-NETDEV_CMD_QUEUE_GET = 10
-NETDEV_CMD_QUEUE_CREATE = 16
-NETDEV_A_QUEUE_ID = 1
-NETDEV_A_QUEUE_IFINDEX = 2
-NETDEV_A_QUEUE_TYPE = 3
-NETDEV_A_QUEUE_NAPI_ID = 4
-NETDEV_A_QUEUE_DMABUF = 5
-NETDEV_A_QUEUE_IO_URING = 6
-NETDEV_A_QUEUE_XSK = 7
-NETDEV_A_QUEUE_LEASE = 8
-NETDEV_A_LEASE_IFINDEX = 1
-NETDEV_A_LEASE_QUEUE = 2
-NETDEV_A_LEASE_NETNS_ID = 3
 
 OPS = {
     1: "dev-get",

@@ -45,18 +45,18 @@ __all__ = [
     "register_link_kind",
 ]
 
-# IFLA_NETKIT_* (linux/if_link.h)
-IFLA_NETKIT_PEER_INFO = 1
-IFLA_NETKIT_PRIMARY = 2
-IFLA_NETKIT_POLICY = 3
-IFLA_NETKIT_PEER_POLICY = 4
-IFLA_NETKIT_MODE = 5
-IFLA_NETKIT_SCRUB = 6
-IFLA_NETKIT_PEER_SCRUB = 7
-IFLA_NETKIT_HEADROOM = 8
-IFLA_NETKIT_TAILROOM = 9
-IFLA_NETKIT_PAIRING = 10
-
+from nkframe.uapi import (  # noqa: F401 - re-exported: linux/if_link.h IFLA_NETKIT_*
+    IFLA_NETKIT_HEADROOM,
+    IFLA_NETKIT_MODE,
+    IFLA_NETKIT_PAIRING,
+    IFLA_NETKIT_PEER_INFO,
+    IFLA_NETKIT_PEER_POLICY,
+    IFLA_NETKIT_PEER_SCRUB,
+    IFLA_NETKIT_POLICY,
+    IFLA_NETKIT_PRIMARY,
+    IFLA_NETKIT_SCRUB,
+    IFLA_NETKIT_TAILROOM,
+)
 
 class NetkitMode(enum.IntEnum):
     L2 = 0  # Ethernet device with a MAC, ARP/ND
@@ -296,45 +296,49 @@ class NetkitInfo:
 # encoding
 
 
-def _info_data(spec: NetkitSpec, peer_netns_fd: int | None) -> list[tuple[str, Any]]:
-    data: list[tuple[str, Any]] = []
+def info_data(spec: NetkitSpec, peer_netns_fd: int | None) -> dict[str, Any]:
+    """IFLA_INFO_DATA of the RTM_NEWLINK that creates ``spec``, in the map of
+    :mod:`nkframe.netlink.kinds.netkit` (the peer as a dict of IFLA_* attributes); only what
+    is sent, in the order it is sent."""
+    data: dict[str, Any] = {}
     if spec.pairing == NetkitPairing.PAIR:
-        peer = _links.peer_attrs(spec, peer_netns_fd)
-        data.append(("IFLA_NETKIT_PEER_INFO", {"attrs": peer}))
-    data.append(("IFLA_NETKIT_MODE", int(spec.mode)))
-    data.append(("IFLA_NETKIT_POLICY", int(spec.policy)))
+        data["IFLA_NETKIT_PEER_INFO"] = dict(_links.peer_attrs(spec, peer_netns_fd))
+    data["IFLA_NETKIT_MODE"] = int(spec.mode)
+    data["IFLA_NETKIT_POLICY"] = int(spec.policy)
     if spec.pairing == NetkitPairing.PAIR:
         # Single mode counts any peer attribute as "a peer was asked for" and refuses it.
-        data.append(("IFLA_NETKIT_PEER_POLICY", int(spec.peer_policy)))
+        data["IFLA_NETKIT_PEER_POLICY"] = int(spec.peer_policy)
     if spec.scrub is not None:
-        data.append(("IFLA_NETKIT_SCRUB", int(spec.scrub)))
+        data["IFLA_NETKIT_SCRUB"] = int(spec.scrub)
     if spec.peer_scrub is not None:
-        data.append(("IFLA_NETKIT_PEER_SCRUB", int(spec.peer_scrub)))
+        data["IFLA_NETKIT_PEER_SCRUB"] = int(spec.peer_scrub)
     if spec.headroom is not None:
-        data.append(("IFLA_NETKIT_HEADROOM", spec.headroom))
+        data["IFLA_NETKIT_HEADROOM"] = spec.headroom
     if spec.tailroom is not None:
-        data.append(("IFLA_NETKIT_TAILROOM", spec.tailroom))
+        data["IFLA_NETKIT_TAILROOM"] = spec.tailroom
     if spec.pairing == NetkitPairing.SINGLE:
         # PAIR is every kernel's default: only "single" is sent, so pairs work before 7.1.
-        data.append(("IFLA_NETKIT_PAIRING", int(spec.pairing)))
+        data["IFLA_NETKIT_PAIRING"] = int(spec.pairing)
     return data
 
 
 def encode_netkit(spec: NetkitSpec, peer_netns_fd: int | None = None) -> Any:
-    """The RTM_NEWLINK message (pyroute2 ifinfmsg, not yet encoded) that creates ``spec``.
+    """The RTM_NEWLINK message as pyroute2 builds it (ifinfmsg, not yet encoded) for ``spec``.
 
-    ``peer_netns_fd`` is an open fd on the peer's namespace (None: the peer stays with the
-    primary).  ``msg.encode()`` then ``msg.data`` gives the bytes; nothing is sent.
+    Not what :func:`create_netkit` sends (that is :func:`encode_netkit_bytes`, the codec's):
+    this is the independent encoding the unit tests hold those bytes to.  ``peer_netns_fd`` is
+    an open fd on the peer's namespace (None: the peer stays with the primary).  ``msg.encode()``
+    then ``msg.data`` gives the bytes; nothing is sent.
     """
     register_link_kind()
-    return _links.new_link_message(spec, "netkit", _info_data(spec, peer_netns_fd))
+    data = [(k, {"attrs": list(v.items())} if k == "IFLA_NETKIT_PEER_INFO" else v)
+            for k, v in info_data(spec, peer_netns_fd).items()]
+    return _links.new_link_message(spec, "netkit", data)
 
 
 def encode_netkit_bytes(spec: NetkitSpec, peer_netns_fd: int | None = None) -> bytes:
-    """The request's bytes after the 16-byte nlmsghdr: ifinfomsg + attributes."""
-    msg = encode_netkit(spec, peer_netns_fd)
-    msg.encode()
-    return bytes(msg.data[16:])
+    """The request's bytes after the 16-byte nlmsghdr: ifinfomsg + attributes, by the codec."""
+    return _links.new_link_bytes(spec, "netkit", info_data(spec, peer_netns_fd))
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,7 +410,7 @@ def get_netkit(name: str, *, netns: str | None = None, ipr: Any = None) -> Netki
 
 def _not_applied(spec: NetkitSpec, info: NetkitInfo) -> list[str]:
     """Newer attributes we sent that the kernel did not report back (so did not apply)."""
-    sent = {key for key, _ in _info_data(spec, None)}
+    sent = set(info_data(spec, None))
     missing = []
     for key, (label, version) in _NEWER_ATTRS.items():
         if key not in sent:
@@ -435,7 +439,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
     peer_desc = "" if spec.pairing == NetkitPairing.SINGLE else f"/{spec.peer_name!r}"
     what = f"create netkit {spec.name!r}{peer_desc} in {where(netns)}"
     with _links.rtnl_session(netns) as ipr, _links.peer_netns_fd(spec.peer_netns) as fd:
-        msg = encode_netkit(spec, fd)
+        msg = encode_netkit_bytes(spec, fd)
         try:
             _links.request(
                 ipr,
@@ -481,8 +485,17 @@ def _create_error(e: Any, spec: NetkitSpec, what: str) -> Exception:
     return kernel_error(e, what)
 
 
+def encode_set_policy_bytes(ifindex: int, policy: NetkitPolicy | None, peer_policy: NetkitPolicy | None) -> bytes:
+    """The RTM_NEWLINK body (no NLM_F_CREATE) that changes the default policies of an existing
+    pair, by the codec; None leaves a policy out."""
+    data = {"IFLA_NETKIT_POLICY": None if policy is None else int(policy),
+            "IFLA_NETKIT_PEER_POLICY": None if peer_policy is None else int(peer_policy)}
+    return _links.new_link_bytes(None, "netkit", data, index=ifindex)
+
+
 def encode_set_policy(ifindex: int, policy: NetkitPolicy | None, peer_policy: NetkitPolicy | None) -> Any:
-    """The RTM_NEWLINK (no NLM_F_CREATE) that changes the default policies of an existing pair."""
+    """:func:`encode_set_policy_bytes` as pyroute2 builds it (ifinfmsg, not yet encoded): the
+    tests' independent encoding."""
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
     register_link_kind()
@@ -515,7 +528,7 @@ def set_policy(
     what = f"set netkit policy of {name!r} in {where(netns)}"
     with _links.rtnl_session(netns) as ipr:
         idx = _links.ifindex(name, netns, ipr=ipr)
-        msg = encode_set_policy(idx, pol, peer_pol)
+        msg = encode_set_policy_bytes(idx, pol, peer_pol)
         try:
             _links.request(ipr, msg, _links.RTM_NEWLINK, _links.NLM_F_REQUEST | _links.NLM_F_ACK)
         except NetlinkError as e:

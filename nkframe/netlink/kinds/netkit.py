@@ -1,0 +1,35 @@
+"""netkit's IFLA_INFO_DATA (linux/if_link.h, IFLA_NETKIT_*).
+
+The peer (IFLA_NETKIT_PEER_INFO) is an ifinfomsg + IFLA_* attributes like veth's; the policies,
+mode, scrub and pairing are u32 enums, headroom and tailroom u16.
+"""
+
+from __future__ import annotations
+
+from nkframe.netlink.codec import U8, U16, U32, AttrMap, Nested
+from nkframe.netlink.ifla import LINK
+from nkframe.uapi import (
+    IFLA_NETKIT_HEADROOM,
+    IFLA_NETKIT_MODE,
+    IFLA_NETKIT_PAIRING,
+    IFLA_NETKIT_PEER_INFO,
+    IFLA_NETKIT_PEER_POLICY,
+    IFLA_NETKIT_PEER_SCRUB,
+    IFLA_NETKIT_POLICY,
+    IFLA_NETKIT_PRIMARY,
+    IFLA_NETKIT_SCRUB,
+    IFLA_NETKIT_TAILROOM,
+)
+
+INFO_DATA = AttrMap("IFLA_NETKIT", [
+    ("IFLA_NETKIT_PEER_INFO", IFLA_NETKIT_PEER_INFO, Nested(LINK)),
+    ("IFLA_NETKIT_PRIMARY", IFLA_NETKIT_PRIMARY, U8),
+    ("IFLA_NETKIT_POLICY", IFLA_NETKIT_POLICY, U32),
+    ("IFLA_NETKIT_PEER_POLICY", IFLA_NETKIT_PEER_POLICY, U32),
+    ("IFLA_NETKIT_MODE", IFLA_NETKIT_MODE, U32),
+    ("IFLA_NETKIT_SCRUB", IFLA_NETKIT_SCRUB, U32),
+    ("IFLA_NETKIT_PEER_SCRUB", IFLA_NETKIT_PEER_SCRUB, U32),
+    ("IFLA_NETKIT_HEADROOM", IFLA_NETKIT_HEADROOM, U16),
+    ("IFLA_NETKIT_TAILROOM", IFLA_NETKIT_TAILROOM, U16),
+    ("IFLA_NETKIT_PAIRING", IFLA_NETKIT_PAIRING, U32),
+])
