@@ -57,17 +57,20 @@ def vm_netdev(ctx, endpoint_id, qemu_path, netdev_id, as_json) -> None:
               help="The qemu-system binary to run (af-xdp netdev, QEMU 8.2 or newer).")
 @click.option("--id", "netdev_id", default="nk0", show_default=True,
               help="The QEMU id of the netdev vm-run adds (and of its -device's netdev=).")
+@click.option("--user", metavar="USER",
+              help="Run QEMU as this user (name or uid; its primary group, no other groups), "
+                   "keeping only CAP_IPC_LOCK (its sockets' locked memory).")
 @click.argument("qemu_args", nargs=-1, type=click.UNPROCESSED, metavar="-- [QEMU ARGS]...")
 @click.pass_context
-def vm_run(ctx, endpoint_id, qemu_path, netdev_id, qemu_args) -> None:
+def vm_run(ctx, endpoint_id, qemu_path, netdev_id, user, qemu_args) -> None:
     """Start QEMU on VM endpoint ENDPOINT_ID with sockets nkframe made (sock-fds).
 
     In the endpoint's pod network namespace, creates one AF_XDP socket per queue, puts each
     into the endpoint's pinned XSKMAP and executes QEMU PATH there (it replaces this process)
     with QEMU ARGS followed by -netdev af-xdp,...,inhibit=on,sock-fds=... and the virtio
     -device.  For QEMU 8.2 to 10.0 (af-xdp without map-path) and for a QEMU that should hold
-    neither CAP_NET_RAW nor CAP_BPF; this command needs both (run it as root).  Refuses, with
-    nothing left behind, an endpoint that is not a VM endpoint or has no steering, a QEMU
+    neither CAP_NET_RAW nor CAP_BPF (--user): this command needs both, QEMU neither.  Refuses,
+    with nothing left behind, an endpoint that is not a VM endpoint or has no steering, a QEMU
     without af-xdp, arguments that already use the netdev id, and an endpoint a QEMU already
     runs on.
     """
@@ -78,7 +81,8 @@ def vm_run(ctx, endpoint_id, qemu_path, netdev_id, qemu_args) -> None:
     eng = engine_for(ctx)
     ep = eng.get_endpoint(endpoint_id)
     info = qemu_mod.inspect(qemu_path)
-    plan = launch.plan(ep, str(eng.layout.root), info, list(qemu_args), netdev_id=netdev_id)
+    plan = launch.plan(ep, str(eng.layout.root), info, list(qemu_args), netdev_id=netdev_id,
+                       user=user)
     close = getattr(eng, "close", None)
     if close is not None:
         close()

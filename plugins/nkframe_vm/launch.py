@@ -24,7 +24,9 @@ that should not hold CAP_NET_RAW or CAP_BPF:
 QEMU's own needs on this path: no CAP_NET_RAW (it creates no socket), no CAP_BPF (it opens
 no map); ``RLIMIT_MEMLOCK`` room for its UMEM, 32 MiB per queue (libxdp's default rings:
 8192 frames of 4096 bytes), unless it has CAP_IPC_LOCK; and to run in the pod namespace (the
-bind and QEMU's ``if_nametoindex`` resolve ``ifname`` there).
+bind and QEMU's ``if_nametoindex`` resolve ``ifname`` there).  ``--user`` makes use of that:
+the sockets are made as root, then the process becomes that user keeping CAP_IPC_LOCK alone
+(:func:`run_as`) and only then executes QEMU.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from nkframe import bpf, netns
 from nkframe.errors import EndpointExists, InvalidSpec, KernelError
 from nkframe.qemu import AfXdpNetdev, QemuInfo, check_af_xdp, split_options
 from nkframe.types import Endpoint
-from nkframe.uapi import AF_XDP, BPF_NOEXIST
+from nkframe.uapi import (AF_XDP, BPF_NOEXIST, CAP_IPC_LOCK, LINUX_CAPABILITY_VERSION_3,
+                          PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_SET_KEEPCAPS)
 
 from . import steer
 
@@ -64,6 +67,8 @@ class Launch:
     netdev_id: str
     mac: str
     args: tuple[str, ...]
+    #: (uid, gid, name) QEMU runs as, or None: as the caller (see :func:`run_as`).
+    user: tuple[int, int, str] | None = None
 
     def netdev(self, fds: Sequence[int]) -> AfXdpNetdev:
         return AfXdpNetdev(self.ifname, id=self.netdev_id, mode="native", force_copy=True,
@@ -108,15 +113,27 @@ def check_args(args: Sequence[str], netdev_id: str) -> None:
                               "give vm-run another --id")
 
 
+def resolve_user(user: str) -> tuple[int, int, str]:
+    """(uid, gid, name) of a user name or number, from the password database."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise InvalidSpec(f"--user {user!r}: no such user") from None
+    return pw.pw_uid, pw.pw_gid, pw.pw_name
+
+
 def plan(ep: Endpoint, bpffs_root: str, qemu: QemuInfo, args: Sequence[str], *,
-         netdev_id: str = "nk0") -> Launch:
+         netdev_id: str = "nk0", user: str | None = None) -> Launch:
     """Check everything :func:`start` needs; raises before anything is created."""
     from . import netdev
 
     spec = ep.spec
     opts, st = netdev.vm_steering(ep, bpffs_root)
     launch = Launch(spec.id, spec.netns, spec.ifname, opts.queues, st.xskmap, qemu.path,
-                    netdev_id, steer.vm_mac(spec), tuple(args))
+                    netdev_id, steer.vm_mac(spec), tuple(args),
+                    resolve_user(user) if user is not None else None)
     # The QEMU must have af-xdp (8.2+); sock-fds is there from the start.
     check_af_xdp(qemu, launch.netdev([0] * opts.queues))
     check_args(args, netdev_id)
@@ -158,6 +175,40 @@ def open_sockets(launch: Launch) -> list[int]:
     return fds
 
 
+def run_as(uid: int, gid: int, name: str) -> None:
+    """Become ``uid``/``gid`` (no supplementary groups) keeping one capability across the
+    coming exec, CAP_IPC_LOCK: QEMU registers a 32 MiB UMEM per queue, which the kernel
+    charges to RLIMIT_MEMLOCK (often 8 MiB) unless the process has CAP_IPC_LOCK, and raising
+    that limit needs CAP_SYS_RESOURCE, which a container may not have.  Every other
+    capability goes: the setuid from root clears the rest, and only an ambient capability
+    survives the exec of an unprivileged binary."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def call(ret: int, what: str) -> None:
+        if ret != 0:
+            err = ctypes.get_errno() or errno.EPERM
+            raise KernelError(err, f"{what} for QEMU as user {name} ({uid}:{gid}); "
+                              "vm-run --user needs root")
+
+    call(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities over setuid")
+    try:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as e:
+        raise KernelError(e.errno or errno.EPERM, f"become user {name} ({uid}:{gid}) for QEMU; "
+                          "vm-run --user needs root") from None
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    bit = 1 << CAP_IPC_LOCK
+    # two (effective, permitted, inheritable) triples: capabilities 0-31, 32-63
+    data = (ctypes.c_uint32 * 6)(bit, bit, bit, 0, 0, 0)
+    call(libc.capset(header, data), "keep CAP_IPC_LOCK")
+    call(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_IPC_LOCK, 0, 0),
+         "make CAP_IPC_LOCK ambient")
+
+
 def start(launch: Launch) -> None:
     """Make the sockets and exec QEMU in the pod's namespace; returns only by raising (the
     sockets are closed again then)."""
@@ -167,6 +218,8 @@ def start(launch: Launch) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         with netns.enter(launch.netns):
+            if launch.user is not None:
+                run_as(*launch.user)
             try:
                 os.execv(launch.qemu, argv)
             except OSError as e:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -214,8 +217,44 @@ def test_vm_run_refusals(vm_endpoint, bpffs_root, fake_qemu, qemu_afxdp, tmp_pat
     assert report.exists()
 
 
+def _for_nobody(d: Path, qemu: str, kernel, initrd: Path):
+    """Copies, in ``d``, of what the guest's QEMU opens, for a QEMU running as nobody (the
+    originals sit under /root): the binary, its libxdp/libbpf (the binary's RUNPATH points
+    under /root; LD_LIBRARY_PATH comes first), the kernel and the initramfs; and a serial log
+    nobody may write.  Returns (qemu, lib dir, kernel, initrd, serial log)."""
+    import types
+
+    uid = pwd.getpwnam("nobody").pw_uid
+    qemu = Path(qemu)
+    shutil.copy2(qemu, d / "qemu-system-x86_64")
+    shutil.copytree(qemu.parent.parent / "xdp" / "lib", d / "lib", symlinks=True)
+    shutil.copy2(kernel.vmlinuz, d / "vmlinuz")
+    shutil.copy2(initrd, d / "initrd.gz")
+    serial = d / "serial.log"
+    serial.touch()
+    os.chown(serial, uid, -1)
+    for p in d.rglob("*"):
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0))
+    return (str(d / "qemu-system-x86_64"), str(d / "lib"),
+            types.SimpleNamespace(vmlinuz=d / "vmlinuz"), d / "initrd.gz", serial)
+
+
+@pytest.fixture
+def shared():
+    """A directory anyone may read (tmp_path sits in root's private pytest directory)."""
+    d = Path(tempfile.mkdtemp(prefix="nkvmrun-", dir="/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_guest_pings_and_echoes_through_sock_fds(node, bpffs_root, qemu_afxdp, guest_kernel,
-                                                 tmp_path):
+                                                 tmp_path, shared):
+    """The guest's QEMU started by vm-run as nobody: no CAP_NET_RAW, no CAP_BPF, only
+    CAP_IPC_LOCK."""
     links.add_route("10.230.0.0/16", via="192.0.2.1", netns=node.outside)
     sock = str(tmp_path / "agent.sock")
     agent = NodeAgent(node, bpffs_root, sock, tmp_path / "agent.log")
@@ -232,20 +271,30 @@ def test_guest_pings_and_echoes_through_sock_fds(node, bpffs_root, qemu_afxdp, g
         cmdline = vm_guest.kernel_cmdline(mac=g["mac"], ip=g["addresses"][0],
                                           gw=g["gateway4"], gwmac=g["gateway_mac"],
                                           udpecho=(ECHO,))
-        argv = vm_guest.qemu_guest_argv(qemu_afxdp, guest_kernel, initrd, cmdline, serial)
+        # QEMU runs as nobody: everything it opens must be readable (written) by nobody
+        qbin, lib, kernel, initrd, serial = _for_nobody(shared, qemu_afxdp, guest_kernel, initrd)
+        argv = vm_guest.qemu_guest_argv(qbin, kernel, initrd, cmdline, serial)
         t0 = time.monotonic()
         qemu = subprocess.Popen([sys.executable, "-m", "nkframe.cli", "vm-run", "vm-g",
-                                 "--qemu", qemu_afxdp, "--", *argv[1:]],
-                                env=_env(node, bpffs_root, sock), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                 "--qemu", qbin, "--user", "nobody", "--", *argv[1:]],
+                                env=dict(_env(node, bpffs_root, sock), LD_LIBRARY_PATH=lib),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         vm_guest.wait_for(serial, "NKGUEST READY", BOOT_TIMEOUT, proc=qemu)
         print(f"guest ready in {time.monotonic() - t0:.1f} s")
-        # the process vm-run started is QEMU itself, in the pod's namespace, with sock-fds
-        assert os.path.realpath(f"/proc/{qemu.pid}/exe") == os.path.realpath(qemu_afxdp)
+        # the process vm-run started is QEMU itself, in the pod's namespace, with sock-fds,
+        # as nobody without a single capability
+        assert os.path.realpath(f"/proc/{qemu.pid}/exe") == os.path.realpath(qbin)
         assert os.stat(f"/proc/{qemu.pid}/ns/net").st_ino == os.stat(netns.netns_path(pod)).st_ino
         cmd = Path(f"/proc/{qemu.pid}/cmdline").read_bytes().split(b"\0")
         assert any(b",inhibit=on,sock-fds=" in a for a in cmd), cmd
+        status = dict(ln.split(":", 1) for ln in
+                      Path(f"/proc/{qemu.pid}/status").read_text().splitlines())
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert status["Uid"].split() == [str(nobody)] * 4, status["Uid"]
+        ipc_lock = 1 << 14  # the one capability left: QEMU's UMEM is locked memory
+        assert int(status["CapEff"], 16) == ipc_lock, status["CapEff"]
+        assert int(status["CapPrm"], 16) == ipc_lock, status["CapPrm"]
 
         end = time.monotonic() + 90
         while node.run(node.outside, "ping", "-c", "1", "-W", "2", VM4, check=False,
@@ -285,6 +334,7 @@ def test_guest_pings_and_echoes_through_sock_fds(node, bpffs_root, qemu_afxdp, g
                 qemu.wait()
         if qemu is not None:
             err = qemu.stderr.read() if qemu.stderr else ""
+            print(f"QEMU's standard error:\n{err[-3000:]}")
             assert "Segmentation" not in err and "core dumped" not in err, err
         nk(node, bpffs_root, sock, "endpoint", "del", "vm-g", check=False)
         agent.stop()
