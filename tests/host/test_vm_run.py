@@ -201,6 +201,8 @@ def test_vm_run_refusals(vm_endpoint, bpffs_root, fake_qemu, qemu_afxdp, tmp_pat
     if os.path.exists(SYSTEM_QEMU):
         run("vm-a", "--qemu", SYSTEM_QEMU, "--", code=3, text="predates the af-xdp netdev")
     run("vm-a", "--qemu", str(tmp_path / "missing"), "--", code=2, text="not an executable")
+    run("vm-a", "--qemu", str(fake_qemu), "--user", "no-such-user-nk", "--", code=2,
+        text="no such user")
     run("vm-a", "--qemu", str(fake_qemu), "--", "-netdev", "user,id=nk0", code=2,
         text="already have a -netdev with id=nk0")
     run("vm-a", "--qemu", str(fake_qemu), "--id", "nk1", "--", "--netdev=tap,id=nk1,ifname=x",
