@@ -21,7 +21,8 @@ import struct
 import attrs
 
 from nkframe import netns as _netns
-from nkframe.netlink import nlsock
+from nkframe.netlink import codec, nlsock
+from nkframe.netlink.codec import AttrMap, Nested
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.uapi import (  # noqa: F401 - the CTRL_/NETDEV_ numbers are re-exported
     CTRL_ATTR_FAMILY_ID,
@@ -101,28 +102,56 @@ def _qtype(value: object) -> QueueType:
 
 
 def nla(atype: int, payload: bytes, *, nested: bool = False) -> bytes:
-    header = struct.pack("=HH", 4 + len(payload), atype | (NLA_F_NESTED if nested else 0))
-    raw = header + payload
-    return raw + b"\0" * (-len(raw) % 4)
+    return codec.nla(atype | (NLA_F_NESTED if nested else 0), payload)
 
 
 def nla_u32(atype: int, value: int) -> bytes:
-    return nla(atype, struct.pack("=I", value))
+    return codec.nla(atype, codec.U32.encode(value))
 
 
 def nla_s32(atype: int, value: int) -> bytes:
-    return nla(atype, struct.pack("=i", value))
+    return codec.nla(atype, codec.S32.encode(value))
 
 
-iter_attrs = nlsock.iter_attrs  # (type without flags, payload) of each attribute
+iter_attrs = codec.iter_attrs  # (type without flags, payload) of each attribute
 
 
-def _u32(p: bytes) -> int:
-    return struct.unpack("=I", p[:4])[0]
+#: struct genlmsghdr {u8 cmd; u8 version; u16 reserved;}
+GENLMSGHDR = codec.Header("BBH", ("cmd", "version", "reserved"))
 
-
-def _s32(p: bytes) -> int:
-    return struct.unpack("=i", p[:4])[0]
+# The family's attribute sets (netdev.yaml), declared for the codec.  Nests carry NLA_F_NESTED:
+# generic netlink validates them strictly.  A lease names a queue with the queue set's id and
+# type, so the two sets nest each other.
+LEASE = AttrMap("netdev lease", [
+    ("NETDEV_A_LEASE_IFINDEX", NETDEV_A_LEASE_IFINDEX, codec.U32),
+    ("NETDEV_A_LEASE_QUEUE", NETDEV_A_LEASE_QUEUE, Nested(lambda: QUEUE, nested=True)),
+    ("NETDEV_A_LEASE_NETNS_ID", NETDEV_A_LEASE_NETNS_ID, codec.S32),
+])
+_EMPTY_NEST = Nested(AttrMap("netdev empty nest", []), nested=True)  # io-uring / xsk info
+QUEUE = AttrMap("netdev queue", [
+    ("NETDEV_A_QUEUE_ID", NETDEV_A_QUEUE_ID, codec.U32),
+    ("NETDEV_A_QUEUE_IFINDEX", NETDEV_A_QUEUE_IFINDEX, codec.U32),
+    ("NETDEV_A_QUEUE_TYPE", NETDEV_A_QUEUE_TYPE, codec.U32),
+    ("NETDEV_A_QUEUE_NAPI_ID", NETDEV_A_QUEUE_NAPI_ID, codec.U32),
+    ("NETDEV_A_QUEUE_DMABUF", NETDEV_A_QUEUE_DMABUF, codec.U32),
+    ("NETDEV_A_QUEUE_IO_URING", NETDEV_A_QUEUE_IO_URING, _EMPTY_NEST),
+    ("NETDEV_A_QUEUE_XSK", NETDEV_A_QUEUE_XSK, _EMPTY_NEST),
+    ("NETDEV_A_QUEUE_LEASE", NETDEV_A_QUEUE_LEASE, Nested(LEASE, nested=True)),
+])
+DEV = AttrMap("netdev dev", [
+    ("NETDEV_A_DEV_IFINDEX", NETDEV_A_DEV_IFINDEX, codec.U32),
+    ("NETDEV_A_DEV_XDP_FEATURES", NETDEV_A_DEV_XDP_FEATURES, codec.UINT),
+])
+# genetlink's control family: what resolve_family sends and reads.
+CTRL = AttrMap("ctrl", [
+    ("CTRL_ATTR_FAMILY_ID", CTRL_ATTR_FAMILY_ID, codec.U16),
+    ("CTRL_ATTR_FAMILY_NAME", CTRL_ATTR_FAMILY_NAME, codec.STRING),
+    ("CTRL_ATTR_VERSION", CTRL_ATTR_VERSION, codec.U32),
+    ("CTRL_ATTR_OPS", CTRL_ATTR_OPS, codec.Array(Nested(AttrMap("ctrl op", [
+        ("CTRL_ATTR_OP_ID", CTRL_ATTR_OP_ID, codec.U32),
+        ("CTRL_ATTR_OP_FLAGS", CTRL_ATTR_OP_FLAGS, codec.U32),
+    ])))),
+])
 
 
 def _check_u32(name: str, v: int, lo: int = 0) -> int:
@@ -148,30 +177,28 @@ def encode_queue_create(
     _check_u32("ifindex", ifindex, 1)
     _check_u32("lease_ifindex", lease_ifindex, 1)
     _check_u32("lease_queue_id", lease_queue_id)
-    lease = nla_u32(NETDEV_A_LEASE_IFINDEX, lease_ifindex) + nla(
-        NETDEV_A_LEASE_QUEUE,
-        nla_u32(NETDEV_A_QUEUE_ID, lease_queue_id) + nla_u32(NETDEV_A_QUEUE_TYPE, int(qt)),
-        nested=True,
-    )
     if lease_netns_id is not None:
         if not isinstance(lease_netns_id, int) or not -(2**31) <= lease_netns_id < 2**31:
             raise InvalidSpec(f"lease_netns_id = {lease_netns_id!r} must be an s32")
-        lease += nla_s32(NETDEV_A_LEASE_NETNS_ID, lease_netns_id)
-    return (
-        nla_u32(NETDEV_A_QUEUE_IFINDEX, ifindex)
-        + nla_u32(NETDEV_A_QUEUE_TYPE, int(qt))
-        + nla(NETDEV_A_QUEUE_LEASE, lease, nested=True)
-    )
+    return QUEUE.encode({
+        "NETDEV_A_QUEUE_IFINDEX": ifindex,
+        "NETDEV_A_QUEUE_TYPE": int(qt),
+        "NETDEV_A_QUEUE_LEASE": {
+            "NETDEV_A_LEASE_IFINDEX": lease_ifindex,
+            "NETDEV_A_LEASE_QUEUE": {"NETDEV_A_QUEUE_ID": lease_queue_id, "NETDEV_A_QUEUE_TYPE": int(qt)},
+            "NETDEV_A_LEASE_NETNS_ID": lease_netns_id,
+        },
+    })
 
 
 def encode_queue_get(ifindex: int, queue_id: int, qtype: QueueType | int | str) -> bytes:
     _check_u32("ifindex", ifindex, 1)
     _check_u32("queue_id", queue_id)
-    return (
-        nla_u32(NETDEV_A_QUEUE_IFINDEX, ifindex)
-        + nla_u32(NETDEV_A_QUEUE_TYPE, int(_qtype(qtype)))
-        + nla_u32(NETDEV_A_QUEUE_ID, queue_id)
-    )
+    return QUEUE.encode({
+        "NETDEV_A_QUEUE_IFINDEX": ifindex,
+        "NETDEV_A_QUEUE_TYPE": int(_qtype(qtype)),
+        "NETDEV_A_QUEUE_ID": queue_id,
+    })
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,44 +228,40 @@ class QueueInfo:
     lease: Lease | None = None
 
 
-def decode_lease(payload: bytes) -> Lease:
-    ifindex = qid = qtype = nsid = None
-    for atype, p in iter_attrs(payload):
-        if atype == NETDEV_A_LEASE_IFINDEX:
-            ifindex = _u32(p)
-        elif atype == NETDEV_A_LEASE_QUEUE:
-            for t2, p2 in iter_attrs(p):
-                if t2 == NETDEV_A_QUEUE_ID:
-                    qid = _u32(p2)
-                elif t2 == NETDEV_A_QUEUE_TYPE:
-                    qtype = QueueType(_u32(p2))
-        elif atype == NETDEV_A_LEASE_NETNS_ID:
-            nsid = _s32(p)
-    if ifindex is None:
+def _queue_type(v: int | None) -> QueueType | None:
+    return None if v is None else QueueType(v)
+
+
+def lease_from(d: dict) -> Lease:
+    """A Lease from a decoded NETDEV_A_QUEUE_LEASE nest."""
+    if d.get("NETDEV_A_LEASE_IFINDEX") is None:
         raise InvalidSpec("lease attribute without an ifindex")
-    return Lease(ifindex, qid, qtype, nsid)
+    q = d.get("NETDEV_A_LEASE_QUEUE") or {}
+    return Lease(d["NETDEV_A_LEASE_IFINDEX"], q.get("NETDEV_A_QUEUE_ID"),
+                 _queue_type(q.get("NETDEV_A_QUEUE_TYPE")), d.get("NETDEV_A_LEASE_NETNS_ID"))
+
+
+def decode_lease(payload: bytes) -> Lease:
+    return lease_from(LEASE.decode(payload))
 
 
 def decode_queue(payload: bytes) -> QueueInfo:
     """A QueueInfo from queue attributes: a queue-get reply or a queue-create request."""
-    fields: dict[str, object] = {"ifindex": None, "id": None, "type": None}
-    for atype, p in iter_attrs(payload):
-        if atype == NETDEV_A_QUEUE_ID:
-            fields["id"] = _u32(p)
-        elif atype == NETDEV_A_QUEUE_IFINDEX:
-            fields["ifindex"] = _u32(p)
-        elif atype == NETDEV_A_QUEUE_TYPE:
-            fields["type"] = QueueType(_u32(p))
-        elif atype == NETDEV_A_QUEUE_NAPI_ID:
-            fields["napi_id"] = _u32(p)
-        elif atype == NETDEV_A_QUEUE_DMABUF:
-            fields["dmabuf"] = _u32(p)
-        elif atype == NETDEV_A_QUEUE_IO_URING:
-            fields["io_uring"] = True  # a nest, empty today: presence is the information
-        elif atype == NETDEV_A_QUEUE_XSK:
-            fields["xsk"] = True
-        elif atype == NETDEV_A_QUEUE_LEASE:
-            fields["lease"] = decode_lease(p)
+    d = QUEUE.decode(payload)
+    fields: dict[str, object] = {
+        "ifindex": d.get("NETDEV_A_QUEUE_IFINDEX"),
+        "id": d.get("NETDEV_A_QUEUE_ID"),
+        "type": _queue_type(d.get("NETDEV_A_QUEUE_TYPE")),
+        # io-uring / xsk are nests, empty today: presence is the information
+        "io_uring": "NETDEV_A_QUEUE_IO_URING" in d,
+        "xsk": "NETDEV_A_QUEUE_XSK" in d,
+    }
+    if "NETDEV_A_QUEUE_NAPI_ID" in d:
+        fields["napi_id"] = d["NETDEV_A_QUEUE_NAPI_ID"]
+    if "NETDEV_A_QUEUE_DMABUF" in d:
+        fields["dmabuf"] = d["NETDEV_A_QUEUE_DMABUF"]
+    if "NETDEV_A_QUEUE_LEASE" in d:
+        fields["lease"] = lease_from(d["NETDEV_A_QUEUE_LEASE"])
     return QueueInfo(**fields)  # type: ignore[arg-type]
 
 
@@ -271,7 +294,7 @@ class GenlSocket:
         self, family: int, cmd: int, version: int, attrs_: bytes, *, dump: bool = False
     ) -> list[bytes]:
         """Send one request; return the attribute payloads of the replies (raises _NetlinkError)."""
-        body = struct.pack("=BBH", cmd, version, 0) + attrs_
+        body = GENLMSGHDR.encode({"cmd": cmd, "version": version}) + attrs_
         replies = self._nl.request(family, NLM_F_DUMP if dump else 0, body)
         return [p[4:] for _t, p in replies]  # skip the genlmsghdr
 
@@ -293,7 +316,7 @@ def resolve_family(gsock: GenlSocket, name: str) -> FamilyInfo:
     """CTRL_CMD_GETFAMILY: the family's id, version and the op ids this kernel implements."""
     try:
         replies = gsock.request(
-            GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
+            GENL_ID_CTRL, CTRL_CMD_GETFAMILY, 1, CTRL.encode({"CTRL_ATTR_FAMILY_NAME": name})
         )
     except _NetlinkError as e:
         if e.code == errno.ENOENT:
@@ -303,19 +326,10 @@ def resolve_family(gsock: GenlSocket, name: str) -> FamilyInfo:
         raise KernelError(e.code, f"resolve generic netlink family {name!r}") from None
     if not replies:
         raise KernelError(errno.EPROTO, f"resolve generic netlink family {name!r}: no reply")
-    reply = replies[0]
-    fam_id = version = None
-    ops: set[int] = set()
-    for atype, p in iter_attrs(reply):
-        if atype == CTRL_ATTR_FAMILY_ID:
-            fam_id = struct.unpack("=H", p[:2])[0]
-        elif atype == CTRL_ATTR_VERSION:
-            version = _u32(p)
-        elif atype == CTRL_ATTR_OPS:
-            for _idx, op in iter_attrs(p):
-                for t2, p2 in iter_attrs(op):
-                    if t2 == CTRL_ATTR_OP_ID:
-                        ops.add(_u32(p2))
+    d = CTRL.decode(replies[0])
+    fam_id, version = d.get("CTRL_ATTR_FAMILY_ID"), d.get("CTRL_ATTR_VERSION")
+    ops = {op["CTRL_ATTR_OP_ID"] for op in d.get("CTRL_ATTR_OPS") or ()
+           if op.get("CTRL_ATTR_OP_ID") is not None}
     if fam_id is None:
         raise KernelError(errno.EPROTO, f"resolve generic netlink family {name!r}: no id")
     return FamilyInfo(fam_id, version or 1, frozenset(ops))
@@ -386,7 +400,7 @@ class NetdevFamily:
 
     def queues(self, ifindex: int | None = None) -> list[QueueInfo]:
         """Every queue (of one device, or of all devices in the netns) — queue-get dump."""
-        payload = nla_u32(NETDEV_A_QUEUE_IFINDEX, ifindex) if ifindex is not None else b""
+        payload = QUEUE.encode({"NETDEV_A_QUEUE_IFINDEX": ifindex})
         try:
             replies = self._do(NETDEV_CMD_QUEUE_GET, payload, dump=True)
         except _NetlinkError as e:
@@ -508,14 +522,13 @@ class NetdevFamily:
     def xdp_features(self, ifindex: int) -> set[str]:
         """The device's XDP features (dev-get ``xdp-features``: 'basic', 'xsk-zerocopy', ...)."""
         try:
-            replies = self._do(NETDEV_CMD_DEV_GET, nla_u32(NETDEV_A_DEV_IFINDEX, ifindex))
+            replies = self._do(NETDEV_CMD_DEV_GET, DEV.encode({"NETDEV_A_DEV_IFINDEX": ifindex}))
         except _NetlinkError as e:
             raise _kernel_error(e, f"get the XDP features of ifindex {ifindex}") from None
         for r in replies:
-            for atype, p in iter_attrs(r):
-                if atype == NETDEV_A_DEV_XDP_FEATURES:
-                    bits = struct.unpack("=Q", p[:8])[0] if len(p) >= 8 else _u32(p)
-                    return {n for b, n in XDP_ACT.items() if bits & b}
+            bits = DEV.decode(r).get("NETDEV_A_DEV_XDP_FEATURES")
+            if bits is not None:
+                return {n for b, n in XDP_ACT.items() if bits & b}
         return set()
 
 

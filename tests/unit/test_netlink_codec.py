@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nkframe.netlink import codec, ifla, links, netkit
+from nkframe.netlink import codec, ifla, links, netdev, netkit
 from nkframe.netlink.kinds import netkit as nk_kind
 from nkframe.netlink.kinds import veth as veth_kind
 from nkframe.netlink.netkit import NetkitMode, NetkitPairing, NetkitPolicy, NetkitScrub, NetkitSpec
+from nkframe.uapi import NETDEV_CMD_QUEUE_CREATE, NETDEV_CMD_QUEUE_GET
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +235,77 @@ def test_single_mode_sends_pairing_and_no_peer():
     d = ifla.LINK.decode(netkit.encode_netkit_bytes(NetkitSpec.single("nk0")))
     assert d["IFLA_LINKINFO"]["IFLA_INFO_DATA"] == {
         "IFLA_NETKIT_MODE": 1, "IFLA_NETKIT_POLICY": 0, "IFLA_NETKIT_PAIRING": int(NetkitPairing.SINGLE)}
+
+
+# --------------------------------------------------------------------------------------------
+# generic netlink: the netdev family's messages against pyroute2's genlmsg encoding
+
+
+def _pyroute2_netdev_classes():
+    from pyroute2.netlink import NLA_F_NESTED, genlmsg, nla
+
+    class queue_msg(genlmsg):
+        nla_map = (
+            (1, "NETDEV_A_QUEUE_ID", "uint32"),
+            (2, "NETDEV_A_QUEUE_IFINDEX", "uint32"),
+            (3, "NETDEV_A_QUEUE_TYPE", "uint32"),
+            (8, "NETDEV_A_QUEUE_LEASE", "lease", NLA_F_NESTED),
+        )
+
+        class lease(nla):
+            nla_map = (
+                (1, "NETDEV_A_LEASE_IFINDEX", "uint32"),
+                (2, "NETDEV_A_LEASE_QUEUE", "queue_ref", NLA_F_NESTED),
+                (3, "NETDEV_A_LEASE_NETNS_ID", "int32"),
+            )
+
+            class queue_ref(nla):  # the queue id/type a lease names
+                nla_map = ((1, "NETDEV_A_QUEUE_ID", "uint32"), (3, "NETDEV_A_QUEUE_TYPE", "uint32"))
+
+    return queue_msg
+
+
+def genl_bytes(cls, cmd: int, attrs_: list) -> bytes:
+    msg = cls()
+    msg["cmd"] = cmd
+    msg["version"] = 1
+    msg["attrs"] = attrs_
+    msg.encode()
+    return bytes(msg.data[16:])
+
+
+@given(st.integers(1, 2**32 - 1), st.sampled_from(list(netdev.QueueType)), st.integers(1, 2**32 - 1),
+       st.integers(0, 2**32 - 1), st.none() | st.integers(-(2**31), 2**31 - 1))
+def test_queue_create_bytes_equal_pyroute2s(ifindex, qtype, lease_ifindex, lease_qid, nsid):
+    lease = [("NETDEV_A_LEASE_IFINDEX", lease_ifindex),
+             ("NETDEV_A_LEASE_QUEUE", {"attrs": [("NETDEV_A_QUEUE_ID", lease_qid), ("NETDEV_A_QUEUE_TYPE", int(qtype))]})]
+    if nsid is not None:
+        lease.append(("NETDEV_A_LEASE_NETNS_ID", nsid))
+    expected = genl_bytes(_pyroute2_netdev_classes(), NETDEV_CMD_QUEUE_CREATE, [
+        ("NETDEV_A_QUEUE_IFINDEX", ifindex), ("NETDEV_A_QUEUE_TYPE", int(qtype)),
+        ("NETDEV_A_QUEUE_LEASE", {"attrs": lease})])
+    ours = netdev.encode_queue_create(ifindex, qtype, lease_ifindex, lease_qid, nsid)
+    assert netdev.GENLMSGHDR.encode({"cmd": NETDEV_CMD_QUEUE_CREATE, "version": 1}) + ours == expected
+    q = netdev.decode_queue(ours)
+    assert (q.ifindex, q.type, q.lease) == (ifindex, qtype, netdev.Lease(lease_ifindex, lease_qid, qtype, nsid))
+
+
+@given(st.integers(1, 2**32 - 1), st.integers(0, 2**32 - 1), st.sampled_from(list(netdev.QueueType)))
+def test_queue_get_bytes_equal_pyroute2s(ifindex, qid, qtype):
+    expected = genl_bytes(_pyroute2_netdev_classes(), NETDEV_CMD_QUEUE_GET, [
+        ("NETDEV_A_QUEUE_IFINDEX", ifindex), ("NETDEV_A_QUEUE_TYPE", int(qtype)), ("NETDEV_A_QUEUE_ID", qid)])
+    ours = netdev.encode_queue_get(ifindex, qid, qtype)
+    assert netdev.GENLMSGHDR.encode({"cmd": NETDEV_CMD_QUEUE_GET, "version": 1}) + ours == expected
+
+
+@given(st.lists(st.tuples(st.integers(0, 64), st.integers(0, 3)), max_size=12),
+       st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1))
+def test_ctrl_family_reply_round_trip(ops, fam_id, version):
+    value = {"CTRL_ATTR_FAMILY_ID": fam_id, "CTRL_ATTR_FAMILY_NAME": "netdev", "CTRL_ATTR_VERSION": version,
+             "CTRL_ATTR_OPS": [{"CTRL_ATTR_OP_ID": i, "CTRL_ATTR_OP_FLAGS": f} for i, f in ops]}
+    assert netdev.CTRL.decode(netdev.CTRL.encode(value)) == value
+
+
+def test_xdp_features_decode_either_width():
+    for raw in (struct.pack("=HHI", 8, 3, 9), struct.pack("=HHQ", 12, 3, 9 | 1 << 40)):
+        assert netdev.DEV.decode(raw)["NETDEV_A_DEV_XDP_FEATURES"] & 0xFFFF == 9
