@@ -335,7 +335,8 @@ def endpoint_doc(e) -> dict:
         "attach": {h: str(m) for h, m in e.mechanism.items()},
         "reasons": dict(e.reasons),
         "programs": [
-            {"name": p.name, "hook": p.hook, "mechanism": str(p.mechanism), "prog_id": p.prog_id, "link_id": p.link_id}
+            {"name": p.name, "hook": p.hook, "direction": p.direction, "mechanism": str(p.mechanism),
+             "prog_id": p.prog_id, "link_id": p.link_id}
             for p in e.programs
         ],
     }
@@ -361,7 +362,7 @@ def attached(ctx, device, as_json) -> None:
     ours = engine_for(ctx).program_names()
     if as_json:
         print_json([
-            {"mechanism": str(p.mechanism), "direction": p.hook, "prog_id": p.prog_id, "name": p.name,
+            {"mechanism": str(p.mechanism), "direction": p.direction, "prog_id": p.prog_id, "name": p.name,
              "nkframe_name": ours.get(p.prog_id),
              "link_id": p.link_id, "tc_handle": p.tc_handle, "tc_priority": p.tc_priority}
             for p in progs
@@ -370,10 +371,10 @@ def attached(ctx, device, as_json) -> None:
     order: dict[tuple, int] = {}
     rows = []
     for p in progs:
-        k = (p.mechanism, p.hook)
+        k = (p.mechanism, p.direction)
         order[k] = order.get(k, 0) + 1
         where = str(p.link_id) if p.link_id else (f"{p.tc_handle:#x}:{p.tc_priority:#x}" if p.tc_handle else "-")
-        rows.append([str(p.mechanism), p.hook, str(order[k]), str(p.prog_id), ours.get(p.prog_id, "-"), p.name, where])
+        rows.append([str(p.mechanism), p.direction, str(order[k]), str(p.prog_id), ours.get(p.prog_id, "-"), p.name, where])
     _table(f"{device} (ifindex {st.ifindex}, {st.kind or 'device'})",
            ["mechanism", "direction", "order", "prog id", "nkframe name", "kernel name", "link id / tc handle:prio"], rows)
 

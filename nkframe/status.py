@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from nkframe.errors import KernelError, NkframeError
+from nkframe.errors import InvalidSpec, KernelError, NkframeError
 from nkframe.types import AttachedProgram, DeviceMode, Endpoint, Mechanism
 from nkframe.uapi import (
     BPF_MAP_TYPE_ARRAY,
@@ -89,7 +89,7 @@ class ProgramStatus:
     """One attached program with the kernel's run statistics for it."""
 
     name: str
-    hook: str  # endpoint hook (from-pod/to-pod) or device direction (ingress/egress/...)
+    hook: str  # endpoint hook (from-pod/to-pod) or device hook (ingress/egress); the direction when it maps to none
     mechanism: Mechanism
     position: int  # place in the chain, 1 = runs first
     prog_id: int
@@ -97,8 +97,9 @@ class ProgramStatus:
     tc_priority: int = 0
     run_cnt: int | None = None  # None: the program could not be read
     run_time_ns: int | None = None
-    attached: bool = True  # False: the pin holds a link the device no longer has
+    attached: bool = True  # False: the pin holds a link the device no longer has, or its device is gone
     nkframe: bool = True  # False: on the device, but not attached by nkframe
+    direction: str = ""  # the mechanism's own word (netkit primary/peer, tcx/tc ingress/egress)
 
 
 @attrs.frozen
@@ -203,7 +204,7 @@ def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
     programs = _chain_status(ep.programs)
     for p in programs:
         if not p.attached:
-            problems.append(f"program {p.name} ({p.hook}): its pinned link is detached from the device; run 'nkframe reconcile'")
+            problems.append(f"program {p.name} ({p.hook}): its pin is no longer attached to the device (a link the device dropped, or the device is gone); run 'nkframe reconcile'")
     if node is not None:
         programs += _foreign(engine, node, ep.programs)
         for p in programs:
@@ -264,7 +265,7 @@ def device_status(engine, name: str) -> DeviceStatus:
         pinned = _pinned_programs(engine.layout.device_dir(name))
         programs = tuple(
             attrs.evolve(p, name=pinned.get(p.prog_id, p.name), nkframe=p.prog_id in pinned)
-            for p in _chain_status(progs)
+            for p in _chain_status(progs, device=True)
         )
     return DeviceStatus(name=name, device=dev, programs=programs, problems=tuple(problems))
 
@@ -290,28 +291,39 @@ def _device_end(name: str, ns: str | None, problems: list[str], what: str) -> De
         return None
 
 
-def _chain_status(progs: Iterable[AttachedProgram]) -> tuple[ProgramStatus, ...]:
+def _chain_status(progs: Iterable[AttachedProgram], *, device: bool = False) -> tuple[ProgramStatus, ...]:
+    """Status rows in chain order; a program the kernel listed (no hook of nkframe's) gets the
+    hook its direction serves on an endpoint (or, ``device``, on a node device)."""
     out = []
     pos: dict[tuple, int] = {}
     for p in progs:
-        key = (p.hook, p.mechanism)
+        hook = p.hook or _hook_of(p, device)
+        key = (hook, p.mechanism)
         pos[key] = pos.get(key, 0) + 1
         cnt, ns = prog_run_stats(p.prog_id)
         out.append(
             ProgramStatus(
-                name=p.name, hook=p.hook, mechanism=p.mechanism, position=pos[key], prog_id=p.prog_id,
-                link_id=p.link_id, tc_priority=p.tc_priority, run_cnt=cnt, run_time_ns=ns,
+                name=p.name, hook=hook, direction=p.direction, mechanism=p.mechanism, position=pos[key],
+                prog_id=p.prog_id, link_id=p.link_id, tc_priority=p.tc_priority, run_cnt=cnt, run_time_ns=ns,
                 # A TCX/netkit link whose device went away reports ifindex 0 (the link is
-                # "defunct" but its pin keeps it alive); TC has no link to ask.
-                attached=p.mechanism is Mechanism.TC or p.ifindex != 0,
+                # "defunct" but its pin keeps it alive); a TC pin's device is the endpoint's.
+                attached=p.ifindex != 0,
             )
         )
     return tuple(out)
 
 
+def _hook_of(p: AttachedProgram, device: bool) -> str:
+    from nkframe.attach import hook_for
+
+    try:
+        return str(hook_for(p.mechanism, p.direction, device=device))
+    except InvalidSpec:  # a direction with no hook point (netkit's on a device): keep the kernel's word
+        return p.direction
+
+
 def _foreign(engine, node: DeviceEnd, ours: Iterable[AttachedProgram]) -> tuple[ProgramStatus, ...]:
     """Programs the kernel runs on the node-side device that are not among the endpoint's pins."""
-    from nkframe.attach import hook_for
     from nkframe.engine import list_attached
 
     try:
@@ -320,15 +332,7 @@ def _foreign(engine, node: DeviceEnd, ours: Iterable[AttachedProgram]) -> tuple[
         log.warning("cannot list programs on %s: %s", node.name, e)
         return ()
     known = {p.prog_id for p in ours}
-    foreign = []
-    for p in on_device:
-        if p.prog_id in known:
-            continue
-        try:
-            hook = str(hook_for(p.mechanism, p.hook))
-        except Exception:  # noqa: BLE001 - a direction with no endpoint hook: keep the kernel's word
-            hook = p.hook
-        foreign.append(attrs.evolve(p, hook=hook))
+    foreign = [p for p in on_device if p.prog_id not in known]
     return tuple(attrs.evolve(s, nkframe=False) for s in _chain_status(foreign))
 
 
@@ -473,7 +477,7 @@ def to_dict(st: NodeStatus) -> dict[str, Any]:
 
     def prog(p: ProgramStatus):
         return {
-            "name": p.name, "hook": p.hook, "mechanism": str(p.mechanism), "position": p.position,
+            "name": p.name, "hook": p.hook, "direction": p.direction, "mechanism": str(p.mechanism), "position": p.position,
             "prog_id": p.prog_id, "link_id": p.link_id, "tc_priority": p.tc_priority,
             "run_cnt": p.run_cnt, "run_time_ns": p.run_time_ns, "attached": p.attached, "nkframe": p.nkframe,
         }

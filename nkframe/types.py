@@ -388,7 +388,16 @@ class ProgramSpec:
 
 @attrs.frozen
 class AttachedProgram:
-    """A program attached to a device, as read back from the kernel and bpffs."""
+    """A program attached to a device, as read back from the kernel and bpffs.
+
+    ``hook`` is the engine's hook point the program serves (a :class:`Hook` value for an
+    endpoint, a :class:`DeviceHook` value for a node device), ``""`` when nkframe did not attach
+    it (a program the kernel lists that is not among nkframe's pins).  ``direction`` is the
+    mechanism's own word for where it runs (netkit ``primary``/``peer``, TCX and TC
+    ``ingress``/``egress``): one hook maps to one direction per mechanism
+    (:func:`nkframe.attach.direction_for`).  ``ifindex`` 0: not on a device (a link whose
+    device went away, or a TC pin whose device is gone).
+    """
 
     name: str
     hook: str
@@ -399,6 +408,7 @@ class AttachedProgram:
     tc_priority: int = 0
     tc_handle: int = 0
     ifindex: int = 0
+    direction: str = ""
 
 
 @attrs.frozen

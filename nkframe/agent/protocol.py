@@ -348,9 +348,17 @@ def endpoint_from_dict(d: dict) -> Endpoint:
         node_ifindex=int(d["node_ifindex"]),
         mechanism={h: Mechanism(m) for h, m in d["mechanism"].items()},
         reasons=d.get("reasons", {}),
-        programs=[AttachedProgram(**{**p, "mechanism": Mechanism(p["mechanism"])}) for p in d.get("programs", ())],
+        programs=[_attached_program(p) for p in d.get("programs", ())],
         leases=[LeaseInfo(**x) for x in d.get("leases", ())],
     )
+
+
+def _attached_program(p: dict) -> AttachedProgram:
+    """An AttachedProgram from its JSON; keys this version does not know (a newer agent's) are
+    left out, and ``direction`` is "" from an agent older than it."""
+    known = {f.name for f in attrs.fields(AttachedProgram)}
+    return AttachedProgram(**{k: v for k, v in p.items() if k in known and k != "mechanism"},
+                           mechanism=Mechanism(p["mechanism"]))
 
 
 def report_to_dict(r: ReconcileReport) -> dict:

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
+from typing import Iterable
+
+import attrs
 
 from nkframe import bpf
-from nkframe.attach.base import Position
+from nkframe.attach.base import BaseBackend, Position
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
 from nkframe.types import AttachedProgram, Mechanism
 
 
-class LinkBackend:
+class LinkBackend(BaseBackend):
     """One link-based mechanism: its attach types by direction."""
+
+    pin_kind = "link"
 
     def __init__(self, mechanism: Mechanism, attach_types: dict[str, int], feature: str):
         self.mechanism = mechanism
@@ -48,56 +54,37 @@ class LinkBackend:
             return flag | bpf.BPF_F_LINK | bpf.BPF_F_ID, 0, position.link_id
         return flag | bpf.BPF_F_ID, 0, position.prog_id
 
-    def attach(
-        self,
-        ifindex: int,
-        direction: str,
-        prog,
-        *,
-        position: Position = Position.tail(),
-        pin: str | None = None,
-        name: str = "",
-        expected_revision: int = 0,
-    ) -> AttachedProgram:
+    def pin_path(self, layout, scope: str, owner: str, hook: str, position: int, name: str, *,
+                 beside: Iterable[AttachedProgram] = ()) -> Path:
+        """``<owner>/links/<hook>/<NN>-<name>``; ``beside`` (a chain running meanwhile) does
+        not matter: a link's place in the chain is not in its name."""
+        return layout.link_path(scope, owner, hook, position, name)
+
+    def _attach(self, ifindex: int, direction: str, prog, *, position: Position, pin: str, name: str) -> AttachedProgram:
         attach_type = self._type(direction)
         flags, rel_fd, rel_id = self._anchor(position)
         try:
-            link = bpf.Link.create(
-                prog.fd,
-                ifindex,
-                attach_type,
-                flags=flags,
-                relative_fd=rel_fd,
-                relative_id=rel_id,
-                expected_revision=expected_revision,
-            )
+            link = bpf.Link.create(prog.fd, ifindex, attach_type, flags=flags, relative_fd=rel_fd, relative_id=rel_id)
         except KernelError as e:
             if e.errno == errno.EINVAL and not _known_attach_type(attach_type):
                 raise NotSupported(
                     self.feature, f"the kernel does not know {self.mechanism} {direction} links"
                 ) from e
-            raise KernelError(
-                e.errno, f"attach {name or prog.name} as {self.mechanism} {direction} on ifindex {ifindex}"
-            ) from e
+            raise KernelError(e.errno, f"attach {name} as {self.mechanism} {direction} on ifindex {ifindex}") from e
         try:
             info = link.info()
             if pin:
-                os.makedirs(os.path.dirname(pin), exist_ok=True)
                 link.pin(pin)
         except BaseException:
             link.detach()
             link.close()
             raise
         link.close()  # the pin (or nothing, for callers that detach right away) keeps it alive
-        return AttachedProgram(
-            name=name or prog.name,
-            hook=direction,
-            mechanism=self.mechanism,
-            prog_id=info.prog_id,
-            link_id=info.id,
-            pin=pin or "",
-            ifindex=ifindex,
-        )
+        return self._attached(info, name=name, direction=direction, pin=pin, ifindex=ifindex)
+
+    def _attached(self, info, *, name: str, direction: str, pin: str, ifindex: int, hook: str = "") -> AttachedProgram:
+        return AttachedProgram(name=name, hook=hook, direction=direction, mechanism=self.mechanism,
+                               prog_id=info.prog_id, link_id=info.id, pin=pin, ifindex=ifindex)
 
     def attach_unpinned(self, ifindex: int, direction: str, prog, *, position: Position = Position.tail()):
         """Attach and return the open :class:`nkframe.bpf.Link` (caller owns it; closing the
@@ -127,18 +114,10 @@ class LinkBackend:
             info = link.info()
         finally:
             link.close()
-        return AttachedProgram(
-            name=attached.name,
-            hook=attached.hook,
-            mechanism=self.mechanism,
-            prog_id=info.prog_id,
-            link_id=info.id,
-            pin=attached.pin,
-            ifindex=attached.ifindex,
-        )
+        return attrs.evolve(attached, prog_id=info.prog_id, link_id=info.id)
 
-    def detach(self, attached: AttachedProgram) -> None:
-        """Detach explicitly (works while other fds or pins still hold the link), then unpin."""
+    def _detach(self, attached: AttachedProgram) -> None:
+        """Detach explicitly (works while other fds or pins still hold the link)."""
         try:
             link = self._open(attached)
         except KernelError as e:
@@ -153,50 +132,32 @@ class LinkBackend:
                     raise
         finally:
             link.close()
-        if attached.pin:
-            try:
-                os.unlink(attached.pin)
-            except FileNotFoundError:
-                pass
 
     def query(self, ifindex: int, direction: str) -> list[AttachedProgram]:
         res = bpf.prog_query(ifindex, self._type(direction))
-        out = []
-        for prog_id, link_id in zip(res.prog_ids, res.link_ids or (0,) * len(res.prog_ids)):
-            out.append(
-                AttachedProgram(
-                    name=prog_name(prog_id),
-                    hook=direction,
-                    mechanism=self.mechanism,
-                    prog_id=prog_id,
-                    link_id=link_id,
-                    ifindex=ifindex,
-                )
-            )
-        return out
+        return [
+            AttachedProgram(name=prog_name(prog_id), hook="", direction=direction, mechanism=self.mechanism,
+                            prog_id=prog_id, link_id=link_id, ifindex=ifindex)
+            for prog_id, link_id in zip(res.prog_ids, res.link_ids or (0,) * len(res.prog_ids))
+        ]
 
     def revision(self, ifindex: int, direction: str) -> int:
         return bpf.prog_query(ifindex, self._type(direction)).revision
 
-    def open_pinned(self, path: str, *, direction: str = "", ifindex: int = 0, name: str = "") -> AttachedProgram:
+    def open_pinned(self, path: str, *, direction: str = "", ifindex: int = 0, name: str = "", hook: str = "") -> AttachedProgram:
         """The link pinned at ``path``; its direction and device come from the kernel's link
-        info (``direction`` is the fallback for a link the kernel no longer names one for;
-        ``ifindex`` is ignored: a detached link reports ifindex 0, and callers rely on that)."""
+        info (``direction``, or ``hook``'s, is the fallback for a link the kernel no longer
+        names one for; ``ifindex`` is ignored: a detached link reports ifindex 0, and callers
+        rely on that)."""
         link = bpf.Link.from_pin(path)
         try:
             info = link.info()
         finally:
             link.close()
-        direction = next((d for d, t in self.attach_types.items() if t == info.attach_type), direction)
-        return AttachedProgram(
-            name=name or prog_name(info.prog_id),
-            hook=direction,
-            mechanism=self.mechanism,
-            prog_id=info.prog_id,
-            link_id=info.id,
-            pin=path,
-            ifindex=info.ifindex,
-        )
+        direction = next((d for d, t in self.attach_types.items() if t == info.attach_type),
+                         self._direction(direction, hook))
+        return self._attached(info, name=name or prog_name(info.prog_id), direction=direction, pin=path,
+                              ifindex=info.ifindex, hook=hook)
 
     def _open(self, attached: AttachedProgram):
         if attached.pin and os.path.exists(attached.pin):

@@ -8,19 +8,16 @@ shared-program cache); the functions below are plain helpers used by every engin
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections import defaultdict
 from pathlib import Path
 
-import attrs
-
 from nkframe import attach as attach_mod
 from nkframe import netns, pins, progcache
 from nkframe.context import DeviceInfo, EndpointContext
 from nkframe.errors import InvalidSpec, KernelError, NkframeError, NotSupported, PluginError, VerifierError
-from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Hook, Mechanism, ProgramSpec
+from nkframe.types import AttachedProgram, AttachMode, Hook, Mechanism, ProgramSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +27,7 @@ class ChainsMixin:
 
     def candidates(self, device: DeviceInfo | None) -> list[Mechanism]:
         """Mechanisms this kernel supports for a device, best first."""
-        out = []
-        if device is not None and device.kind is DeviceKind.NETKIT and self.features.supported("netkit"):
-            out.append(Mechanism.NETKIT)
-        if self.features.supported("tcx"):
-            out.append(Mechanism.TCX)
-        if self.features.supported("tc"):
-            out.append(Mechanism.TC)
-        return out
+        return attach_mod.available(self.features, device.kind if device is not None else None)
 
     def _select_mechanisms(self, ctx: EndpointContext) -> None:
         forced = ctx.spec.attach if ctx.spec.attach is not AttachMode.AUTO else self.attach_mode
@@ -52,7 +42,7 @@ class ChainsMixin:
                 continue
             choice = self.hook.nkframe_attach_select(ctx=ctx, hook=hook.value, candidates=list(cands))
             if choice is None:
-                raise NotSupported("attach", f"no attach mechanism available for {hook} ({self._why_not(Mechanism.TC, ctx.device)})")
+                raise NotSupported("attach", f"no attach mechanism available for {hook} ({self._why_not(None, ctx.device)})")
             mech, why = choice
             mech = Mechanism(mech)
             if mech not in cands:
@@ -60,12 +50,9 @@ class ChainsMixin:
             ctx.mechanisms[hook.value] = mech
             ctx.reasons[hook.value] = why
 
-    def _why_not(self, mech: Mechanism, device: DeviceInfo | None) -> str:
-        if mech is Mechanism.NETKIT:
-            if device is not None and device.kind is not DeviceKind.NETKIT:
-                return f"netkit links need a netkit device, this endpoint has {device.kind} ({device.reason})"
-            return self.features["netkit"].reason
-        return self.features[mech.value].reason
+    def _why_not(self, mech: Mechanism | None, device: DeviceInfo | None) -> str:
+        return attach_mod.why_not(mech, self.features, device.kind if device is not None else None,
+                                  device.reason if device is not None else "")
 
     def _collect(self, ctx: EndpointContext) -> dict[str, list[ProgramSpec]]:
         specs: list[ProgramSpec] = []
@@ -154,45 +141,41 @@ class ChainsMixin:
             self._shared.popitem(last=False)[1].release()
         return held
 
-    def _attach_chains(self, ctx: EndpointContext, chains, loaded, *, pin_prefix: str = "") -> tuple[AttachedProgram, ...]:
+    def _attach_chains(self, ctx: EndpointContext, chains, loaded, *, pin_prefix: str = "",
+                       beside: tuple[AttachedProgram, ...] = ()) -> tuple[AttachedProgram, ...]:
+        """Attach and pin every chain; ``beside``: the programs that keep running meanwhile (a
+        switch's old chains), whose places the new ones must not take."""
         prog_of = programs_by_spec(chains, loaded)
         out: list[AttachedProgram] = []
         with netns.enter(self.node_netns):
             for hook, chain in chains.items():
-                mech = ctx.mechanisms[hook]
-                backend = attach_mod.backend(mech)
-                direction = attach_mod.direction_for(mech, hook)
+                backend = attach_mod.backend(ctx.mechanisms[hook])
+                direction = attach_mod.direction_for(backend.mechanism, hook)
+                running = [p for p in beside if p.hook == hook and p.mechanism is backend.mechanism]
                 for pos, s in enumerate(chain):
-                    prog = prog_of(s)
-                    if mech is Mechanism.TC:
-                        prio = tc_prio(pos)
-                        pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, prio)
-                        # TC -> TC never stages (nothing to switch), so priorities can't clash.
-                        pin = staged(pin, pin_prefix)
-                        att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=str(pin), name=s.name, priority=prio)
-                    else:
-                        default = staged(self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name), pin_prefix)
-                        pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, default) if not pin_prefix else str(default)
-                        att = backend.attach(ctx.device.node_ifindex, direction, prog, pin=pin, name=s.name)
+                    pin = staged(backend.pin_path(self.layout, "endpoint", ctx.spec.id, hook, pos, s.name, beside=running), pin_prefix)
+                    if backend.pin_kind == "link" and not pin_prefix:
+                        pin = self._pin_path("endpoint", ctx.spec.id, "link", s.name, pin)
+                    att = backend.attach(ctx.device.node_ifindex, direction, prog_of(s), pin=str(pin), name=s.name, hook=hook)
                     ctx.undo.push(f"detach {s.name}", detacher(backend, att, self.node_netns))
-                    out.append(attrs.evolve(att, hook=hook))
+                    out.append(att)
         return tuple(out)
 
     def _read_programs(self, scope: str, owner: str, ifindex: int, *, base: Path | None = None) -> tuple[AttachedProgram, ...]:
         """Programs pinned for ``owner`` (or under ``base``: a staging directory), with the
-        engine's hook names; ``ifindex`` is the device's (TC pins do not know it)."""
-        found = [(hook, p, {}) for hook, paths in (self.layout.links(scope, owner) if base is None
-                                                   else pins.by_hook(base / "links")).items() for p in paths]
-        found += [(hook, p, {"direction": attach_mod.direction_for(Mechanism.TC, hook), "ifindex": ifindex})
-                  for hook, paths in (self.layout.tc_pins(scope, owner) if base is None
-                                      else pins.by_hook(base / "tc")).items() for p in paths]
+        engine's hook names; ``ifindex`` is the device's (a TC pin does not know it, a link
+        reports its own)."""
+        if base is None:
+            by_hook = [self.layout.links(scope, owner), self.layout.tc_pins(scope, owner)]
+        else:
+            by_hook = [pins.by_hook(base / "links"), pins.by_hook(base / "tc")]
         out = []
-        for hook, p, where in found:
-            try:
-                att = attach_mod.open_pinned(str(p), name=pins.parse_pin_name(p)[1], **where)
-            except (KernelError, InvalidSpec):
-                continue  # unpinned meanwhile, or not ours
-            out.append(attrs.evolve(att, hook=hook))
+        for hook, paths in ((h, ps) for d in by_hook for h, ps in d.items()):
+            for p in paths:
+                try:
+                    out.append(attach_mod.open_pinned(str(p), name=pins.parse_pin_name(p)[1], hook=hook, ifindex=ifindex))
+                except (KernelError, InvalidSpec):
+                    continue  # unpinned meanwhile, or not ours
         return tuple(out)
 
     def _detach_pinned(self, scope: str, owner: str, *, missing_ok: bool) -> None:
@@ -211,33 +194,19 @@ class ChainsMixin:
                 ifindex = links.get_link(owner, netns=self.node_netns).ifindex
         with netns.enter(self.node_netns):
             for att in self._read_programs(scope, owner, ifindex):
-                backend = attach_mod.backend(att.mechanism)
-                direction = attach_mod.direction_for(att.mechanism, att.hook)
                 try:
-                    backend.detach(attrs.evolve(att, hook=direction))
+                    attach_mod.backend(att.mechanism).detach(att)
                 except (KernelError, InvalidSpec) as e:
-                    if att.mechanism is Mechanism.TC and not ifindex:
-                        continue  # the device is gone, and its filters with it
                     if not missing_ok:
                         raise
-                    log.warning("detach %s: %s", att.name, e)
+                    if att.ifindex:  # ifindex 0: the device is gone, and its programs with it
+                        log.warning("detach %s: %s", att.name, e)
 
 
 def list_attached(ifindex: int, *, netns_name: str | None, netkit: bool) -> list[AttachedProgram]:
-    out: list[AttachedProgram] = []
+    """Every program on ``ifindex`` in ``netns_name`` by every mechanism (:func:`nkframe.attach.query_all`)."""
     with netns.enter(netns_name):
-        mechs = [Mechanism.NETKIT] if netkit else []
-        mechs += [Mechanism.TCX, Mechanism.TC]
-        for mech in mechs:
-            backend = attach_mod.backend(mech)
-            for direction in backend.directions:
-                try:
-                    out.extend(backend.query(ifindex, direction))
-                except (KernelError, NotSupported) as e:
-                    if e.errno in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP) if isinstance(e, KernelError) else True:
-                        continue
-                    raise
-    return out
+        return attach_mod.query_all(ifindex, netkit=netkit)
 
 
 def order_chain(specs: list[ProgramSpec]) -> list[ProgramSpec]:
@@ -298,12 +267,6 @@ def staged(path: Path, prefix: str) -> Path:
     if not prefix:
         return path
     return path.parents[2] / prefix / path.parents[1].name / path.parent.name / path.name
-
-
-def tc_prio(pos: int) -> int:
-    from nkframe.attach import tc
-
-    return tc.PRIO_BASE + tc.PRIO_STEP * (pos + 1)
 
 
 def group_key(s: ProgramSpec) -> tuple:

@@ -19,13 +19,12 @@ import threading
 from collections import defaultdict
 from typing import Iterable
 
-import attrs
 import pluggy
 
 from nkframe import attach as attach_mod
 from nkframe import builtin, faults, netns, pins, progcache, specstore
 from nkframe.context import DeviceInfo, EndpointContext, UndoLog, UplinkContext
-from nkframe.engine.chains import ChainsMixin, close_all, detacher, list_attached, order_chain, tc_prio
+from nkframe.engine.chains import ChainsMixin, close_all, detacher, list_attached, order_chain
 from nkframe.engine.reconcile import ReconcileMixin
 from nkframe.engine.staging import StagingMixin
 from nkframe.plugins import make_manager
@@ -35,6 +34,7 @@ from nkframe.errors import (
     InvalidSpec,
     KernelError,
     NkframeError,
+    NotSupported,
     PluginError,
 )
 from nkframe.types import (
@@ -317,9 +317,12 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
             by_hook: dict[str, list[ProgramSpec]] = defaultdict(list)
             for s in specs:
                 by_hook[DeviceHook(s.hook).value].append(s)
-            mech = Mechanism.TCX if self.features.supported("tcx") else Mechanism.TC
             if self.attach_mode in (AttachMode.TC, AttachMode.TCX):
                 mech = Mechanism(self.attach_mode.value)
+            else:  # the best a node device takes (netkit links only go on netkit devices)
+                mech = next(iter(self.candidates(None)), None)
+                if mech is None:
+                    raise NotSupported("attach", f"no attach mechanism for {ifname}: {self._why_not(None, None)}")
             out = []
             undo = UndoLog()
             try:
@@ -339,32 +342,19 @@ class Engine(ChainsMixin, StagingMixin, ReconcileMixin):
                                 obj.set_map_pin_path(map_name, str(path))
                             obj.load()
                             prog = obj.programs[s.program]
-                            out.append(self._upsert_device_prog(backend, mech, ifname, st.ifindex, hook, direction, pos, s, prog, undo))
+                            path = backend.pin_path(self.layout, "device", ifname, hook, pos, s.name)
+                            with netns.enter(self.node_netns):
+                                # Replaced in place when pinned already (a second setup_uplink).
+                                att, new = backend.upsert(st.ifindex, direction, prog, pin=str(path), name=s.name, hook=hook)
+                            if new:
+                                undo.push(f"detach {s.name} from {ifname}", detacher(backend, att, self.node_netns))
+                            out.append(att)
                         finally:
                             obj.close()
             except BaseException:
                 undo.rollback()
                 raise
             return out
-
-    def _upsert_device_prog(self, backend, mech, ifname, ifindex, hook, direction, pos, s, prog, undo) -> AttachedProgram:
-        if mech is Mechanism.TC:
-            prio = tc_prio(pos)
-            path = self.layout.tc_path("device", ifname, hook, pos, s.name, prio)
-            with netns.enter(self.node_netns):
-                if path.exists():
-                    old = backend.open_pinned(str(path), direction=direction, ifindex=ifindex)
-                    return attrs.evolve(backend.update(old, prog), hook=hook)
-                att = backend.attach(ifindex, direction, prog, pin=str(path), name=s.name, priority=prio)
-        else:
-            path = self.layout.link_path("device", ifname, hook, pos, s.name)
-            with netns.enter(self.node_netns):
-                if path.exists():
-                    old = backend.open_pinned(str(path), name=s.name)
-                    return attrs.evolve(backend.update(old, prog), hook=hook)
-                att = backend.attach(ifindex, direction, prog, pin=str(path), name=s.name)
-        undo.push(f"detach {s.name} from {ifname}", detacher(backend, att, self.node_netns))
-        return attrs.evolve(att, hook=hook)
 
     def teardown_uplink(self, ifname: str | None = None) -> None:
         ifname = ifname or self.uplink

@@ -11,7 +11,6 @@ import attrs
 
 from nkframe import netns, pins
 from nkframe.errors import EndpointNotFound, NkframeError
-from nkframe.types import Mechanism
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class ReconcileMixin:
                 for note in self._settle_staged(eid, devices[spec.node_ifname]):
                     problems.append(f"{eid}: {note}")
                 ep = self.get_endpoint(eid, _links=devices)
-                dead = [p for p in ep.programs if p.mechanism is not Mechanism.TC and p.ifindex == 0]
+                dead = [p for p in ep.programs if p.ifindex == 0]  # the device is there: a link it lost
                 if dead:
                     problems.append(f"{eid}: {len(dead)} link(s) detached from their device")
                 healthy.append(eid)

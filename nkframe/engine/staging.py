@@ -45,9 +45,9 @@ import attrs
 from nkframe import attach as attach_mod
 from nkframe import netns, pins, specstore
 from nkframe.context import DeviceInfo, EndpointContext
-from nkframe.engine.chains import close_all, detacher, list_attached, programs_by_spec, staged, tc_prio
+from nkframe.engine.chains import close_all, detacher, list_attached, programs_by_spec, staged
 from nkframe.errors import EndpointNotFound, InvalidSpec, NkframeError
-from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint, Mechanism
+from nkframe.types import AttachedProgram, AttachMode, DeviceKind, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class StagingMixin:
             loaded = []
             try:
                 loaded = self._load(ctx, chains)
-                self._attach_chains(ctx, chains, loaded, pin_prefix=staging)
+                self._attach_chains(ctx, chains, loaded, pin_prefix=staging, beside=old.programs)
             except BaseException:
                 ctx.undo.rollback()
                 pins.remove_tree(self.layout.endpoint_dir(endpoint_id) / staging)
@@ -112,8 +112,7 @@ class StagingMixin:
                 close_all(ctx.maps.values())
             with netns.enter(self.node_netns):
                 for att in old.programs:
-                    backend = attach_mod.backend(att.mechanism)
-                    backend.detach(attrs.evolve(att, hook=attach_mod.direction_for(att.mechanism, att.hook)))
+                    attach_mod.backend(att.mechanism).detach(att)
             ep_dir = self.layout.endpoint_dir(endpoint_id)
             self._move_staged_into_place(ep_dir, staging, ("links", "tc"))
             pins.remove_tree(ep_dir / staging)
@@ -187,17 +186,17 @@ class StagingMixin:
                 for hook in sorted(set(chains) | set(current)):
                     new_chain = chains.get(hook, [])
                     old_chain = current.get(hook, [])
-                    mech = ctx.mechanisms[hook]
-                    backend = attach_mod.backend(mech)
-                    direction = attach_mod.direction_for(mech, hook)
+                    backend = attach_mod.backend(ctx.mechanisms[hook])
+                    direction = attach_mod.direction_for(backend.mechanism, hook)
                     news = [prog_of(s) for s in new_chain]
-                    if mech is Mechanism.TC:
-                        finish += self._tc_replace(ctx, backend, hook, direction, new_chain, news, old_chain, st.ifindex)
-                    elif [s.name for s in new_chain] == [p.name for p in old_chain]:
+                    # In place only where the pin holds a link: its program is swapped inside
+                    # it and the pin stays true.  A TC pin holds the program itself and names
+                    # the filter's priority, so a new filter goes beside the old one instead.
+                    if backend.pin_kind == "link" and [s.name for s in new_chain] == [p.name for p in old_chain]:
                         for prog, o in zip(news, old_chain):
-                            self._link_update(ctx, backend, o, direction, prog, held)
+                            self._update_in_place(ctx, backend, o, prog, held)
                     else:
-                        finish += self._link_stage(ctx, backend, hook, direction, new_chain, news, old_chain, st.ifindex, staging)
+                        finish += self._stage_beside(ctx, backend, hook, direction, new_chain, news, old_chain, st.ifindex, staging)
             # The point of no return: every new program runs; take the old ones away.
             with netns.enter(self.node_netns):
                 for step in finish:
@@ -216,70 +215,43 @@ class StagingMixin:
         ctx.undo.commit()
         return self.get_endpoint(endpoint_id)
 
-    def _link_update(self, ctx, backend, old: AttachedProgram, direction: str, prog, held: list) -> None:
+    def _update_in_place(self, ctx, backend, old: AttachedProgram, prog, held: list) -> None:
         from nkframe import bpf
 
-        att = attrs.evolve(old, hook=direction)
         # Keep the old program alive until commit: the link drops its reference on update, and
         # undoing means swapping it back in.
         old_prog = bpf.Program.from_id(old.prog_id)
         held.append(old_prog)
-        backend.update(att, prog, expected_prog_id=old.prog_id)
+        new = backend.update(old, prog, expected_prog_id=old.prog_id)
 
         def undo() -> None:
             with netns.enter(ctx.node_netns):
-                link = bpf.Link.from_pin(att.pin)
-                try:
-                    link.update(old_prog.fd)
-                finally:
-                    link.close()
+                backend.update(new, old_prog)
 
         ctx.undo.push(f"restore program {old.prog_id} on {old.name}", undo)
 
-    def _link_stage(self, ctx, backend, hook, direction, new_chain, news, old_chain, ifindex, staging) -> list:
-        """Stage a reshaped chain in front of the old one (new0, new1, ..., old0, old1, ...) and
-        return the cut-over step."""
+    def _stage_beside(self, ctx, backend, hook, direction, new_chain, news, old_chain, ifindex, staging) -> list:
+        """Stage a new chain beside the old one, which keeps running, and return the cut-over
+        step.  Links go in front of it (new0, new1, ..., old0, old1, ...); TC filters at
+        priorities the old chain does not use, in the same order (the backend's
+        :meth:`~nkframe.attach.Backend.pin_path` picks them)."""
         from nkframe.attach.base import Position
 
         ep_dir = self.layout.endpoint_dir(ctx.spec.id)
-        anchor = Position.before(link_id=old_chain[0].link_id) if old_chain else Position.tail()
+        anchor = Position.tail()
+        if old_chain:
+            first = old_chain[0]
+            anchor = Position.before(link_id=first.link_id) if first.link_id else Position.before(prog_id=first.prog_id)
         for pos, (s, prog) in enumerate(zip(new_chain, news)):
-            pin = staged(self.layout.link_path("endpoint", ctx.spec.id, hook, pos, s.name), staging)
-            att = backend.attach(ifindex, direction, prog, position=anchor, pin=str(pin), name=s.name)
+            pin = staged(backend.pin_path(self.layout, "endpoint", ctx.spec.id, hook, pos, s.name, beside=old_chain), staging)
+            att = backend.attach(ifindex, direction, prog, position=anchor, pin=str(pin), name=s.name, hook=hook)
             ctx.undo.push(f"detach new {s.name}", detacher(backend, att, ctx.node_netns))
 
         def finish() -> None:
             for o in old_chain:
-                backend.detach(attrs.evolve(o, hook=direction))
-            self._move_staged_into_place(ep_dir, staging, [f"links/{hook}"])
-
-        return [finish]
-
-    def _tc_replace(self, ctx, backend, hook, direction, new_chain, news, old_chain, ifindex) -> list:
-        """Attach the new chain at priorities the old one does not use, ordered like the old one,
-        and return the step removing the old filters."""
-        from nkframe.attach import tc
-
-        taken = {p.tc_priority for p in old_chain}
-        # Priorities of position i are tc_prio(i) + offset; PRIO_STEP leaves room for these
-        # offsets without crossing into the next position, so the chain keeps its order.
-        for offset in (0, tc.PRIO_STEP // 2, tc.PRIO_STEP // 4, 3 * tc.PRIO_STEP // 4):
-            prios = [tc_prio(i) + offset for i in range(len(new_chain))]
-            if not taken & set(prios):
-                break
-        else:
-            raise NkframeError(f"endpoint {ctx.spec.id}: no free tc priorities for the new {hook} chain; remove and re-add the endpoint")
-        for pos, (s, prog, prio) in enumerate(zip(new_chain, news, prios)):
-            pin = self.layout.tc_path("endpoint", ctx.spec.id, hook, pos, s.name, prio)
-            att = backend.attach(ifindex, direction, prog, pin=str(pin), name=s.name, priority=prio)
-            ctx.undo.push(f"detach new {s.name}", detacher(backend, att, ctx.node_netns))
-
-        def finish() -> None:
-            for o in old_chain:
-                backend.detach(attrs.evolve(o, hook=direction, ifindex=ifindex))
-            d = self.layout.endpoint_dir(ctx.spec.id) / "tc" / hook
-            if not new_chain and d.is_dir():
-                pins.remove_tree(d)
+                attach_mod.backend(o.mechanism).detach(o)
+            # The hook's pins, whichever kind the mechanism pins (an upgrade keeps it).
+            self._move_staged_into_place(ep_dir, staging, [f"links/{hook}", f"tc/{hook}"])
 
         return [finish]
 
@@ -300,17 +272,16 @@ class StagingMixin:
         staged = [d for d in ep_dir.iterdir() if is_staging_dir(d)]
         if not staged:
             return []
-        # A TC pin holds a program, not the filter: ask the device which filters still run.
-        tc_running = {
-            (p.hook, p.tc_priority, p.prog_id)
-            for p in list_attached(device.ifindex, netns_name=self.node_netns, netkit=False)
-            if p.mechanism is Mechanism.TC
-        }
+        # Ask the device what runs: a TC pin holds a program, not the filter, and a link pin
+        # keeps a link the device no longer has.
+        def key(p: AttachedProgram) -> tuple:
+            return p.mechanism, p.direction, p.prog_id, p.link_id, p.tc_priority
+
+        on_device = {key(p) for p in list_attached(device.ifindex, netns_name=self.node_netns,
+                                                    netkit=getattr(device, "kind", "") == "netkit")}
 
         def running(p: AttachedProgram) -> bool:
-            if p.mechanism is Mechanism.TC:
-                return (attach_mod.direction_for(p.mechanism, p.hook), p.tc_priority, p.prog_id) in tc_running
-            return p.ifindex != 0  # link info reports ifindex 0 once a link is detached
+            return key(p) in on_device
 
         def whole(old, hooks) -> bool:
             for hook in hooks:
@@ -351,10 +322,10 @@ class StagingMixin:
     def _detach_staged(self, progs, running) -> None:
         with netns.enter(self.node_netns):
             for p in progs:
-                direction = attach_mod.direction_for(p.mechanism, p.hook)
-                if p.mechanism is Mechanism.TC and not running(p):
-                    # The filter at that priority is gone or runs another program: leave it.
+                if not running(p):
+                    # Not on the device: a link it no longer has, or a TC priority that is free
+                    # or runs another program (leave that alone).  Only the pin goes.
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p.pin)
                     continue
-                attach_mod.backend(p.mechanism).detach(attrs.evolve(p, hook=direction))
+                attach_mod.backend(p.mechanism).detach(p)

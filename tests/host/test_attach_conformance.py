@@ -203,13 +203,12 @@ def test_pin_survives_process_exit_and_reopens(pair, counters, bpffs_root):
     assert pair.ping(1)
     assert counters.value(7) >= 1, "and still running"
     with netns.enter(pair.node_ns):
-        if pair.mech is Mechanism.TC:
-            reopened = open_pinned(pin, direction=pair.direction, ifindex=pair.ifindex)
-            reopened = attrs.evolve(reopened, tc_priority=_tc_prio_of(pair, prog_id))
-        else:
-            reopened = open_pinned(pin)
+        # A TC pin names neither device nor direction: the hook (or the direction) and the
+        # device's ifindex say where its filter is; a link's info says it all.
+        reopened = open_pinned(pin, hook=Hook.FROM_POD.value, ifindex=pair.ifindex)
         assert reopened.mechanism is pair.mech, "the backend is picked from the pin and the kernel's link info"
-        assert reopened.prog_id == prog_id
+        assert (reopened.prog_id, reopened.hook, reopened.direction) == (prog_id, "from-pod", pair.direction)
+        assert reopened.tc_priority == _tc_prio_of(pair, prog_id)
         pair.backend.detach(reopened)
     assert pair.query() == []
     assert not os.path.exists(pin)
@@ -220,12 +219,35 @@ def _tc_prio_of(pair: Pair, prog_id: int) -> int:
         return next(p.tc_priority for p in pair.backend.query(pair.ifindex, pair.direction) if p.prog_id == prog_id)
 
 
+def test_upsert_attaches_then_updates_what_is_pinned(pair, counters, bpffs_root):
+    """One signature on every mechanism: upsert attaches where nothing is pinned and swaps the
+    program of what is pinned otherwise; the value carries nkframe's hook and the mechanism's
+    direction; a TC filter takes its priority from the pin's name."""
+    first, second = counters.load(0), counters.load(1)
+    pin = f"{bpffs_root}/up/00-up-p49408"
+    with netns.enter(pair.node_ns):
+        a, new = pair.backend.upsert(pair.ifindex, pair.direction, first, pin=pin, name="up", hook="from-pod")
+        assert new and (a.hook, a.direction, a.name, a.pin) == ("from-pod", pair.direction, "up", pin)
+        b, new = pair.backend.upsert(pair.ifindex, pair.direction, second, pin=pin, name="up", hook="from-pod")
+    assert not new, "the second upsert updates"
+    assert attrs.evolve(b, prog_id=first.id) == a, "same attachment, hook, direction and pin; another program"
+    assert pair.query() == [second.id], "swapped in place, not attached again"
+    assert pair.ping(1) and counters.value(1) >= 1
+    if pair.mech is Mechanism.TC:
+        assert a.tc_priority == 49408 == _tc_prio_of(pair, second.id)
+    with netns.enter(pair.node_ns):
+        reopened = open_pinned(pin, hook="from-pod", ifindex=pair.ifindex)
+    assert (reopened.hook, reopened.direction, reopened.prog_id) == ("from-pod", pair.direction, second.id)
+    _detach_all(pair, [b])
+    assert pair.query() == [] and not os.path.exists(pin)
+
+
 def test_list_attached_shows_every_mechanism(pair, counters, bpffs_root):
     att = _attach(pair, counters.load(0), pin=f"{bpffs_root}/l")
     found = list_attached(pair.ifindex, netns_name=pair.node_ns, netkit=pair.mech is Mechanism.NETKIT)
     mine = [p for p in found if p.prog_id == att.prog_id]
     assert len(mine) == 1
-    assert mine[0].mechanism is pair.mech and mine[0].hook == pair.direction
+    assert mine[0].mechanism is pair.mech and mine[0].direction == pair.direction and mine[0].hook == ""
     assert mine[0].name == "count"
     _detach_all(pair, [att])
     found = list_attached(pair.ifindex, netns_name=pair.node_ns, netkit=pair.mech is Mechanism.NETKIT)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from nkframe import bpf, hookimpl, netns, objects, probe
+from nkframe import attach, bpf, hookimpl, netns, objects, probe
 from nkframe.context import DeviceInfo
 from nkframe.engine import Engine
 from nkframe.errors import (
@@ -92,6 +92,14 @@ def test_add_list_remove_with_traffic(node, bpffs_root):
     again = Engine(node.netns, bpffs_root, autoload=False).get_endpoint("pod-a")
     assert again.spec == spec
     assert {(p.name, p.prog_id) for p in again.programs} == {(p.name, p.prog_id) for p in ep.programs}
+    # Each program says both where nkframe put it (hook) and the mechanism's word (direction),
+    # the same when read back from the pins; the kernel's listing knows only the direction.
+    want = {("count_out", "from-pod", attach.direction_for(expect, Hook.FROM_POD)),
+            ("count_in", "to-pod", attach.direction_for(expect, Hook.TO_POD))}
+    assert {(p.name, p.hook, p.direction) for p in ep.programs} == want
+    assert {(p.name, p.hook, p.direction) for p in again.programs} == want
+    listed = {p.prog_id: p for p in eng.attached(spec.node_ifname)}
+    assert {(listed[p.prog_id].hook, listed[p.prog_id].direction) for p in ep.programs} == {("", d) for _n, _h, d in want}
     assert plugin.events == [("configure", "pod-a"), ("added", "pod-a")]
 
     # Real traffic through the attached programs: pod -> node-local address.
@@ -331,7 +339,7 @@ def test_switch_mechanism_never_leaves_a_gap(node, bpffs_root):
     def watch():
         while not stop.is_set():
             progs = eng.attached(spec.node_ifname)
-            if not any(p.name == "count" and p.hook == "ingress" for p in progs):
+            if not any(p.name == "count" and p.direction == "ingress" for p in progs):
                 seen_empty.append(progs)
 
     t = threading.Thread(target=watch)

@@ -119,7 +119,7 @@ def _redirect_peer_only(root):
 @pytest.mark.parametrize("delivery", ["via-device", "redirect-peer"])
 def test_outside_to_pod_is_judged_on_the_uplink(cluster, bpffs_root, delivery):
     node, eng, pod = cluster
-    names = [a.name for a in eng.attached(node.uplink) if a.hook == "ingress"]
+    names = [a.name for a in eng.attached(node.uplink) if a.direction == "ingress"]
     assert names.index("policy_uplink") < names.index("dp_uplink_in"), names
     if delivery == "redirect-peer":
         _redirect_peer_only(bpffs_root)

@@ -123,7 +123,7 @@ def test_upgrade_to_a_chain_of_another_shape(node, bpffs_root, attach):
         assert [p.name for p in grown.programs if p.hook == Hook.TO_POD.value] == ["audit_in", "count_in"]
         assert _attached_ids(eng, grown) == {p.prog_id for p in grown.programs}
         # The kernel runs them in chain order.
-        order = [p.prog_id for p in eng.attached(grown.spec.node_ifname) if p.hook in ("ingress", "peer")]
+        order = [p.prog_id for p in eng.attached(grown.spec.node_ifname) if p.direction in ("ingress", "peer")]
         assert order == [p.prog_id for p in grown.programs if p.hook == Hook.FROM_POD.value]
         assert not any(n.startswith(STAGING_PREFIX) for n in os.listdir(f"{bpffs_root}/endpoints/up-a"))
         time.sleep(0.2)
@@ -184,7 +184,9 @@ def test_a_failed_upgrade_leaves_the_old_version_running(node, bpffs_root, monke
     with pytest.raises(KernelError, match="injected"):
         _engine(node, bpffs_root, Counting(2)).upgrade()
     monkeypatch.undo()
-    assert len(calls) == 2
+    # The second step failed; the rollback swaps the first link's program back through the
+    # backend's update (a TC rollback detaches the new filter instead).
+    assert calls in (["update", "update", "update"], ["attach", "attach"]), calls
     assert eng.get_endpoint("keep") == before, "the first swap was undone"
     assert _attached_ids(eng, ep) == {p.prog_id for p in before.programs}
     eng.remove_endpoint("keep")

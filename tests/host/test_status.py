@@ -181,16 +181,15 @@ def test_foreign_program_and_missing_device_are_problems(node, bpffs_root, built
     with bpf.BpfObject.open(objects.path("count")) as obj:
         obj.load()
         with netns.enter(node.netns):
-            if mech is Mechanism.TC:
-                foreign = backend.attach(ep.node_ifindex, direction, obj.programs["count"], name="intruder", priority=0xC3F0)
-            else:
-                foreign = backend.attach(ep.node_ifindex, direction, obj.programs["count"], name="intruder", pin=f"{bpffs_root}/intruder")
+            # One call for every mechanism: a TC filter at the tail of the chain, a link pinned.
+            foreign = backend.attach(ep.node_ifindex, direction, obj.programs["count"], name="intruder",
+                                     pin=None if mech is Mechanism.TC else f"{bpffs_root}/intruder")
     try:
         st = status.gather(eng)
         e = st.endpoints[0]
         intruders = [p for p in e.programs if not p.nkframe]
         assert [p.prog_id for p in intruders] == [foreign.prog_id]
-        assert intruders[0].hook == "from-pod"
+        assert (intruders[0].hook, intruders[0].direction) == ("from-pod", direction)
         assert any("not attached by nkframe" in p for p in st.problems)
         assert _cli(node, bpffs_root, "status", "--check", check=False).returncode == 1
     finally:
