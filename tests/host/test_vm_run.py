@@ -123,6 +123,8 @@ def vm_endpoint(node, bpffs_root):
                                       options={"vm": {}}))
         eng.add_endpoint(EndpointSpec(id="pod-p", netns=node.pod(),
                                       addresses=["10.230.0.20/32"]))
+        eng.add_endpoint(EndpointSpec(id="vm-q", netns=node.pod(), addresses=["10.230.0.30/32"],
+                                      options={"vm": {"queues": 2}}))
         yield node, pod
     finally:
         for eid in eng.layout.endpoint_ids():
@@ -184,6 +186,20 @@ def test_vm_run_hands_unbound_sockets_to_the_qemu_it_becomes(vm_endpoint, bpffs_
              env=dict(env, FAKE_QEMU_SLEEP=""))
     assert r.returncode == 0, r.stderr
     assert json.loads(report.read_text())["socks"][0]["family"] == 44
+
+
+def test_vm_run_gives_one_socket_per_queue(vm_endpoint, bpffs_root, fake_qemu, tmp_path):
+    node, _ = vm_endpoint
+    report = tmp_path / "report.json"
+    r = _cli(node, bpffs_root, "vm-run", "vm-q", "--qemu", str(fake_qemu), "--id", "q0", "--",
+             env=dict(_env(node, bpffs_root), FAKE_QEMU_REPORT=str(report)))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(report.read_text())
+    fds = [x["fd"] for x in got["socks"]]
+    assert len(set(fds)) == 2 and all(x["family"] == 44 for x in got["socks"])
+    assert f"queues=2,start-queue=0,inhibit=on,sock-fds={fds[0]}:{fds[1]}" in got["argv"][1]
+    assert got["argv"][0] == "-netdev" and got["argv"][1].startswith("af-xdp,id=q0,")
+    assert got["argv"][3].startswith("virtio-net-pci,netdev=q0,") and "mq=on" in got["argv"][3]
 
 
 def test_vm_run_refusals(vm_endpoint, bpffs_root, fake_qemu, qemu_afxdp, tmp_path):
