@@ -264,6 +264,13 @@ class AttrMap:
     def type_of(self, name: str) -> int:
         return self.by_name[name][0]
 
+    def value(self, raw: Mapping[int, bytes], name: str) -> Any:
+        """One attribute of an undecoded ``{type: payload}`` map (nlsock.attr_map), decoded;
+        None when absent.  For readers that need a few attributes of a long reply."""
+        atype, kind = self.by_name[name]
+        p = raw.get(atype)
+        return None if p is None or isinstance(kind, Switch) else kind.decode(p)
+
     def encode(self, value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> bytes:
         items = list(value.items() if isinstance(value, Mapping) else value)
         seen: dict[str, Any] = {}

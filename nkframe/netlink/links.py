@@ -32,18 +32,10 @@ from nkframe.uapi import (
     IFF_LOWER_UP,
     IFF_UP,
     IFLA_ADDRESS,
-    IFLA_GRO_MAX_SIZE,
-    IFLA_GSO_MAX_SIZE,
     IFLA_IFNAME,
     IFLA_NET_NS_FD,
-    IFLA_INFO_KIND,
-    IFLA_LINK,
     IFLA_LINKINFO,
-    IFLA_LINK_NETNSID,
     IFLA_MTU,
-    IFLA_NUM_RX_QUEUES,
-    IFLA_NUM_TX_QUEUES,
-    IFLA_OPERSTATE,
     IFLA_STATS64,
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -203,28 +195,25 @@ class LinkState:
     @classmethod
     def from_msg(cls, msg: "RawLink", netns: str | None) -> "LinkState":
         a = msg.attrs
-        op = nl.u8(a.get(IFLA_OPERSTATE))
+        v = ifla.LINK_ATTRS.value  # only the attributes read here are decoded
+        op = v(a, "IFLA_OPERSTATE")
         return cls(
             ifindex=msg.index,
             name=msg.name,
             kind=msg.kind,
-            mtu=nl.u32(a.get(IFLA_MTU)),
+            mtu=v(a, "IFLA_MTU"),
             up=bool(msg.flags & IFF_UP),
             lower_up=bool(msg.flags & IFF_LOWER_UP),
             operstate=None if op is None else (_OPERSTATES[op] if op < len(_OPERSTATES) else str(op)),
-            address=nl.mac(a.get(IFLA_ADDRESS)),
-            link_ifindex=nl.u32(a.get(IFLA_LINK)),
-            link_netnsid=_s32(a.get(IFLA_LINK_NETNSID)),
-            num_tx_queues=nl.u32(a.get(IFLA_NUM_TX_QUEUES)),
-            num_rx_queues=nl.u32(a.get(IFLA_NUM_RX_QUEUES)),
-            gso_max_size=nl.u32(a.get(IFLA_GSO_MAX_SIZE)),
-            gro_max_size=nl.u32(a.get(IFLA_GRO_MAX_SIZE)),
+            address=v(a, "IFLA_ADDRESS"),
+            link_ifindex=v(a, "IFLA_LINK"),
+            link_netnsid=v(a, "IFLA_LINK_NETNSID"),
+            num_tx_queues=v(a, "IFLA_NUM_TX_QUEUES"),
+            num_rx_queues=v(a, "IFLA_NUM_RX_QUEUES"),
+            gso_max_size=v(a, "IFLA_GSO_MAX_SIZE"),
+            gro_max_size=v(a, "IFLA_GRO_MAX_SIZE"),
             netns=netns,
         )
-
-
-def _s32(p: bytes | None) -> int | None:
-    return struct.unpack_from("=i", p)[0] if p is not None and len(p) >= 4 else None
 
 
 @attrs.frozen
@@ -447,17 +436,22 @@ class RawLink:
 
     @classmethod
     def parse(cls, payload: bytes) -> "RawLink":
-        _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
-        return cls(index, flags, attr_map(payload, _IFINFOMSG.size), bytes(payload))
+        hdr = ifla.IFINFOMSG.decode(payload)
+        return cls(hdr["index"], hdr["flags"], attr_map(payload, ifla.IFINFOMSG.size), bytes(payload))
 
     @property
     def name(self) -> str | None:
-        return nl.string(self.attrs.get(IFLA_IFNAME))
+        return ifla.LINK_ATTRS.value(self.attrs, "IFLA_IFNAME")
 
     @property
     def kind(self) -> str | None:
         info = self.attrs.get(IFLA_LINKINFO)
-        return nl.string(attr_map(info).get(IFLA_INFO_KIND)) if info else None
+        return ifla.LINKINFO.value(attr_map(info), "IFLA_INFO_KIND") if info else None
+
+    def decode(self) -> dict:
+        """The whole message through the codec (ifla.LINK): header fields, every attribute,
+        IFLA_LINKINFO with its kind's INFO_DATA."""
+        return ifla.LINK.decode(self.data)
 
     def stats64(self) -> dict[str, int]:
         raw = self.attrs.get(IFLA_STATS64)
@@ -466,7 +460,7 @@ class RawLink:
         return dict(zip(_STATS64, struct.unpack_from(f"={len(_STATS64)}Q", raw)))
 
     def to_pyroute2(self) -> Any:
-        """The same message parsed by pyroute2 (for the netkit decoder's nested attributes)."""
+        """The same message parsed by pyroute2 (a cross-check; nkframe's readers use decode())."""
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         hdr = struct.pack("=IHHII", 16 + len(self.data), RTM_NEWLINK, 0, 0, 0)

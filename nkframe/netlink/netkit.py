@@ -1,8 +1,11 @@
 """netkit devices over rtnetlink.
 
-pyroute2 0.9 has no netkit attributes, so this module declares the IFLA_INFO_DATA layout as an nla
-class and registers it as link kind ``netkit`` (process-global, idempotent, re-done before every
-use so a test that restores pyroute2's registry cannot break us).
+The messages are the codec's (:mod:`nkframe.netlink.codec`; netkit's IFLA_INFO_DATA is declared in
+:mod:`nkframe.netlink.kinds.netkit`).  pyroute2 0.9 has no netkit attributes; the nla class here
+(registered as link kind ``netkit``, process-global, idempotent, re-done before every use so a
+test that restores pyroute2's registry cannot break us) serves :func:`encode_netkit` and
+:func:`encode_set_policy`, pyroute2's encoding of the same messages, which the unit tests hold
+the codec's bytes to.  Nothing on the create, read or change paths goes through pyroute2.
 
 Kernel behaviour the code relies on:
 
@@ -25,6 +28,7 @@ from typing import Any
 import attrs
 
 from nkframe.errors import InvalidSpec, KernelError, NotSupported
+from nkframe.netlink import ifla
 from nkframe.netlink import links as _links
 from nkframe.netlink._rtnl import extack, kernel_error, where
 from nkframe.netlink.nlsock import NetlinkError
@@ -345,16 +349,15 @@ def encode_netkit_bytes(spec: NetkitSpec, peer_netns_fd: int | None = None) -> b
 # decoding
 
 
-def _decode(msg: Any, netns: str | None) -> NetkitInfo:
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo is not None else None
-    name = msg.get_attr("IFLA_IFNAME")
+def _decode(d: dict, netns: str | None) -> NetkitInfo:
+    """A NetkitInfo from an RTM_NEWLINK body as the codec decodes it (ifla.LINK)."""
+    linkinfo = d.get("IFLA_LINKINFO") or {}
+    kind = linkinfo.get("IFLA_INFO_KIND")
+    name = d.get("IFLA_IFNAME")
     if kind != "netkit":
         raise InvalidSpec(f"interface {name!r} in {where(netns)} is {kind or 'no kind'}, not netkit")
-    data = linkinfo.get_attr("IFLA_INFO_DATA")
-    get = (lambda key: data.get_attr(key)) if data is not None and hasattr(data, "get_attr") else (
-        lambda key: None
-    )
+    data = linkinfo.get("IFLA_INFO_DATA")
+    get = data.get if isinstance(data, dict) else (lambda key: None)
 
     def opt(key: str, cls: type[enum.IntEnum]) -> Any:
         v = get(key)
@@ -369,7 +372,7 @@ def _decode(msg: Any, netns: str | None) -> NetkitInfo:
     policy = opt("IFLA_NETKIT_POLICY", NetkitPolicy)
     return NetkitInfo(
         name=name,
-        ifindex=msg["index"],
+        ifindex=d["index"],
         primary=bool(get("IFLA_NETKIT_PRIMARY")),
         mode=mode if mode is not None else NetkitMode.L3,
         policy=policy if policy is not None else NetkitPolicy.PASS,
@@ -379,29 +382,35 @@ def _decode(msg: Any, netns: str | None) -> NetkitInfo:
         headroom=get("IFLA_NETKIT_HEADROOM"),
         tailroom=get("IFLA_NETKIT_TAILROOM"),
         pairing=opt("IFLA_NETKIT_PAIRING", NetkitPairing),
-        mtu=msg.get_attr("IFLA_MTU"),
-        num_tx_queues=msg.get_attr("IFLA_NUM_TX_QUEUES"),
-        num_rx_queues=msg.get_attr("IFLA_NUM_RX_QUEUES"),
-        address=msg.get_attr("IFLA_ADDRESS"),
-        gso_max_size=msg.get_attr("IFLA_GSO_MAX_SIZE"),
-        gro_max_size=msg.get_attr("IFLA_GRO_MAX_SIZE"),
-        peer_ifindex=msg.get_attr("IFLA_LINK") or None,
-        up=bool(msg["flags"] & _links.IFF_UP),
+        mtu=d.get("IFLA_MTU"),
+        num_tx_queues=d.get("IFLA_NUM_TX_QUEUES"),
+        num_rx_queues=d.get("IFLA_NUM_RX_QUEUES"),
+        address=d.get("IFLA_ADDRESS"),
+        gso_max_size=d.get("IFLA_GSO_MAX_SIZE"),
+        gro_max_size=d.get("IFLA_GRO_MAX_SIZE"),
+        peer_ifindex=d.get("IFLA_LINK") or None,
+        up=bool(d["flags"] & _links.IFF_UP),
         netns=netns,
     )
 
 
 def decode_netkit(msg: Any, netns: str | None = None) -> NetkitInfo:
-    """A NetkitInfo from an RTM_NEWLINK message (as pyroute2 parsed it)."""
-    register_link_kind()
-    return _decode(msg, netns)
+    """A NetkitInfo from an RTM_NEWLINK message: its body (bytes after the nlmsghdr), a
+    :class:`~nkframe.netlink.links.RawLink`, or a pyroute2 message (its bytes are decoded)."""
+    if isinstance(msg, _links.RawLink):
+        body = msg.data
+    elif isinstance(msg, (bytes, bytearray, memoryview)):
+        body = bytes(msg)
+    else:  # a pyroute2 message: decode the bytes it was parsed from (or encoded to)
+        raw = bytes(msg.data)
+        body = raw[msg.offset + 16 : msg.offset + msg["header"]["length"]] if msg["header"]["length"] else raw[16:]
+    return _decode(ifla.LINK.decode(body), netns)
 
 
 def get_netkit(name: str, *, netns: str | None = None, ipr: Any = None) -> NetkitInfo:
     """Read a netkit device back (either end)."""
-    register_link_kind()
     with _links.rtnl_session(netns, ipr) as sock:
-        return _decode(_links.get_msg(sock, validate_ifname(name), netns).to_pyroute2(), netns)
+        return decode_netkit(_links.get_msg(sock, validate_ifname(name), netns), netns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +444,6 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
     KernelError(EEXIST) when a name is taken, NetnsNotFound for a missing namespace.  On any
     failure nothing is left behind.
     """
-    register_link_kind()
     peer_desc = "" if spec.pairing == NetkitPairing.SINGLE else f"/{spec.peer_name!r}"
     what = f"create netkit {spec.name!r}{peer_desc} in {where(netns)}"
     with _links.rtnl_session(netns) as ipr, _links.peer_netns_fd(spec.peer_netns) as fd:
@@ -450,7 +458,7 @@ def create_netkit(spec: NetkitSpec, *, netns: str | None = None) -> LinkPair:
         except NetlinkError as e:
             raise _create_error(e, spec, what) from None
         try:
-            info = _decode(_links.get_msg(ipr, spec.name, netns).to_pyroute2(), netns)
+            info = decode_netkit(_links.get_msg(ipr, spec.name, netns), netns)
             missing = _not_applied(spec, info)
             if missing:
                 raise NotSupported(

@@ -309,3 +309,71 @@ def test_ctrl_family_reply_round_trip(ops, fam_id, version):
 def test_xdp_features_decode_either_width():
     for raw in (struct.pack("=HHI", 8, 3, 9), struct.pack("=HHQ", 12, 3, 9 | 1 << 40)):
         assert netdev.DEV.decode(raw)["NETDEV_A_DEV_XDP_FEATURES"] & 0xFFFF == 9
+
+
+# --------------------------------------------------------------------------------------------
+# reading links back: RawLink / LinkState / NetkitInfo through the codec, pyroute2 as the oracle
+
+_opt_u32 = st.none() | st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def netkit_replies(draw):
+    """An RTM_NEWLINK body as the kernel answers about a netkit device (what we read of it)."""
+    mode = draw(st.sampled_from([0, 1]))
+    data = {
+        "IFLA_NETKIT_PRIMARY": draw(st.sampled_from([0, 1])),
+        "IFLA_NETKIT_POLICY": draw(st.sampled_from([0, 2])),
+        "IFLA_NETKIT_PEER_POLICY": draw(st.none() | st.sampled_from([0, 2])),
+        "IFLA_NETKIT_MODE": mode,
+        "IFLA_NETKIT_SCRUB": draw(st.none() | st.sampled_from([0, 1])),
+        "IFLA_NETKIT_PEER_SCRUB": draw(st.none() | st.sampled_from([0, 1])),
+        "IFLA_NETKIT_HEADROOM": draw(st.none() | st.integers(0, 0xFFFF)),
+        "IFLA_NETKIT_TAILROOM": draw(st.none() | st.integers(0, 0xFFFF)),
+        "IFLA_NETKIT_PAIRING": draw(st.none() | st.sampled_from([0, 1])),
+    }
+    return ifla.LINK.encode({
+        "IFLA_ADDRESS": draw(_macs) if mode == 0 else None,
+        "IFLA_IFNAME": draw(_names),
+        "IFLA_MTU": draw(st.integers(68, 65535)),
+        "IFLA_LINK": draw(_opt_u32),
+        "IFLA_OPERSTATE": draw(st.none() | st.integers(0, 6)),
+        "IFLA_NUM_TX_QUEUES": draw(_opt_u32), "IFLA_NUM_RX_QUEUES": draw(_opt_u32),
+        "IFLA_LINK_NETNSID": draw(st.none() | st.integers(-(2**31), 2**31 - 1)),
+        "IFLA_GSO_MAX_SIZE": draw(_opt_u32), "IFLA_GRO_MAX_SIZE": draw(_opt_u32),
+        "IFLA_LINKINFO": {"IFLA_INFO_KIND": "netkit", "IFLA_INFO_DATA": data},
+    }, index=draw(st.integers(1, 2**31 - 1)), flags=draw(st.integers(0, 2**32 - 1)), type=draw(st.sampled_from([1, 65534])))
+
+
+@given(netkit_replies())
+def test_reading_a_link_back_agrees_with_pyroute2(body):
+    raw = links.RawLink.parse(body)
+    state = links.LinkState.from_msg(raw, None)
+    info = netkit.decode_netkit(raw)
+    p = pyroute2_parse(body)
+    pdata = p.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    assert (state.ifindex, state.name, state.kind, state.mtu) == (
+        p["index"], p.get_attr("IFLA_IFNAME"), "netkit", p.get_attr("IFLA_MTU"))
+    assert (state.address, state.link_ifindex, state.link_netnsid) == (
+        p.get_attr("IFLA_ADDRESS"), p.get_attr("IFLA_LINK"), p.get_attr("IFLA_LINK_NETNSID"))
+    assert (state.num_tx_queues, state.num_rx_queues, state.gso_max_size, state.gro_max_size) == (
+        p.get_attr("IFLA_NUM_TX_QUEUES"), p.get_attr("IFLA_NUM_RX_QUEUES"),
+        p.get_attr("IFLA_GSO_MAX_SIZE"), p.get_attr("IFLA_GRO_MAX_SIZE"))
+    assert state.up == bool(p["flags"] & 1)
+    for key, got in [("IFLA_NETKIT_PRIMARY", int(info.primary)), ("IFLA_NETKIT_MODE", info.mode),
+                     ("IFLA_NETKIT_POLICY", info.policy), ("IFLA_NETKIT_PEER_POLICY", info.peer_policy),
+                     ("IFLA_NETKIT_SCRUB", info.scrub), ("IFLA_NETKIT_PEER_SCRUB", info.peer_scrub),
+                     ("IFLA_NETKIT_HEADROOM", info.headroom), ("IFLA_NETKIT_TAILROOM", info.tailroom),
+                     ("IFLA_NETKIT_PAIRING", info.pairing)]:
+        assert got == pdata.get_attr(key), key
+    assert (info.name, info.ifindex, info.mtu, info.address) == (state.name, state.ifindex, state.mtu, state.address)
+    assert info.peer_ifindex == (state.link_ifindex or None)
+    assert raw.decode() == ifla.LINK.decode(body)
+    assert netkit.decode_netkit(p) == info  # a pyroute2 message is read from its bytes
+
+
+def test_decode_netkit_refuses_another_kind_from_bytes():
+    from nkframe.errors import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match="is veth, not netkit"):
+        netkit.decode_netkit(links.encode_veth_bytes(links.VethSpec(name="ve0", peer_name="eth0")))
