@@ -1,13 +1,13 @@
-"""A plain rtnetlink socket and the attribute codec the hot paths need.
+"""A plain netlink socket (rtnetlink, generic netlink) and the attribute primitives.
 
 Why not pyroute2 for this: an endpoint add makes a few dozen small requests (look up a device,
 add an address, a route, a neighbour, set a device up).  Through pyroute2 0.9 each ``IPRoute``
 builds an asyncio loop (~0.5 ms) and each request goes through its async core and generic
 message classes (~0.65 ms for one ``link get``), against ~0.02 ms for the same request on a
-socket of our own (``bench/profile.py`` prints both).  That was most of an add.  So the requests
-on the add/remove path are encoded here with ``struct`` from the uAPI layouts, and replies are
-decoded only as far as we read them.  pyroute2 stays for the rest (netkit message classes and
-their tests, dumps nobody waits for).
+socket of our own (``bench/profile.py`` prints both).  That was most of an add.  So every
+request goes out on this socket; the messages are declared for :mod:`nkframe.netlink.codec`
+and replies are decoded only as far as we read them.  pyroute2 stays as the tests' oracle for
+our encoding (docs/architecture.md, "Netlink: one codec").
 
 A socket belongs for life to the network namespace it was created in, so :func:`open_rtnl`
 creates it inside :func:`nkframe.netns.enter` and leaves again at once.

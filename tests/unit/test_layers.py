@@ -241,3 +241,41 @@ def test_test_module_names_are_unique():
             dup.append(f"{seen[p.name].relative_to(ROOT)} and {p.relative_to(ROOT)}")
         seen[p.name] = p
     assert not dup, "test modules sharing a name: " + "; ".join(dup)
+
+
+#: Where nkframe/netlink may import pyroute2: the builders of pyroute2's encoding of our
+#: messages, which tests/unit/test_netlink_codec.py holds the codec's bytes to (the oracle), and
+#: RawLink's cross-check parse.  Everything nkframe sends or reads goes through netlink/codec.py.
+PYROUTE2_ORACLES = {
+    ("nkframe.netlink.links", "new_link_message"),
+    ("nkframe.netlink.links", "to_pyroute2"),
+    ("nkframe.netlink.netkit", "_nla_classes"),
+    ("nkframe.netlink.netkit", "register_link_kind"),
+    ("nkframe.netlink.netkit", "encode_set_policy"),
+}
+
+
+def _pyroute2_imports(path: Path) -> list[tuple[int, str | None]]:
+    """(line, enclosing function or None) of every import of pyroute2 in the file."""
+    out = []
+
+    def walk(node: ast.AST, func: str | None) -> None:
+        for n in ast.iter_child_nodes(node):
+            f = n.name if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            names = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                     else [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            if any(x == "pyroute2" or x.startswith("pyroute2.") for x in names):
+                out.append((n.lineno, func))
+            walk(n, f)
+
+    walk(ast.parse(path.read_text(), str(path)), None)
+    return out
+
+
+def test_netlink_uses_pyroute2_only_as_the_oracle():
+    bad = [f"{path.relative_to(ROOT)}:{line}: imports pyroute2" + (f" in {func}()" if func else " at import time")
+           for mod, path in NKFRAME.items() if mod.startswith("nkframe.netlink")
+           for line, func in _pyroute2_imports(path) if (mod, func) not in PYROUTE2_ORACLES]
+    assert not bad, "pyroute2 outside the oracle builders (use nkframe/netlink/codec.py):\n" + "\n".join(bad)
+    used = {(mod, func) for mod, path in NKFRAME.items() for _l, func in _pyroute2_imports(path)}
+    assert PYROUTE2_ORACLES <= used, f"stale PYROUTE2_ORACLES entries: {PYROUTE2_ORACLES - used}"
