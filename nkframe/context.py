@@ -73,8 +73,8 @@ class EndpointContext:
     reasons: dict[str, str] = attrs.field(factory=dict)
     # Every map of the endpoint's loaded programs by name (a nkframe.bpf.Map).
     maps: dict[str, Any] = attrs.field(factory=dict)
-    # The programs the engine attached for this endpoint (AttachedProgram, ``hook`` = the Hook's
-    # value), filled in before nkframe_endpoint_configure runs.
+    # The programs the engine attached for this endpoint (AttachedProgram: ``hook`` the Hook's
+    # value, ``direction`` the mechanism's word), filled in before nkframe_endpoint_configure runs.
     programs: tuple = ()
     # Scratch space for plugins, keyed by plugin name.
     data: dict[str, Any] = attrs.field(factory=dict)
