@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from nkframe.uapi import NLA_F_NESTED, NLA_TYPE_MASK
 
 __all__ = [
-    "U8", "U16", "U32", "S32", "U64", "UINT", "STRING", "BYTES", "MAC", "FLAG",
+    "U8", "U16", "U32", "S32", "U64", "UINT", "STRING", "BYTES", "MAC", "IP", "FLAG",
     "Scalar", "Nested", "Array", "Switch", "Header", "AttrMap", "Message",
     "nla", "iter_attrs", "CodecError",
 ]
@@ -143,6 +143,22 @@ class _Mac(Kind):
         return ":".join(f"{b:02x}" for b in payload) if payload else None
 
 
+class _Ip(Kind):
+    """An IPv4 or IPv6 address, packed (4 or 16 bytes); decodes to an ipaddress object."""
+
+    def encode(self, value: Any) -> bytes:
+        import ipaddress
+
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        return (value if hasattr(value, "packed") else ipaddress.ip_address(value)).packed
+
+    def decode(self, payload: bytes) -> Any:
+        import ipaddress
+
+        return ipaddress.ip_address(payload) if len(payload) in (4, 16) else None
+
+
 class _Flag(Kind):
     """NLA_FLAG: present (True) or not sent; no payload."""
 
@@ -158,6 +174,7 @@ UINT = _Uint()
 STRING = _String()
 BYTES = _Bytes()
 MAC = _Mac()
+IP = _Ip()
 FLAG = _Flag()
 
 

@@ -31,10 +31,14 @@ from nkframe.uapi import (
     IFLA_STATS64,
 )
 
-__all__ = ["IFINFOMSG", "LINK", "LINKINFO", "KINDS", "info_data_kind"]
+__all__ = ["IFINFOMSG", "LINK", "LINK_ATTRS", "LINKINFO", "STATS64", "KINDS", "info_data_kind"]
 
 #: struct ifinfomsg {u8 family; u8 pad; u16 type; s32 index; u32 flags; u32 change;}
 IFINFOMSG = Header("BxHiII", ("family", "type", "index", "flags", "change"))
+
+#: struct rtnl_link_stats64 (IFLA_STATS64), the fields nkframe reads: its first eight u64
+STATS64 = Header("8Q", ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
+                        "rx_dropped", "tx_dropped"))
 
 #: link kind -> the module in nkframe.netlink.kinds declaring its IFLA_INFO_DATA as ``INFO_DATA``
 KINDS = {"veth": "nkframe.netlink.kinds.veth", "netkit": "nkframe.netlink.kinds.netkit"}

@@ -23,19 +23,14 @@ import attrs
 from nkframe import netns as _netns
 from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import validate_ifname  # noqa: F401 - re-exported
-from nkframe.netlink import ifla
-from nkframe.netlink import nlsock as nl
+from nkframe.netlink import ifla, rtmsgs
 from nkframe.netlink._rtnl import kernel_error, where
 from nkframe.netlink.nlsock import NetlinkError, RtnlSocket, attr_map, encoded, open_rtnl
 from nkframe.uapi import (
     IFA_F_NODAD,
     IFF_LOWER_UP,
     IFF_UP,
-    IFLA_ADDRESS,
-    IFLA_IFNAME,
-    IFLA_NET_NS_FD,
     IFLA_LINKINFO,
-    IFLA_MTU,
     IFLA_STATS64,
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -417,12 +412,7 @@ def peer_netns_fd(peer_netns: str | None) -> Iterator[int | None]:
         os.close(fd)
 
 
-# struct ifinfomsg {u8 family; u8 pad; u16 type; s32 index; u32 flags; u32 change;}
-_IFINFOMSG = struct.Struct("=BxHiII")
 _OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
-# struct rtnl_link_stats64, the fields we read, in the kernel's order
-_STATS64 = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
-            "rx_dropped", "tx_dropped")
 
 
 @attrs.frozen
@@ -455,9 +445,9 @@ class RawLink:
 
     def stats64(self) -> dict[str, int]:
         raw = self.attrs.get(IFLA_STATS64)
-        if not raw or len(raw) < 8 * len(_STATS64):
+        if not raw or len(raw) < ifla.STATS64.size:
             return {}
-        return dict(zip(_STATS64, struct.unpack_from(f"={len(_STATS64)}Q", raw)))
+        return ifla.STATS64.decode(raw)
 
     def to_pyroute2(self) -> Any:
         """The same message parsed by pyroute2 (a cross-check; nkframe's readers use decode())."""
@@ -470,12 +460,12 @@ class RawLink:
 
 
 def ifinfomsg(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
+    return ifla.IFINFOMSG.encode({"family": socket.AF_UNSPEC, "index": index, "flags": flags, "change": change})
 
 
 def get_msg(ipr: RtnlSocket, name: str, netns: str | None) -> RawLink:
     try:
-        replies = ipr.request(RTM_GETLINK, 0, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name))
+        replies = ipr.request(RTM_GETLINK, 0, ifla.LINK.encode({"IFLA_IFNAME": name}))
     except NetlinkError as e:
         if e.code == errno.ENODEV:
             raise KernelError(
@@ -492,14 +482,14 @@ def _index(ipr: RtnlSocket, name: str, netns: str | None) -> int:
     # Only the header's index: decoding the reply's ~50 attributes cost more than the request
     # (an endpoint add resolves a dozen names).
     try:
-        replies = ipr.request(RTM_GETLINK, 0, ifinfomsg() + nl.nla_str(IFLA_IFNAME, validate_ifname(name)))
+        replies = ipr.request(RTM_GETLINK, 0, ifla.LINK.encode({"IFLA_IFNAME": validate_ifname(name)}))
     except NetlinkError as e:
         if e.code == errno.ENODEV:
             raise KernelError(errno.ENODEV, f"no interface {name!r} in {where(netns)}") from None
         raise kernel_error(e, f"get interface {name!r} in {where(netns)}") from None
     for rtype, payload in replies:
         if rtype == RTM_NEWLINK:
-            return _IFINFOMSG.unpack_from(payload)[2]
+            return ifla.IFINFOMSG.decode(payload)["index"]
     raise KernelError(errno.ENODEV, f"no interface {name!r} in {where(netns)}")
 
 
@@ -587,7 +577,7 @@ def create_veth(spec: VethSpec, *, netns: str | None = None) -> LinkPair:
 
 def delete_raw(ipr: Any, name: str, netns: str | None, *, missing_ok: bool) -> bool:
     try:
-        request(ipr, ifinfomsg() + nl.nla_str(IFLA_IFNAME, name), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
+        request(ipr, ifla.LINK.encode({"IFLA_IFNAME": name}), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
     except NetlinkError as e:
         if e.code == errno.ENODEV and missing_ok:
             return False
@@ -627,11 +617,11 @@ def _netns_missing(netns: str) -> Exception:
 
 
 def _set(name: str, netns: str | None, ipr: Any, what: str, *, flags: int = 0, change: int = 0,
-         attrs_: bytes = b"") -> None:
+         attrs_: dict[str, Any] | None = None) -> None:
     with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
-            sock.request(RTM_NEWLINK, 0, ifinfomsg(idx, flags, change) + attrs_)
+            sock.request(RTM_NEWLINK, 0, ifla.LINK.encode(attrs_, index=idx, flags=flags, change=change))
         except NetlinkError as e:
             raise kernel_error(e, f"{what} {name!r} in {where(netns)}") from None
 
@@ -647,12 +637,11 @@ def set_down(name: str, netns: str | None = None, *, ipr: Any = None) -> None:
 def set_mtu(name: str, mtu: int, netns: str | None = None, *, ipr: Any = None) -> None:
     if not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
         raise InvalidSpec(f"MTU {mtu!r} must be an integer in {MIN_MTU}..{MAX_MTU}")
-    _set(name, netns, ipr, f"set MTU {mtu} on", attrs_=nl.nla_u32(IFLA_MTU, mtu))
+    _set(name, netns, ipr, f"set MTU {mtu} on", attrs_={"IFLA_MTU": mtu})
 
 
 def set_address(name: str, mac: str, netns: str | None = None, *, ipr: Any = None) -> None:
-    raw = bytes(int(x, 16) for x in validate_mac(mac).split(":"))
-    _set(name, netns, ipr, f"set MAC address {mac} on", attrs_=nl.nla(IFLA_ADDRESS, raw))
+    _set(name, netns, ipr, f"set MAC address {mac} on", attrs_={"IFLA_ADDRESS": validate_mac(mac)})
 
 
 def move_link(name: str, to_netns: str, *, new_name: str | None = None, netns: str | None = None) -> int:
@@ -662,7 +651,7 @@ def move_link(name: str, to_netns: str, *, new_name: str | None = None, netns: s
     target = new_name or name
     validate_ifname(target)
     with peer_netns_fd(to_netns) as fd:
-        extra = nl.nla_u32(IFLA_NET_NS_FD, fd) + (nl.nla_str(IFLA_IFNAME, new_name) if new_name else b"")
+        extra = {"IFLA_NET_NS_FD": fd, "IFLA_IFNAME": new_name or None}
         _set(name, netns, None, f"move into netns {to_netns}" + (f" as {new_name!r}" if new_name else ""), attrs_=extra)
     return ifindex(target, to_netns)
 
@@ -675,26 +664,16 @@ def _family(ip: Any) -> int:
     return socket.AF_INET if ip.version == 4 else socket.AF_INET6
 
 
-# struct ifaddrmsg {u8 family; u8 prefixlen; u8 flags; u8 scope; u32 index;}
-_IFADDRMSG = struct.Struct("=BBBBI")
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
-# struct rtmsg {u8 family, dst_len, src_len, tos, table, protocol, scope, type; u32 flags;}
-_RTMSG = struct.Struct("=BBBBBBBBI")
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
-# struct ndmsg {u8 family; u8 pad1; u16 pad2; s32 ifindex; u16 state; u8 flags; u8 type;}
-_NDMSG = struct.Struct("=BxxxiHBB")
-NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 
 
 def _addr_msg(idx: int, iface: Any, nodad: bool) -> bytes:
-    ip = iface.ip.packed
     flags = IFA_F_NODAD if nodad else 0
-    out = _IFADDRMSG.pack(_family(iface), iface.network.prefixlen, flags, RT_SCOPE_UNIVERSE, idx)
-    out += nl.nla(IFA_LOCAL, ip) + nl.nla(IFA_ADDRESS, ip)
-    if nodad:
+    return rtmsgs.ADDR.encode({
+        "family": _family(iface), "prefixlen": iface.network.prefixlen, "flags": flags,
+        "scope": RT_SCOPE_UNIVERSE, "index": idx, "IFA_LOCAL": iface.ip, "IFA_ADDRESS": iface.ip,
         # IFA_FLAGS (u32) carries the same flag bits as the u8 header field, and wins over it.
-        out += nl.nla_u32(IFA_FLAGS, IFA_F_NODAD)
-    return out
+        "IFA_FLAGS": IFA_F_NODAD if nodad else None,
+    })
 
 
 def add_address(
@@ -741,7 +720,7 @@ def _wait_local_route(sock: RtnlSocket, ip: Any, what: str) -> None:
     """
     import time
 
-    req = _RTMSG.pack(socket.AF_INET6, 128, 0, 0, 0, 0, 0, 0, 0) + nl.nla(RTA_DST, ip.packed)
+    req = rtmsgs.ROUTE.encode({"family": socket.AF_INET6, "dst_len": 128, "RTA_DST": ip})
     deadline = time.monotonic() + _LOCAL_ROUTE_WAIT
     delay = 0.0002
     while True:
@@ -751,7 +730,7 @@ def _wait_local_route(sock: RtnlSocket, ip: Any, what: str) -> None:
             if e.code not in (errno.ENETUNREACH, errno.EHOSTUNREACH):
                 raise kernel_error(e, f"look up the route to {what}") from None
             replies = []
-        if any(_RTMSG.unpack_from(p)[7] == RTN_LOCAL for _t, p in replies):
+        if any(rtmsgs.ROUTE.header.decode(p)["type"] == RTN_LOCAL for _t, p in replies):
             return
         if time.monotonic() > deadline:
             raise KernelError(errno.ETIMEDOUT, f"address {what}: the kernel did not install its local route")
@@ -782,14 +761,14 @@ def list_addresses(
         out = []
         # Strict checking lets the kernel filter the dump by ifa_index.
         what = f"list addresses of {name!r} in {where(netns)}"
-        for p in _dump_both_families(sock, RTM_GETADDR, lambda fam: _IFADDRMSG.pack(fam, 0, 0, 0, idx), what):
-            family, plen, _f, _scope, index = _IFADDRMSG.unpack_from(p)
-            if index != idx:
+        req = lambda fam: rtmsgs.ADDR.encode({"family": fam, "index": idx})  # noqa: E731
+        for p in _dump_both_families(sock, RTM_GETADDR, req, what):
+            d = rtmsgs.ADDR.decode(p)
+            if d["index"] != idx:
                 continue
-            a = attr_map(p, _IFADDRMSG.size)
-            raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
-            if raw:
-                out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
+            ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
+            if ip:
+                out.append(ipaddress.ip_interface((ip, d["prefixlen"])))
         return sorted(out, key=lambda i: (i.version, i))
 
 
@@ -807,18 +786,18 @@ def node_addresses(netns: str | None = None, *, ipr: Any = None, versions: Any =
             if (4 if fam == socket.AF_INET else 6) not in versions:
                 continue
             try:
-                replies = sock.request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(fam, 0, 0, 0, 0))
+                replies = sock.request(RTM_GETADDR, NLM_F_DUMP, rtmsgs.ADDR.encode({"family": fam}))
             except NetlinkError as e:
                 if e.code == errno.EAFNOSUPPORT:
                     continue
                 raise kernel_error(e, what) from None
             for _t, p in replies:
-                plen = p[1]
-                a = attr_map(p, _IFADDRMSG.size)
-                raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
-                if not raw or (not link_local and len(raw) == 16 and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80 and plen >= 10):
+                d = rtmsgs.ADDR.decode(p)
+                plen = d["prefixlen"]
+                ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
+                if not ip or (not link_local and ip.version == 6 and ip.is_link_local and plen >= 10):
                     continue
-                out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
+                out.append(ipaddress.ip_interface((ip, plen)))
         return sorted(out, key=lambda i: (i.version, i))
 
 
@@ -851,22 +830,17 @@ def _route_msg(
 ) -> bytes:
     if scope is None:
         scope = RT_SCOPE_UNIVERSE if via is not None else RT_SCOPE_LINK
-    out = _RTMSG.pack(
-        _family(dst), dst.prefixlen, 0, 0,
-        table if table < 256 else 252,  # RT_TABLE_COMPAT; RTA_TABLE carries the id
-        RTPROT_STATIC, scope, RTN_UNICAST,
-        RTNH_F_ONLINK if onlink else 0,
-    )
-    if dst.prefixlen:
-        out += nl.nla(RTA_DST, dst.network_address.packed)
-    if via is not None:
-        out += nl.nla(RTA_GATEWAY, via.packed)
-    if idx is not None:
-        out += nl.nla_u32(RTA_OIF, idx)
-    if metric is not None:
-        out += nl.nla_u32(RTA_PRIORITY, metric)
-    out += nl.nla_u32(RTA_TABLE, table)
-    return out
+    return rtmsgs.ROUTE.encode({
+        "family": _family(dst), "dst_len": dst.prefixlen,
+        "table": table if table < 256 else 252,  # RT_TABLE_COMPAT; RTA_TABLE carries the id
+        "protocol": RTPROT_STATIC, "scope": scope, "type": RTN_UNICAST,
+        "flags": RTNH_F_ONLINK if onlink else 0,
+        "RTA_DST": dst.network_address if dst.prefixlen else None,
+        "RTA_GATEWAY": via,
+        "RTA_OIF": idx,
+        "RTA_PRIORITY": metric,
+        "RTA_TABLE": table,
+    })
 
 
 def _route(
@@ -976,26 +950,23 @@ def list_routes(
     with rtnl_session(netns, ipr) as sock:
         try:
             names = {m.index: m.name for m in _dump_links(sock)}
-            replies = sock.request(RTM_GETROUTE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+            replies = sock.request(RTM_GETROUTE, NLM_F_DUMP, rtmsgs.ROUTE.encode({"family": family}))
         except NetlinkError as e:
             raise kernel_error(e, f"list routes in {where(netns)}") from None
         out = []
         for _t, p in replies:
-            fam, dst_len, _s, _tos, tbl, _proto, scope, _type, rflags = _RTMSG.unpack_from(p)
-            a = attr_map(p, _RTMSG.size)
-            if (nl.u32(a.get(RTA_TABLE)) or tbl) != table or fam != family:
+            d = rtmsgs.ROUTE.decode(p)
+            if (d.get("RTA_TABLE") or d["table"]) != table or d["family"] != family:
                 continue
-            dst = a.get(RTA_DST)
-            gw = a.get(RTA_GATEWAY)
-            prio = a.get(RTA_PRIORITY)
+            dst, gw = d.get("RTA_DST"), d.get("RTA_GATEWAY")
             out.append(
                 {
-                    "dst": f"{ipaddress.ip_address(dst)}/{dst_len}" if dst else "default",
-                    "via": str(ipaddress.ip_address(gw)) if gw else None,
-                    "dev": names.get(nl.u32(a.get(RTA_OIF))),
-                    "scope": scope,
-                    "onlink": bool(rflags & RTNH_F_ONLINK),
-                    "metric": nl.u32(prio),
+                    "dst": f"{dst}/{d['dst_len']}" if dst else "default",
+                    "via": str(gw) if gw else None,
+                    "dev": names.get(d.get("RTA_OIF")),
+                    "scope": d["scope"],
+                    "onlink": bool(d["flags"] & RTNH_F_ONLINK),
+                    "metric": d.get("RTA_PRIORITY"),
                 }
             )
         return out
@@ -1006,10 +977,8 @@ def list_routes(
 
 
 def _neigh_msg(idx: int, ip: Any, mac: str | None, state: int) -> bytes:
-    out = _NDMSG.pack(_family(ip), idx, state, 0, 0) + nl.nla(NDA_DST, ip.packed)
-    if mac is not None:
-        out += nl.nla(NDA_LLADDR, bytes(int(x, 16) for x in mac.split(":")))
-    return out
+    return rtmsgs.NEIGH.encode({"family": _family(ip), "ifindex": idx, "state": state,
+                                "NDA_DST": ip, "NDA_LLADDR": mac})
 
 
 def add_neighbour(
@@ -1050,14 +1019,13 @@ def list_neighbours(
         idx = _index(sock, name, netns)
         out: dict[str, str | None] = {}
         what = f"list neighbours of {name!r} in {where(netns)}"
-        req = lambda fam: _NDMSG.pack(fam, 0, 0, 0, 0) + nl.nla_u32(NDA_IFINDEX, idx)  # noqa: E731
+        req = lambda fam: rtmsgs.NEIGH.encode({"family": fam, "NDA_IFINDEX": idx})  # noqa: E731
         for p in _dump_both_families(sock, RTM_GETNEIGH, req, what):
-            _fam, index, _state, _fl, _type = _NDMSG.unpack_from(p)
-            if index != idx:
+            d = rtmsgs.NEIGH.decode(p)
+            if d["ifindex"] != idx:
                 continue
-            a = attr_map(p, _NDMSG.size)
-            if NDA_DST in a:
-                out[str(ipaddress.ip_address(a[NDA_DST]))] = nl.mac(a.get(NDA_LLADDR))
+            if d.get("NDA_DST") is not None:
+                out[str(d["NDA_DST"])] = d.get("NDA_LLADDR")
         return out
 
 

@@ -377,3 +377,87 @@ def test_decode_netkit_refuses_another_kind_from_bytes():
 
     with pytest.raises(InvalidSpec, match="is veth, not netkit"):
         netkit.decode_netkit(links.encode_veth_bytes(links.VethSpec(name="ve0", peer_name="eth0")))
+
+
+# --------------------------------------------------------------------------------------------
+# addresses, routes, neighbours: the add path's messages against pyroute2's ifaddrmsg/rtmsg/ndmsg
+
+import ipaddress  # noqa: E402
+
+from nkframe.netlink import rtmsgs  # noqa: E402
+
+_v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+_v6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
+
+
+def _pr2(cls, header: dict, attrs_: list) -> bytes:
+    msg = cls()
+    for k, v in header.items():
+        msg[k] = v
+    msg["attrs"] = attrs_
+    msg.encode()
+    return bytes(msg.data[16:])
+
+
+@given(st.one_of(st.tuples(_v4, st.integers(0, 32)), st.tuples(_v6, st.integers(0, 128))),
+       st.integers(1, 2**31 - 1), st.booleans())
+def test_address_bytes_equal_pyroute2s(addr_plen, idx, nodad):
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+    ip, plen = addr_plen
+    iface = ipaddress.ip_interface((ip, plen))
+    nodad = nodad and ip.version == 6
+    attrs_ = [("IFA_LOCAL", str(ip)), ("IFA_ADDRESS", str(ip))] + ([("IFA_FLAGS", 2)] if nodad else [])
+    expected = _pr2(ifaddrmsg, {"family": 2 if ip.version == 4 else 10, "prefixlen": plen,
+                                "flags": 2 if nodad else 0, "scope": 0, "index": idx}, attrs_)
+    ours = links._addr_msg(idx, iface, nodad)
+    assert ours == expected
+    d = rtmsgs.ADDR.decode(ours)
+    assert (d["index"], d["prefixlen"], d["IFA_LOCAL"]) == (idx, plen, ip)
+
+
+@given(st.one_of(st.tuples(_v4, st.integers(0, 32), st.none() | _v4),
+                 st.tuples(_v6, st.integers(0, 128), st.none() | _v6)),
+       st.none() | st.integers(1, 2**31 - 1), st.none() | st.integers(0, 2**32 - 1),
+       st.sampled_from([254, 100, 1000]), st.booleans())
+def test_route_bytes_equal_pyroute2s(dst_plen_via, idx, metric, table, onlink):
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    ip, plen, via = dst_plen_via
+    if via is None and idx is None:
+        idx = 3
+    dst = ipaddress.ip_network((ip, plen), strict=False)
+    attrs_ = ([("RTA_DST", str(dst.network_address))] if plen else []) + \
+        ([("RTA_GATEWAY", str(via))] if via is not None else []) + \
+        ([("RTA_OIF", idx)] if idx is not None else []) + \
+        ([("RTA_PRIORITY", metric)] if metric is not None else []) + [("RTA_TABLE", table)]
+    expected = _pr2(rtmsg, {"family": 2 if ip.version == 4 else 10, "dst_len": plen, "src_len": 0, "tos": 0,
+                            "table": table if table < 256 else 252, "proto": 4,
+                            "scope": 0 if via is not None else 253, "type": 1, "flags": 4 if onlink else 0},
+                    attrs_)
+    ours = links._route_msg(dst, idx=idx, via=via, onlink=onlink, metric=metric, table=table, scope=None)
+    assert ours == expected
+    d = rtmsgs.ROUTE.decode(ours)
+    assert (d.get("RTA_GATEWAY"), d.get("RTA_OIF"), d.get("RTA_PRIORITY"), d["RTA_TABLE"]) == (via, idx, metric, table)
+
+
+@given(st.one_of(_v4, _v6), st.integers(1, 2**31 - 1), st.none() | _macs, st.sampled_from([0, 0x80]))
+def test_neighbour_bytes_equal_pyroute2s(ip, idx, mac, state):
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    attrs_ = [("NDA_DST", str(ip))] + ([("NDA_LLADDR", mac)] if mac is not None else [])
+    expected = _pr2(ndmsg, {"family": 2 if ip.version == 4 else 10, "ifindex": idx, "state": state,
+                            "flags": 0, "ndm_type": 0}, attrs_)
+    ours = links._neigh_msg(idx, ip, mac, state)
+    assert ours == expected
+    d = rtmsgs.NEIGH.decode(ours)
+    assert (d["ifindex"], d["NDA_DST"], d.get("NDA_LLADDR")) == (idx, ip, mac)
+
+
+@given(st.integers(1, 2**31 - 1), _names, st.none() | st.integers(68, 65535), st.none() | _macs)
+def test_link_requests_equal_pyroute2s(idx, name, mtu, mac):
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    attrs_ = [("IFLA_IFNAME", name)] + ([("IFLA_MTU", mtu)] if mtu else []) + ([("IFLA_ADDRESS", mac)] if mac else [])
+    expected = _pr2(ifinfmsg, {"family": 0, "index": idx, "flags": 1, "change": 1}, attrs_)
+    assert ifla.LINK.encode(dict(attrs_), index=idx, flags=1, change=1) == expected
