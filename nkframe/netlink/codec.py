@@ -21,8 +21,10 @@ equal attributes wins, a payload too short for its kind decodes to None.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from nkframe.uapi import NLA_F_NESTED, NLA_TYPE_MASK
 
@@ -41,10 +43,14 @@ class CodecError(ValueError):
 # the wire format
 
 
+_NLA = struct.Struct("=HH")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
+
+
 def nla(atype: int, payload: bytes) -> bytes:
     """struct nlattr (u16 len, u16 type) + payload, padded to 4 bytes."""
-    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
-    return raw + b"\0" * (-len(raw) % 4)
+    n = 4 + len(payload)
+    return _NLA.pack(n, atype) + payload + _PAD[n & 3]
 
 
 def iter_attrs(buf: bytes | memoryview, off: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -84,7 +90,7 @@ class Scalar(Kind):
 
     def encode(self, value: Any) -> bytes:
         try:
-            return self.st.pack(int(value))
+            return self.st.pack(value)
         except struct.error as e:
             raise CodecError(f"{value!r} does not fit a {self.fmt!r} attribute: {e}") from None
 
@@ -147,15 +153,18 @@ class _Ip(Kind):
     """An IPv4 or IPv6 address, packed (4 or 16 bytes); decodes to an ipaddress object."""
 
     def encode(self, value: Any) -> bytes:
-        import ipaddress
-
+        try:
+            return value.packed
+        except AttributeError:
+            pass
         if isinstance(value, (bytes, bytearray)):
             return bytes(value)
-        return (value if hasattr(value, "packed") else ipaddress.ip_address(value)).packed
+        try:
+            return ipaddress.ip_address(value).packed
+        except ValueError:
+            raise CodecError(f"{value!r} is not an IP address") from None
 
     def decode(self, payload: bytes) -> Any:
-        import ipaddress
-
         return ipaddress.ip_address(payload) if len(payload) in (4, 16) else None
 
 
@@ -253,9 +262,10 @@ class Header:
         return self.st.size
 
     def encode(self, value: Mapping[str, Any] | None = None) -> bytes:
-        value = value or {}
+        if not value:
+            return bytes(self.st.size)
         try:
-            return self.st.pack(*(int(value.get(n, 0)) for n in self.names))
+            return self.st.pack(*[value.get(n, 0) for n in self.names])
         except struct.error as e:
             raise CodecError(f"header {dict(value)!r}: {e}") from None
 
@@ -274,6 +284,8 @@ class AttrMap:
             assert aname not in self.by_name and atype not in self.by_type, (name, aname, atype)
             self.by_name[aname] = (atype, kind)
             self.by_type[atype] = (aname, kind)
+        # name -> (type with the kind's flags, kind): what encode looks up
+        self._wire = {n: (t | k.flags, k) for n, (t, k) in self.by_name.items()}
 
     def __repr__(self) -> str:
         return f"AttrMap({self.name!r})"
@@ -288,21 +300,28 @@ class AttrMap:
         p = raw.get(atype)
         return None if p is None or isinstance(kind, Switch) else kind.decode(p)
 
-    def encode(self, value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> bytes:
-        items = list(value.items() if isinstance(value, Mapping) else value)
-        seen: dict[str, Any] = {}
+    def encode(self, value: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> bytes:
+        if not value:
+            return b""
+        if isinstance(value, list):
+            items = value
+        elif isinstance(value, dict):
+            items = list(value.items())
+        else:
+            items = list(value.items() if isinstance(value, Mapping) else value)
+        wire = self._wire
         out = []
         for name, v in items:
             if v is None:
                 continue
             try:
-                atype, kind = self.by_name[name]
+                atype, kind = wire[name]
             except KeyError:
                 raise CodecError(f"{self.name} has no attribute {name!r}") from None
-            if isinstance(kind, Switch):
-                kind = kind.pick(seen)
-            out.append(nla(atype | kind.flags, kind.encode(v)))
-            seen[name] = v
+            if kind.__class__ is Switch:
+                kind = kind.pick(dict(items))
+                atype |= kind.flags
+            out.append(nla(atype, kind.encode(v)))
         return b"".join(out)
 
     def decode(self, payload: bytes | memoryview, off: int = 0) -> dict[Any, Any]:
@@ -331,14 +350,21 @@ class Message:
     def __init__(self, header: Header, attrs: AttrMap):
         self.header = header
         self.attrs = attrs
+        self._hnames = frozenset(header.names)
 
     def encode(self, value: Mapping[str, Any] | None = None, **fields: Any) -> bytes:
         """``value`` holds header fields and attributes (in order); ``fields`` more header
         fields."""
-        value = dict(value or {})
-        hdr = {n: value.pop(n) for n in self.header.names if n in value}
-        hdr.update(fields)
-        return self.header.encode(hdr) + self.attrs.encode(value)
+        hnames = self._hnames
+        hdr = fields
+        attrs_ = []
+        if value:
+            for k, v in value.items():
+                if k in hnames:
+                    hdr.setdefault(k, v)
+                else:
+                    attrs_.append((k, v))
+        return self.header.encode(hdr) + self.attrs.encode(attrs_)
 
     def decode(self, payload: bytes | memoryview) -> dict[Any, Any]:
         out: dict[Any, Any] = self.header.decode(payload)
