@@ -19,13 +19,14 @@ import itertools
 import os
 import socket
 import struct
-from typing import Any, Iterator
+from typing import Any
+
+from nkframe.netlink import codec
 from nkframe.uapi import (
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
     NETLINK_GET_STRICT_CHK,
     NETLINK_ROUTE,
-    NLA_TYPE_MASK,
     NLMSGERR_ATTR_MSG,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -54,37 +55,26 @@ class NetlinkError(Exception):
 # attributes
 
 
-def nla(atype: int, payload: bytes) -> bytes:
-    """struct nlattr (u16 len, u16 type) + payload, padded to 4 bytes."""
-    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
-    return raw + b"\0" * (-len(raw) % 4)
+# The primitives are the codec's (one implementation); these names stay for callers that build
+# or read a single attribute by hand.
+nla = codec.nla
+iter_attrs = codec.iter_attrs
 
 
 def nla_u8(atype: int, v: int) -> bytes:
-    return nla(atype, struct.pack("=B", v))
+    return nla(atype, codec.U8.encode(v))
 
 
 def nla_u16(atype: int, v: int) -> bytes:
-    return nla(atype, struct.pack("=H", v))
+    return nla(atype, codec.U16.encode(v))
 
 
 def nla_u32(atype: int, v: int) -> bytes:
-    return nla(atype, struct.pack("=I", v))
+    return nla(atype, codec.U32.encode(v))
 
 
 def nla_str(atype: int, s: str) -> bytes:
-    return nla(atype, s.encode() + b"\0")
-
-
-def iter_attrs(buf: bytes | memoryview, off: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of each attribute in ``buf[off:]``; a truncated tail ends the walk."""
-    end = len(buf)
-    while off + 4 <= end:
-        length, atype = struct.unpack_from("=HH", buf, off)
-        if length < 4 or off + length > end:
-            return
-        yield atype & NLA_TYPE_MASK, bytes(buf[off + 4 : off + length])
-        off += (length + 3) & ~3
+    return nla(atype, codec.STRING.encode(s))
 
 
 def attr_map(buf: bytes | memoryview, off: int = 0) -> dict[int, bytes]:
@@ -93,11 +83,11 @@ def attr_map(buf: bytes | memoryview, off: int = 0) -> dict[int, bytes]:
 
 
 def u32(p: bytes | None) -> int | None:
-    return struct.unpack_from("=I", p)[0] if p is not None and len(p) >= 4 else None
+    return None if p is None else codec.U32.decode(p)
 
 
 def u16(p: bytes | None) -> int | None:
-    return struct.unpack_from("=H", p)[0] if p is not None and len(p) >= 2 else None
+    return None if p is None else codec.U16.decode(p)
 
 
 def u8(p: bytes | None) -> int | None:
@@ -105,11 +95,11 @@ def u8(p: bytes | None) -> int | None:
 
 
 def string(p: bytes | None) -> str | None:
-    return p.split(b"\0", 1)[0].decode(errors="replace") if p is not None else None
+    return None if p is None else codec.STRING.decode(p)
 
 
 def mac(p: bytes | None) -> str | None:
-    return ":".join(f"{b:02x}" for b in p) if p else None
+    return None if p is None else codec.MAC.decode(p)
 
 
 def extack_of(payload: bytes, flags: int) -> str:
