@@ -337,9 +337,15 @@ def test_switch_mechanism_never_leaves_a_gap(node, bpffs_root):
     stop = threading.Event()
 
     def watch():
+        # Look at the old mechanism (TC) first, then the new: the switch attaches the new chain
+        # before it detaches the old, so a look that finds TC gone comes after TCX was attached.
+        # (One listing in the other order, TCX first, can straddle the whole switch and see
+        # neither: its first call in a thread is slow enough.)
+        tc, tcx = attach.backend(Mechanism.TC), attach.backend(Mechanism.TCX)
         while not stop.is_set():
-            progs = eng.attached(spec.node_ifname)
-            if not any(p.name == "count" and p.direction == "ingress" for p in progs):
+            with netns.enter(node.netns):
+                progs = tc.query(ep.node_ifindex, "ingress") + tcx.query(ep.node_ifindex, "ingress")
+            if not progs:
                 seen_empty.append(progs)
 
     t = threading.Thread(target=watch)
