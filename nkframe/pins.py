@@ -12,6 +12,9 @@ Layout under the root (default ``/sys/fs/bpf/nkframe``)::
                                               TC programs (cls_bpf has no link: the program is
                                               pinned and the filter priority is in the name)
     <root>/devices/<dev>/links/...            programs on node devices (the uplink), same shape
+    <root>/endpoints/<id>/plugins/<plugin>/   what a plugin owns for one endpoint
+    <root>/plugins/<plugin>/devices/<dev>/    what a plugin owns for a node device, shared by
+                                              endpoints (the VM plugin's leased-queue XDP)
 
 bpffs refuses names with a '.', hence the dashes.  Deleting the last pin of a link detaches it, so removing ``links/`` is how an endpoint's programs
 are taken away; a TC filter outlives its pin and is deleted explicitly.
@@ -130,6 +133,13 @@ class Layout:
         """Where a plugin pins what it owns for one endpoint outside the engine's chains (the VM
         plugin's XSKMAP and XDP link); removed with the endpoint, untouched by upgrades."""
         return self.endpoint_dir(endpoint_id) / "plugins" / plugin
+
+    def node_plugin_dir(self, plugin: str, dev: str) -> Path:
+        """Where a plugin pins what it owns for a node device and shares between endpoints (the
+        VM plugin's XDP program on a NIC whose queues VM endpoints lease); the plugin removes it
+        with the last endpoint using it.  Outside ``devices/``, which the uplink's teardown
+        removes whole."""
+        return self.root / "plugins" / plugin / "devices" / dev
 
     def map_path(self, scope: str, owner: str, name: str) -> Path:
         base = self._scope_dir(scope, owner)

@@ -131,7 +131,8 @@ def _probe_all() -> Features:
         out["xdp_generic"] = _guard(lambda: _probe_xdp(scratch, native=False))
         out["af_xdp"] = _guard(_probe_af_xdp)
         out["queue_lease"] = _guard(lambda: _probe_queue_lease(scratch))
-    out["vm_endpoint"] = vm_endpoint(out["xdp_native"], out["af_xdp"])
+    out["vm_endpoint"] = vm_endpoint(out["xdp_native"], out["af_xdp"], out["queue_lease"],
+                                     out["netkit_single"])
     return Features(platform.release(), bpf.libbpf_version(), bpf.libxdp_version(), {k: out[k] for k in FEATURES})
 
 
@@ -365,14 +366,27 @@ def _probe_xdp(scratch: _Scratch, *, native: bool) -> Feature:
     return Feature(True, f"XDP program attached in {mode}")
 
 
-def vm_endpoint(xdp_native: Feature, af_xdp: Feature) -> Feature:
-    """Can this node have VM endpoints (the ``vm`` plugin), and in which placement?  Derived:
-    the pod side's steering needs native XDP on veth, QEMU's af-xdp netdev needs AF_XDP."""
+def vm_endpoint(xdp_native: Feature, af_xdp: Feature, queue_lease: Feature | None = None,
+                netkit_single: Feature | None = None) -> Feature:
+    """Can this node have VM endpoints (the ``vm`` plugin), and in which placements?  Derived:
+    the steering needs native XDP (on the pod-side veth, or on the NIC whose queues are
+    leased), QEMU's af-xdp netdev needs AF_XDP, the leased placement netkit single devices and
+    queue leasing."""
     for name, f in (("xdp_native", xdp_native), ("af_xdp", af_xdp)):
         if not f.supported:
             return Feature(False, f"needs {name}: {f.reason}")
-    return Feature(True, "placement pod-queue-copy: AF_XDP copy mode on the pod-side veth's "
-                         "queues, native XDP (leased NIC queues on netkit single: not built)")
+    pod = ("placement pod-queue-copy: AF_XDP copy mode on the pod-side veth's queues, native "
+           "XDP")
+    missing = [(n, f) for n, f in (("queue_lease", queue_lease), ("netkit_single", netkit_single))
+               if f is None or not f.supported]
+    if missing:
+        n, f = missing[0]
+        why = f.reason if f is not None else "not probed"
+        return Feature(True, f"{pod}; placement leased-queue-copy (device netkit-single with "
+                             f"leases) needs {n}: {why}")
+    return Feature(True, f"{pod}; placement leased-queue-copy with device netkit-single and "
+                         "leases: AF_XDP copy mode on the netkit device's leased queues, native "
+                         "XDP on the NIC (which needs native XDP in its driver)")
 
 
 def _probe_af_xdp() -> Feature:

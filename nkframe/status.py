@@ -189,6 +189,8 @@ def _single_status(engine, ep: Endpoint, problems: list[str]) -> EndpointStatus:
         **_identity(ep),
         node_ifname="",
         pod=pod,
+        # plugins' counters (the VM plugin's steering on the leasing NIC)
+        counters=_plugin_counters(engine, ep, problems),
         problems=tuple(problems),
         leases=ep.leases,
     )

@@ -69,10 +69,12 @@ class Launch:
     args: tuple[str, ...]
     #: (uid, gid, name) QEMU runs as, or None: as the caller (see :func:`run_as`).
     user: tuple[int, int, str] | None = None
+    #: The VM's first queue on the pod's device (a leased placement's first netkit queue).
+    start_queue: int = 0
 
     def netdev(self, fds: Sequence[int]) -> AfXdpNetdev:
         return AfXdpNetdev(self.ifname, id=self.netdev_id, mode="native", force_copy=True,
-                           queues=self.queues, start_queue=0, inhibit=True,
+                           queues=self.queues, start_queue=self.start_queue, inhibit=True,
                            sock_fds=tuple(fds)).validate()
 
     def argv(self, fds: Sequence[int]) -> list[str]:
@@ -133,7 +135,7 @@ def plan(ep: Endpoint, bpffs_root: str, qemu: QemuInfo, args: Sequence[str], *,
     opts, st = netdev.vm_steering(ep, bpffs_root)
     launch = Launch(spec.id, spec.netns, spec.ifname, opts.queues, st.xskmap, qemu.path,
                     netdev_id, steer.vm_mac(spec), tuple(args),
-                    resolve_user(user) if user is not None else None)
+                    resolve_user(user) if user is not None else None, st.start_queue)
     # The QEMU must have af-xdp (8.2+); sock-fds is there from the start.
     check_af_xdp(qemu, launch.netdev([0] * opts.queues))
     check_args(args, netdev_id)
@@ -156,7 +158,7 @@ def open_sockets(launch: Launch) -> list[int]:
                                       f"{launch.netns} (needs CAP_NET_RAW there)") from None
                 fds.append(s.detach())
         with bpf.Map.from_pin(launch.xskmap) as m:
-            for q, fd in enumerate(fds):
+            for q, fd in enumerate(fds, launch.start_queue):
                 try:
                     m.update(struct.pack("<I", q), struct.pack("<i", fd), BPF_NOEXIST)
                 except KernelError as e:

@@ -80,7 +80,7 @@ def describe(ep: Endpoint, bpffs_root: str, *, netdev_id: str = "nk0",
     spec = ep.spec
     opts, st = vm_steering(ep, bpffs_root)
     nd = AfXdpNetdev(spec.ifname, id=netdev_id, mode="native", force_copy=True, queues=opts.queues,
-                     start_queue=0, inhibit=True, map_path=st.xskmap).validate()
+                     start_queue=st.start_queue, inhibit=True, map_path=st.xskmap).validate()
     launch = LAUNCH_MAP_PATH
     if sock_fds_only(qemu):
         launch = LAUNCH_SOCK_FDS
@@ -88,7 +88,7 @@ def describe(ep: Endpoint, bpffs_root: str, *, netdev_id: str = "nk0",
     if qemu is not None:
         check_af_xdp(qemu, nd)
     mac = steer.vm_mac(spec)
-    name, sentence = steer.placement(ep.device_kind, opts.queues)
+    name, sentence = steer.placement(ep.device_kind, opts.queues, st.start_queue)
     netdev = {"type": "af-xdp", "id": nd.id, "ifname": nd.ifname, "mode": nd.mode,
               "force-copy": "on", "queues": nd.queues, "start-queue": nd.start_queue,
               "inhibit": "on"}

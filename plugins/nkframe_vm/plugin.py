@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nkframe import builtin
 from nkframe.context import EndpointContext
+from nkframe.errors import NotSupported
 from nkframe.hookspecs import hookimpl
 from nkframe.types import DeviceKind, Endpoint, EndpointSpec
 
@@ -21,7 +22,17 @@ def nkframe_device_create(ctx: EndpointContext):
     exactly the VM's queues on the pod side: an AF_XDP socket only sees the frames of the queue
     it is bound to, and a veth has one queue per CPU by default."""
     opts = steer.VmOptions.from_spec(ctx.spec)
-    if opts is None or ctx.spec.single:
+    if opts is None:
+        return None
+    if ctx.spec.single:
+        # The leased-queue placement: the builtin makes the single device and leases the
+        # queues; without leasing say why a VM cannot be placed this way.
+        for feature in ("queue_lease", "xdp_native", "af_xdp"):
+            if not ctx.features.supported(feature):
+                raise NotSupported(
+                    "vm_endpoint", f"a VM endpoint on a netkit single device (placement "
+                    f"{steer.PLACEMENT_LEASED}) needs {feature}: {ctx.features[feature].reason}; "
+                    "use device auto or veth (placement pod-queue-copy)")
         return None
     ctx.features.require("vm_endpoint")
     return builtin.create_pair(ctx, DeviceKind.VETH,
@@ -32,7 +43,8 @@ def nkframe_device_create(ctx: EndpointContext):
 @hookimpl
 def nkframe_programs_collect(ctx: EndpointContext):
     """``vm_to_pod`` (bpf/vm_to_pod.c) on TO_POD: see :func:`steer.to_pod_program`."""
-    if not steer.is_vm(ctx.spec) or ctx.device is None or ctx.device.pod_ifname is None:
+    if not steer.is_vm(ctx.spec) or ctx.device is None or ctx.device.pod_ifname is None \
+            or ctx.spec.single:  # a single device runs no programs: nothing passes a node side
         return None
     return [steer.to_pod_program()]
 
@@ -49,6 +61,10 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
     if steer.is_vm(ctx.spec):
         from nkframe import pins
 
+        from . import lease
+
+        if ctx.spec.single:
+            lease.release(ctx.bpffs_root, ctx.spec)
         pins.remove_tree(steer.pin_dir(ctx.bpffs_root, ctx.spec.id))
 
 
@@ -56,7 +72,7 @@ def nkframe_endpoint_unconfigure(ctx: EndpointContext) -> None:
 def nkframe_endpoint_counters(endpoint: Endpoint, bpffs_root: str, node_netns):
     if not steer.is_vm(endpoint.spec):
         return None
-    return steer.vm_counters(bpffs_root, endpoint.id)
+    return steer.vm_counters(bpffs_root, endpoint.id, endpoint.spec)
 
 
 @hookimpl

@@ -6,6 +6,9 @@ What is pinned, under ``pins.Layout.plugin_dir(endpoint, "vm")``:
 * ``vm_stats`` per-CPU counters of the steering program (:data:`STATS`);
 * ``link``     the XDP link (native mode) of ``bpf/vm_steer.c`` on the pod-side device.
 
+A VM endpoint on a netkit single device (leased queues) pins only ``vm_xsks`` there; its
+steering is the NIC's shared program (:mod:`.lease`).
+
 The engine removes the directory with the endpoint; its upgrades (policy changes, plugin
 upgrades) never touch it, so a running VM keeps its sockets and its steering through them.
 """
@@ -24,6 +27,8 @@ from nkframe.context import EndpointContext
 from nkframe.errors import InvalidSpec, KernelError
 from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
 
+from . import lease
+
 PLUGIN = "vm"
 OPTIONS_KEY = "vm"
 OBJECT = "vm_steer"
@@ -38,9 +43,11 @@ MAX_QUEUES = 64  # NK_VM_MAX_QUEUES in bpf/vm_steer.c
 STATS = ("to_socket", "no_socket", "runt")
 ZERO_MAC = "00:00:00:00:00:00"
 
-#: The placement this plugin builds (issue: "both placements"); the leased-queue placement on a
-#: netkit single device is refused by :func:`validate` until it is built.
+#: The placements: AF_XDP on the pod-side veth's queues, fed by native XDP on the veth
+#: (device auto/veth), or on a netkit single device's leased queues, fed by native XDP on the
+#: physical NIC (device netkit-single with leases, Linux 7.1+; :mod:`.lease`).
 PLACEMENT_POD_QUEUE = "pod-queue-copy"
+PLACEMENT_LEASED = lease.PLACEMENT
 
 
 @attrs.frozen
@@ -89,18 +96,27 @@ def validate(spec: EndpointSpec) -> None:
             "which netkit does not have (generic XDP skips the frames the node redirects to "
             "it); use device auto or veth")
     if spec.single:
-        raise InvalidSpec(
-            "option 'vm' on a netkit single device: steering a VM through leased queues is not "
-            "built yet (QEMU keys its sockets by the netkit queue, the uplink's XDP sees the "
-            "physical one); use device auto, netkit or veth for a VM endpoint")
+        opts = VmOptions.from_spec(spec)
+        if len(spec.leases) != opts.queues:
+            raise InvalidSpec(
+                f"option 'vm' on a netkit single device: {opts.queues} queue(s) need as many "
+                f"leases (one physical NIC queue per VM queue), not {len(spec.leases)}; add "
+                "leases like ['eth1:3'] or use device auto or veth")
 
 
-def placement(kind: DeviceKind | str, queues: int) -> tuple[str, str]:
+def placement(kind: DeviceKind | str, queues: int, start_queue: int = 0) -> tuple[str, str]:
     """(name, sentence) of where the VM's sockets sit, for status and ``vm-netdev``."""
-    qs = "queue 0" if queues == 1 else f"queues 0..{queues - 1}"
+    last = start_queue + queues - 1
+    qs = f"queue {start_queue}" if queues == 1 else f"queues {start_queue}..{last}"
+    if str(kind) == DeviceKind.NETKIT_SINGLE.value:
+        return PLACEMENT_LEASED, (
+            f"AF_XDP copy mode on the leased {qs} of the netkit single device, fed by native "
+            "XDP on the physical NIC from the physical queues it leases (zero-copy is not "
+            "known to work on a leased queue)")
     return PLACEMENT_POD_QUEUE, (
         f"AF_XDP copy mode on {qs} of the pod-side {kind}, fed by native XDP: no leased "
-        "physical queue (not built for VM endpoints yet), so every frame is copied once into "
+        "physical queue (that is placement leased-queue-copy, device netkit-single with "
+        "leases), so every frame is copied once into "
         "the socket's memory")
 
 
@@ -147,11 +163,15 @@ def attach(ctx: EndpointContext) -> None:
     spec, dev = ctx.spec, ctx.device
     opts = VmOptions.from_spec(spec)
     assert opts is not None and dev is not None and dev.pod_ifname is not None
-    netdev.set_tx_checksum(dev.node_ifname, False, ctx.node_netns)
+    if not spec.single:
+        netdev.set_tx_checksum(dev.node_ifname, False, ctx.node_netns)
     d = pin_dir(ctx.bpffs_root, spec.id)
     d.mkdir(parents=True, exist_ok=True)
     ctx.undo.push(f"remove the VM pins of {spec.id}", lambda: pins.remove_tree(d))
     mac = vm_mac(spec)
+    if spec.single:
+        lease.attach(ctx, str(d / XSKMAP), mac, opts.queues)
+        return
     with bpf.BpfObject.open(objects.path(OBJECT)) as obj:
         obj.set_global("vm_mac", _mac_bytes(mac))
         obj.set_max_entries(XSKMAP, opts.queues)
@@ -174,8 +194,10 @@ class VmSteering:
     xskmap: str  # the pin QEMU's map-path names
     attached: bool  # the pinned link is there and still attached to a device
     prog_id: int | None
-    ifindex: int | None  # the pod-side device the link is attached to (in the pod's netns)
+    ifindex: int | None  # the device the link is attached to (pod side, or the leasing NIC)
     problem: str | None = None
+    start_queue: int = 0  # the VM's first queue on the pod's device (QEMU's start-queue)
+    placement: str = PLACEMENT_POD_QUEUE
 
     def as_dict(self) -> dict:
         return attrs.asdict(self)
@@ -186,6 +208,10 @@ def read_steering(bpffs_root: str, spec: EndpointSpec) -> VmSteering:
     queues = opts.queues if opts else 0
     d = pin_dir(bpffs_root, spec.id)
     xskmap = str(d / XSKMAP)
+    if spec.single and spec.leases:
+        attached, prog_id, ifindex, start, problem = lease.read(bpffs_root, spec, xskmap)
+        return VmSteering(spec.id, queues, xskmap, attached, prog_id, ifindex, problem,
+                          start or 0, PLACEMENT_LEASED)
     problem = None
     prog_id = ifindex = None
     attached = False
@@ -204,7 +230,10 @@ def read_steering(bpffs_root: str, spec: EndpointSpec) -> VmSteering:
     return VmSteering(spec.id, queues, xskmap, attached, prog_id, ifindex, problem)
 
 
-def vm_counters(bpffs_root: str, endpoint_id: str) -> dict[str, int] | None:
+def vm_counters(bpffs_root: str, endpoint_id: str,
+                spec: EndpointSpec | None = None) -> dict[str, int] | None:
+    if spec is not None and spec.single and spec.leases:
+        return lease.counters(bpffs_root, spec, STATS)
     path = pin_dir(bpffs_root, endpoint_id) / STATS_MAP
     if not path.exists():
         return None

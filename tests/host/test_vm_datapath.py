@@ -117,7 +117,7 @@ def test_bad_vm_options_are_refused_before_anything_is_built(node, bpffs_root, o
 
 
 @pytest.mark.parametrize("device, message", [
-    ("netkit-single", "leased queues is not built yet"),
+    ("netkit-single", r"1 queue\(s\) need as many leases .*not 0"),
     ("netkit", "needs native XDP on its pod side"),
 ])
 def test_vm_on_netkit_is_refused_with_the_reason(node, bpffs_root, device, message):
@@ -126,6 +126,25 @@ def test_vm_on_netkit_is_refused_with_the_reason(node, bpffs_root, device, messa
         eng.add_endpoint(EndpointSpec(id="vm-s", netns=node.pod(), device=device,
                                       options={"vm": {}}))
     assert eng.layout.endpoint_ids() == []
+
+
+def test_the_leased_placement_without_leasing_is_refused_with_the_reason(node, bpffs_root):
+    """Where the kernel cannot lease queues (before 7.1) a VM endpoint on a netkit single
+    device is refused before anything is built, naming the feature and the other placement.
+    (The placement itself: test_vm_lease.py, on 7.x.)"""
+    from nkframe import probe
+    from nkframe.errors import NotSupported
+
+    feats = probe.features()
+    if all(feats.supported(f) for f in ("queue_lease", "xdp_native", "af_xdp")):
+        pytest.skip("this kernel leases queues: test_vm_lease.py covers the placement")
+    eng = _engine(node, bpffs_root)
+    before = {l.name for l in links.list_links(netns=node.netns)}
+    with pytest.raises(NotSupported, match="placement leased-queue-copy.*needs .*pod-queue-copy"):
+        eng.add_endpoint(EndpointSpec(id="vm-s", netns=node.pod(), device="netkit-single",
+                                      leases=[f"{node.uplink}:0"], options={"vm": {}}))
+    assert eng.layout.endpoint_ids() == []
+    assert {l.name for l in links.list_links(netns=node.netns)} == before
 
 
 def test_a_socket_in_the_slot_gets_the_vms_frames_and_sends_for_it(served, bpffs_root):

@@ -16,7 +16,8 @@ VM's pod side:
   does not crash.
 
 Placement here: the fallback, AF_XDP copy mode on the pod-side device's queue 0 (veth on this
-kernel, a netkit peer on the VM tiers'); the leased-queue placement is not built (docs/vm.md).
+kernel, a netkit peer on the VM tiers'); the leased-queue placement is tested without a guest
+(test_vm_lease.py, on 7.x).
 """
 
 from __future__ import annotations
