@@ -252,24 +252,11 @@ def device_attrs(
     netns_fd: int | None = None,
 ) -> list[tuple[str, Any]]:
     """The IFLA_* attributes of one device end, in a fixed order; None means "not sent"."""
-    out: list[tuple[str, Any]] = []
-    if name is not None:
-        out.append(("IFLA_IFNAME", name))
-    if netns_fd is not None:
-        out.append(("IFLA_NET_NS_FD", netns_fd))
-    if mtu is not None:
-        out.append(("IFLA_MTU", mtu))
-    if num_tx_queues is not None:
-        out.append(("IFLA_NUM_TX_QUEUES", num_tx_queues))
-    if num_rx_queues is not None:
-        out.append(("IFLA_NUM_RX_QUEUES", num_rx_queues))
-    if address is not None:
-        out.append(("IFLA_ADDRESS", address))
-    if gso_max_size is not None:
-        out.append(("IFLA_GSO_MAX_SIZE", gso_max_size))
-    if gro_max_size is not None:
-        out.append(("IFLA_GRO_MAX_SIZE", gro_max_size))
-    return out
+    attrs_ = (("IFLA_IFNAME", name), ("IFLA_NET_NS_FD", netns_fd), ("IFLA_MTU", mtu),
+              ("IFLA_NUM_TX_QUEUES", num_tx_queues), ("IFLA_NUM_RX_QUEUES", num_rx_queues),
+              ("IFLA_ADDRESS", address), ("IFLA_GSO_MAX_SIZE", gso_max_size),
+              ("IFLA_GRO_MAX_SIZE", gro_max_size))
+    return [(key, value) for key, value in attrs_ if value is not None]
 
 
 def peer_attrs(spec: Any, peer_netns_fd: int | None) -> list:

@@ -49,18 +49,7 @@ __all__ = [
     "register_link_kind",
 ]
 
-from nkframe.uapi import (  # noqa: F401 - re-exported: linux/if_link.h IFLA_NETKIT_*
-    IFLA_NETKIT_HEADROOM,
-    IFLA_NETKIT_MODE,
-    IFLA_NETKIT_PAIRING,
-    IFLA_NETKIT_PEER_INFO,
-    IFLA_NETKIT_PEER_POLICY,
-    IFLA_NETKIT_PEER_SCRUB,
-    IFLA_NETKIT_POLICY,
-    IFLA_NETKIT_PRIMARY,
-    IFLA_NETKIT_SCRUB,
-    IFLA_NETKIT_TAILROOM,
-)
+from nkframe import uapi  # linux/if_link.h IFLA_NETKIT_* live there
 
 class NetkitMode(enum.IntEnum):
     L2 = 0  # Ethernet device with a MAC, ARP/ND
@@ -113,16 +102,16 @@ def _nla_classes() -> tuple[type, type]:
         prefix = "IFLA_NETKIT_"
         nla_map = (
             (0, "IFLA_NETKIT_UNSPEC", "none"),
-            (IFLA_NETKIT_PEER_INFO, "IFLA_NETKIT_PEER_INFO", "peer_info"),
-            (IFLA_NETKIT_PRIMARY, "IFLA_NETKIT_PRIMARY", "uint8"),
-            (IFLA_NETKIT_POLICY, "IFLA_NETKIT_POLICY", "uint32"),
-            (IFLA_NETKIT_PEER_POLICY, "IFLA_NETKIT_PEER_POLICY", "uint32"),
-            (IFLA_NETKIT_MODE, "IFLA_NETKIT_MODE", "uint32"),
-            (IFLA_NETKIT_SCRUB, "IFLA_NETKIT_SCRUB", "uint32"),
-            (IFLA_NETKIT_PEER_SCRUB, "IFLA_NETKIT_PEER_SCRUB", "uint32"),
-            (IFLA_NETKIT_HEADROOM, "IFLA_NETKIT_HEADROOM", "uint16"),
-            (IFLA_NETKIT_TAILROOM, "IFLA_NETKIT_TAILROOM", "uint16"),
-            (IFLA_NETKIT_PAIRING, "IFLA_NETKIT_PAIRING", "uint32"),
+            (uapi.IFLA_NETKIT_PEER_INFO, "IFLA_NETKIT_PEER_INFO", "peer_info"),
+            (uapi.IFLA_NETKIT_PRIMARY, "IFLA_NETKIT_PRIMARY", "uint8"),
+            (uapi.IFLA_NETKIT_POLICY, "IFLA_NETKIT_POLICY", "uint32"),
+            (uapi.IFLA_NETKIT_PEER_POLICY, "IFLA_NETKIT_PEER_POLICY", "uint32"),
+            (uapi.IFLA_NETKIT_MODE, "IFLA_NETKIT_MODE", "uint32"),
+            (uapi.IFLA_NETKIT_SCRUB, "IFLA_NETKIT_SCRUB", "uint32"),
+            (uapi.IFLA_NETKIT_PEER_SCRUB, "IFLA_NETKIT_PEER_SCRUB", "uint32"),
+            (uapi.IFLA_NETKIT_HEADROOM, "IFLA_NETKIT_HEADROOM", "uint16"),
+            (uapi.IFLA_NETKIT_TAILROOM, "IFLA_NETKIT_TAILROOM", "uint16"),
+            (uapi.IFLA_NETKIT_PAIRING, "IFLA_NETKIT_PAIRING", "uint32"),
         )
 
         @staticmethod
