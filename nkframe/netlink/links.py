@@ -75,25 +75,26 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # validate_ifname lives with the value types (one definition for specs and netlink).
 
 
+def _parse(value: Any, done: tuple[type, ...], parse: Any, problem: str) -> Any:
+    """``value`` if it is one of the ``done`` types already, else ``parse(str(value))``; a
+    ValueError becomes InvalidSpec(``problem``)."""
+    if isinstance(value, done):
+        return value
+    try:
+        return parse(str(value).strip())
+    except ValueError:
+        raise InvalidSpec(problem) from None
+
+
 def parse_cidr(cidr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """'10.0.0.1/24' or '2001:db8::1/64' -> an ip_interface; a bare address gets /32 or /128."""
-    if isinstance(cidr, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return cidr
-    try:
-        return ipaddress.ip_interface(str(cidr).strip())
-    except ValueError:
-        raise InvalidSpec(
-            f"{cidr!r} is not an IP address with a prefix length (e.g. 10.0.0.1/24, fd00::1/64)"
-        ) from None
+    return _parse(cidr, (ipaddress.IPv4Interface, ipaddress.IPv6Interface), ipaddress.ip_interface,
+                  f"{cidr!r} is not an IP address with a prefix length (e.g. 10.0.0.1/24, fd00::1/64)")
 
 
 def parse_ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return addr
-    try:
-        return ipaddress.ip_address(str(addr).strip())
-    except ValueError:
-        raise InvalidSpec(f"{addr!r} is not an IPv4 or IPv6 address") from None
+    return _parse(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address), ipaddress.ip_address,
+                  f"{addr!r} is not an IPv4 or IPv6 address")
 
 
 def parse_network(net: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -729,34 +730,49 @@ def del_address(
     name: str, cidr: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
     iface = parse_cidr(cidr)
+    _delete_on_device(name, netns, ipr, RTM_DELADDR, lambda idx: _addr_msg(idx, iface, False),
+                      errno.EADDRNOTAVAIL, missing_ok,
+                      f"delete address {iface} from {name!r} in {where(netns)}")
+
+
+def _delete_on_device(name: str, netns: str | None, ipr: Any, mtype: int, build: Any,
+                      missing_errno: int, missing_ok: bool, what: str) -> None:
+    """Send one RTM_DEL* request about device ``name`` (``build(ifindex)`` is the message);
+    ``missing_errno`` is the kernel's answer for "no such entry", fine with ``missing_ok``."""
     with rtnl_session(netns, ipr) as sock:
         idx = _index(sock, name, netns)
         try:
-            sock.request(RTM_DELADDR, 0, _addr_msg(idx, iface, False))
+            sock.request(mtype, 0, build(idx))
         except NetlinkError as e:
-            if e.code == errno.EADDRNOTAVAIL and missing_ok:
+            if e.code == missing_errno and missing_ok:
                 return
-            raise kernel_error(e, f"delete address {iface} from {name!r} in {where(netns)}") from None
+            raise kernel_error(e, what) from None
+
+
+def _device_dump(name: str, netns: str | None, ipr: Any, mtype: int, msg: Any, request_key: str,
+                 index_field: str, noun: str) -> list[dict]:
+    """The decoded entries (addresses, neighbours) of device ``name``, IPv4 then IPv6.  Strict
+    checking lets the kernel filter the dump by ifindex; entries of other devices are dropped
+    anyway for kernels that do not."""
+    with rtnl_session(netns, ipr) as sock:
+        idx = _index(sock, name, netns)
+        what = f"list {noun} of {name!r} in {where(netns)}"
+        req = lambda fam: msg.encode({"family": fam, request_key: idx})  # noqa: E731
+        entries = map(msg.decode, _dump_both_families(sock, mtype, req, what))
+        return [d for d in entries if d[index_field] == idx]
 
 
 def list_addresses(
     name: str, netns: str | None = None, *, ipr: Any = None
 ) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
     """The addresses on a device, v4 first, as ip_interface values."""
-    with rtnl_session(netns, ipr) as sock:
-        idx = _index(sock, name, netns)
-        out = []
-        # Strict checking lets the kernel filter the dump by ifa_index.
-        what = f"list addresses of {name!r} in {where(netns)}"
-        req = lambda fam: rtmsgs.ADDR.encode({"family": fam, "index": idx})  # noqa: E731
-        for p in _dump_both_families(sock, RTM_GETADDR, req, what):
-            d = rtmsgs.ADDR.decode(p)
-            if d["index"] != idx:
-                continue
-            ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
-            if ip:
-                out.append(ipaddress.ip_interface((ip, d["prefixlen"])))
-        return sorted(out, key=lambda i: (i.version, i))
+    out = []
+    for d in _device_dump(name, netns, ipr, RTM_GETADDR, rtmsgs.ADDR, "index", "index",
+                          "addresses"):
+        ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
+        if ip:
+            out.append(ipaddress.ip_interface((ip, d["prefixlen"])))
+    return sorted(out, key=lambda i: (i.version, i))
 
 
 def node_addresses(netns: str | None = None, *, ipr: Any = None, versions: Any = (4, 6),
@@ -766,31 +782,25 @@ def node_addresses(netns: str | None = None, *, ipr: Any = None, versions: Any =
     ``versions``: only these IP versions (a family not asked for is not dumped);
     ``link_local=False`` leaves out IPv6 link-local addresses (fe80::/10, on a prefix inside
     it), which every device that is up has one of: a node with a thousand pods has a thousand."""
+    families = tuple(f for f, v in ((socket.AF_INET, 4), (socket.AF_INET6, 6)) if v in versions)
     with rtnl_session(netns, ipr) as sock:
         out = []
         what = f"list the addresses in {where(netns)}"
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            if (4 if fam == socket.AF_INET else 6) not in versions:
+        req = lambda fam: rtmsgs.ADDR.encode({"family": fam})  # noqa: E731
+        for p in _dump_both_families(sock, RTM_GETADDR, req, what, families):
+            d = rtmsgs.ADDR.decode(p)
+            plen = d["prefixlen"]
+            ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
+            if not ip or (not link_local and ip.version == 6 and ip.is_link_local and plen >= 10):
                 continue
-            try:
-                replies = sock.request(RTM_GETADDR, NLM_F_DUMP, rtmsgs.ADDR.encode({"family": fam}))
-            except NetlinkError as e:
-                if e.code == errno.EAFNOSUPPORT:
-                    continue
-                raise kernel_error(e, what) from None
-            for _t, p in replies:
-                d = rtmsgs.ADDR.decode(p)
-                plen = d["prefixlen"]
-                ip = d.get("IFA_LOCAL") or d.get("IFA_ADDRESS")
-                if not ip or (not link_local and ip.version == 6 and ip.is_link_local and plen >= 10):
-                    continue
-                out.append(ipaddress.ip_interface((ip, plen)))
+            out.append(ipaddress.ip_interface((ip, plen)))
         return sorted(out, key=lambda i: (i.version, i))
 
 
-def _dump_both_families(sock: RtnlSocket, mtype: int, request_for, what: str) -> Iterator[bytes]:
+def _dump_both_families(sock: RtnlSocket, mtype: int, request_for, what: str,
+                        families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -> Iterator[bytes]:
     """The payloads of an IPv4 and then an IPv6 dump (a kernel without IPv6 gives only the first)."""
-    for fam in (socket.AF_INET, socket.AF_INET6):
+    for fam in families:
         try:
             replies = sock.request(mtype, NLM_F_DUMP, request_for(fam))
         except NetlinkError as e:
@@ -988,32 +998,18 @@ def del_neighbour(
     name: str, ip: str, netns: str | None = None, *, missing_ok: bool = True, ipr: Any = None
 ) -> None:
     addr = parse_ip(ip)
-    with rtnl_session(netns, ipr) as sock:
-        idx = _index(sock, name, netns)
-        try:
-            sock.request(RTM_DELNEIGH, 0, _neigh_msg(idx, addr, None, 0))
-        except NetlinkError as e:
-            if e.code == errno.ENOENT and missing_ok:
-                return
-            raise kernel_error(e, f"delete neighbour {addr} on {name!r} in {where(netns)}") from None
+    _delete_on_device(name, netns, ipr, RTM_DELNEIGH, lambda idx: _neigh_msg(idx, addr, None, 0),
+                      errno.ENOENT, missing_ok, f"delete neighbour {addr} on {name!r} in {where(netns)}")
 
 
 def list_neighbours(
     name: str, netns: str | None = None, *, ipr: Any = None
 ) -> dict[str, str | None]:
     """{ip: lladdr} of the neighbour entries on a device."""
-    with rtnl_session(netns, ipr) as sock:
-        idx = _index(sock, name, netns)
-        out: dict[str, str | None] = {}
-        what = f"list neighbours of {name!r} in {where(netns)}"
-        req = lambda fam: rtmsgs.NEIGH.encode({"family": fam, "NDA_IFINDEX": idx})  # noqa: E731
-        for p in _dump_both_families(sock, RTM_GETNEIGH, req, what):
-            d = rtmsgs.NEIGH.decode(p)
-            if d["ifindex"] != idx:
-                continue
-            if d.get("NDA_DST") is not None:
-                out[str(d["NDA_DST"])] = d.get("NDA_LLADDR")
-        return out
+    return {str(d["NDA_DST"]): d.get("NDA_LLADDR")
+            for d in _device_dump(name, netns, ipr, RTM_GETNEIGH, rtmsgs.NEIGH, "NDA_IFINDEX",
+                                  "ifindex", "neighbours")
+            if d.get("NDA_DST") is not None}
 
 
 # --------------------------------------------------------------------------------------------
