@@ -152,6 +152,21 @@ check_queues = _opt(int_range(1, MAX_QUEUES, "queue count"))
 check_size = _opt(int_range(1, 0xFFFFFFFF, "size"))
 
 
+def optional_mtu() -> Any:
+    """An optional device MTU field of a pair spec (None: not sent)."""
+    return attrs.field(default=None, validator=check_mtu)
+
+
+def optional_queues() -> Any:
+    """An optional RX or TX queue count field of a pair spec."""
+    return attrs.field(default=None, validator=check_queues)
+
+
+def optional_size() -> Any:
+    """An optional GSO/GRO size field of a pair spec."""
+    return attrs.field(default=None, validator=check_size)
+
+
 # --------------------------------------------------------------------------------------------
 # value types
 
@@ -219,18 +234,18 @@ class VethSpec:
     name: str = attrs.field(validator=check_ifname)
     peer_name: str = attrs.field(validator=check_ifname)
     peer_netns: str | None = attrs.field(default=None, validator=check_netns_name)
-    mtu: int | None = attrs.field(default=None, validator=check_mtu)
-    peer_mtu: int | None = attrs.field(default=None, validator=check_mtu)
+    mtu: int | None = optional_mtu()
+    peer_mtu: int | None = optional_mtu()
     address: str | None = attrs.field(default=None, converter=to_mac)
     peer_address: str | None = attrs.field(default=None, converter=to_mac)
-    num_tx_queues: int | None = attrs.field(default=None, validator=check_queues)
-    num_rx_queues: int | None = attrs.field(default=None, validator=check_queues)
-    peer_num_tx_queues: int | None = attrs.field(default=None, validator=check_queues)
-    peer_num_rx_queues: int | None = attrs.field(default=None, validator=check_queues)
-    gso_max_size: int | None = attrs.field(default=None, validator=check_size)
-    gro_max_size: int | None = attrs.field(default=None, validator=check_size)
-    peer_gso_max_size: int | None = attrs.field(default=None, validator=check_size)
-    peer_gro_max_size: int | None = attrs.field(default=None, validator=check_size)
+    num_tx_queues: int | None = optional_queues()
+    num_rx_queues: int | None = optional_queues()
+    peer_num_tx_queues: int | None = optional_queues()
+    peer_num_rx_queues: int | None = optional_queues()
+    gso_max_size: int | None = optional_size()
+    gro_max_size: int | None = optional_size()
+    peer_gso_max_size: int | None = optional_size()
+    peer_gro_max_size: int | None = optional_size()
 
     def __attrs_post_init__(self) -> None:
         if self.peer_netns is None and self.name == self.peer_name:
@@ -318,15 +333,7 @@ def new_link_message(spec: Any, kind: str, info_data: list) -> Any:
 
     msg = ifinfmsg()
     msg["family"] = socket.AF_UNSPEC
-    msg["attrs"] = device_attrs(
-        name=spec.name,
-        mtu=spec.mtu,
-        num_tx_queues=spec.num_tx_queues,
-        num_rx_queues=spec.num_rx_queues,
-        address=spec.address,
-        gso_max_size=spec.gso_max_size,
-        gro_max_size=spec.gro_max_size,
-    ) + [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind), ("IFLA_INFO_DATA", {"attrs": info_data})]})]
+    msg["attrs"] = main_attrs(spec) + [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind), ("IFLA_INFO_DATA", {"attrs": info_data})]})]
     return msg
 
 
