@@ -210,7 +210,12 @@ kernel's `net/core/netdev-genl.c`, `drivers/net/netkit.c` and `net/xdp/`.
   receives exactly the frames of that physical queue (the kernel checks a frame's device and
   queue against the lease; frames of other queues are not delivered to it). Proved with two
   linked netdevsim ports, native (driver) XDP on the receiver: of 64 datagrams spread over 4
-  queues by the sender's flow hash, those of the leased queue reached the socket.
+  queues by the sender's flow hash, those of the leased queue reached the socket. The same holds
+  with the netkit device moved into another namespace (the pod) and the program redirecting into
+  an inner XSKMAP of an `ARRAY_OF_MAPS` at the *netkit* queue id (the VM plugin's
+  `leased-queue-copy` placement, tests/host/test_vm_lease.py). The kernel takes an XSKMAP as an
+  inner map, and `bpf_redirect_map` on it passes the verifier; an inner XSKMAP whose
+  `max_entries` differs from the template's is refused (`EINVAL`, also on 6.18).
 """
 
 
