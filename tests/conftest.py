@@ -111,6 +111,20 @@ def node(make_netns):
     return Node(make_netns)
 
 
+@pytest.fixture
+def restore_pyroute2_registry():
+    """pyroute2's link-kind registry is process-global (the netlink tests register netkit with
+    it as their oracle): leave it as the test found it."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    saved = dict(ifinfmsg.ifinfo.data_map)
+    try:
+        yield
+    finally:
+        ifinfmsg.ifinfo.data_map.clear()
+        ifinfmsg.ifinfo.data_map.update(saved)
+
+
 QEMU_AFXDP_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "qemu_afxdp.py")
 QEMU_AFXDP_BUILD_TIMEOUT = 60 * 60
 

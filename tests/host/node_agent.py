@@ -1,5 +1,6 @@
-"""The node agent as a child process for the guest tests (no tests here): start it, SIGKILL it,
-start it again, stop it; and ``nk``, the ``nkframe`` command line against it."""
+"""What the guest tests share (no tests here): the node agent as a child process (start it,
+SIGKILL it, start it again, stop it), ``nk`` (the ``nkframe`` command line against it), their
+marks, and ``vm_guest`` from tools/ (the guest kernel, initramfs and QEMU argv)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+import vm_guest  # noqa: E402, F401  (tools/vm_guest.py, re-exported for the guest tests)
+
 PLUGINS = "l3,policy,vm"
+
+#: The guest tests' marks: root, and not in the VM tiers.
+GUEST_MARKS = [pytest.mark.root,
+               pytest.mark.skipif(os.environ.get("NKFRAME_VM") == "1",
+                                  reason="boots a guest under TCG, which nested in a VM tier "
+                                         "(no KVM) printed nothing in 240 s (vm-next, 2026-12-07); "
+                                         "the host tier runs it")]
 
 
 def nk_env(node, root: str, sock: str, plugins: str = PLUGINS) -> dict:

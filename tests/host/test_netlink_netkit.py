@@ -75,15 +75,8 @@ def two_netns():
 
 
 @pytest.fixture(autouse=True)
-def restore_pyroute2_registry():
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    saved = dict(ifinfmsg.ifinfo.data_map)
-    try:
-        yield
-    finally:
-        ifinfmsg.ifinfo.data_map.clear()
-        ifinfmsg.ifinfo.data_map.update(saved)
+def _pyroute2_registry(restore_pyroute2_registry):
+    """Every test here may register link kinds with pyroute2 (the oracle)."""
 
 
 def _create_or_refused(spec: NetkitSpec, node: str, pod: str | None, words: tuple[str, ...]):

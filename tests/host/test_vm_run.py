@@ -34,16 +34,9 @@ from nkframe import netns
 from nkframe.netlink import links
 from nkframe_vm import steer
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.environ.get("NKFRAME_VM") == "1",
-                                 reason="boots a guest under TCG, which nested in a VM tier "
-                                        "(no KVM) printed nothing in 240 s (vm-next, 2026-12-07); "
-                                        "the host tier runs it")]
+from node_agent import GUEST_MARKS, NodeAgent, nk, nk_env, vm_guest  # tests/host, beside this file
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-sys.path.insert(0, str(TOOLS))
-import vm_guest  # noqa: E402  (tools/ is not a package of the product)
-from node_agent import NodeAgent, nk, nk_env  # noqa: E402
+pytestmark = GUEST_MARKS
 
 VM4 = "10.230.0.10"
 ECHO = 7

@@ -22,16 +22,8 @@ from nkframe.uapi import NETDEV_CMD_QUEUE_CREATE, NETDEV_CMD_QUEUE_GET
 
 
 @pytest.fixture(autouse=True)
-def restore_pyroute2_registry():
-    """pyroute2's link-kind registry is process-global: leave it as we found it."""
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-    saved = dict(ifinfmsg.ifinfo.data_map)
-    try:
-        yield
-    finally:
-        ifinfmsg.ifinfo.data_map.clear()
-        ifinfmsg.ifinfo.data_map.update(saved)
+def _pyroute2_registry(restore_pyroute2_registry):
+    """Every test here may register link kinds with pyroute2 (the oracle)."""
 
 
 def pyroute2_bytes(msg) -> bytes:
