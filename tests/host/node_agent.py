@@ -80,3 +80,24 @@ class NodeAgent:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def check_guest_traffic(node, qemu: subprocess.Popen, vm4: str, echo_port: int, t0: float) -> None:
+    """The guest at ``vm4`` answers pings and UDP echoes on ``echo_port`` from the outside netns.
+
+    The first packets of each kind are slow under TCG (the guest's code paths are translated on
+    first use, more so while the machine is busy): wait until the guest answers at all, then
+    judge with generous timeouts."""
+    end = time.monotonic() + 90
+    while node.run(node.outside, "ping", "-c", "1", "-W", "2", vm4, check=False,
+                   timeout=30).returncode != 0:
+        assert time.monotonic() < end, "the guest never answered a ping"
+        assert qemu.poll() is None, qemu.communicate()
+    print(f"guest answers after {time.monotonic() - t0:.1f} s")
+    # ping through the uplink, the node, the pod side and QEMU's socket
+    r = node.run(node.outside, "ping", "-c", "5", "-i", "0.3", "-W", "5", vm4, check=False,
+                 timeout=60)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    # UDP echo (the guest's echo server, not the pod's stack: it has none)
+    payloads = [f"echo {i}".encode() for i in range(5)]
+    assert vm_guest.udp_echo(node.outside, vm4, echo_port, payloads, timeout=10) == payloads

@@ -34,7 +34,7 @@ from nkframe import netns
 from nkframe.netlink import links
 from nkframe_vm import steer
 
-from node_agent import GUEST_MARKS, NodeAgent, nk, vm_guest  # tests/host, beside this file
+from node_agent import GUEST_MARKS, NodeAgent, check_guest_traffic, nk, vm_guest  # tests/host, beside this file
 
 pytestmark = GUEST_MARKS
 
@@ -80,22 +80,7 @@ def test_guest_pings_and_echoes_through_nkframe(node, bpffs_root, qemu_afxdp, gu
         vm_guest.wait_for(serial, "NKGUEST READY", BOOT_TIMEOUT, proc=qemu)
         print(f"guest ready in {time.monotonic() - t0:.1f} s")
 
-        # The first packets of each kind are slow under TCG (the guest's code paths are
-        # translated on first use, more so while the machine is busy): wait until the guest
-        # answers at all, then judge with generous timeouts.
-        end = time.monotonic() + 90
-        while node.run(node.outside, "ping", "-c", "1", "-W", "2", VM4, check=False,
-                       timeout=30).returncode != 0:
-            assert time.monotonic() < end, "the guest never answered a ping"
-            assert qemu.poll() is None, qemu.communicate()
-        print(f"guest answers after {time.monotonic() - t0:.1f} s")
-        # ping through the uplink, the node, the pod side and QEMU's socket
-        r = node.run(node.outside, "ping", "-c", "5", "-i", "0.3", "-W", "5", VM4, check=False,
-                     timeout=60)
-        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
-        # UDP echo (the guest's echo server, not the pod's stack: it has none)
-        payloads = [f"echo {i}".encode() for i in range(5)]
-        assert vm_guest.udp_echo(node.outside, VM4, ECHO, payloads, timeout=10) == payloads
+        check_guest_traffic(node, qemu, VM4, ECHO, t0)
 
         # ingress deny: never reaches the socket
         before = steer.vm_counters(bpffs_root, "vm-g")

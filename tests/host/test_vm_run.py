@@ -34,7 +34,7 @@ from nkframe import netns
 from nkframe.netlink import links
 from nkframe_vm import steer
 
-from node_agent import GUEST_MARKS, NodeAgent, nk, nk_env, vm_guest  # tests/host, beside this file
+from node_agent import GUEST_MARKS, NodeAgent, check_guest_traffic, nk, nk_env, vm_guest  # tests/host, beside this file
 
 pytestmark = GUEST_MARKS
 
@@ -307,17 +307,7 @@ def test_guest_pings_and_echoes_through_sock_fds(node, bpffs_root, qemu_afxdp, g
         assert int(status["CapEff"], 16) == ipc_lock, status["CapEff"]
         assert int(status["CapPrm"], 16) == ipc_lock, status["CapPrm"]
 
-        end = time.monotonic() + 90
-        while node.run(node.outside, "ping", "-c", "1", "-W", "2", VM4, check=False,
-                       timeout=30).returncode != 0:
-            assert time.monotonic() < end, "the guest never answered a ping"
-            assert qemu.poll() is None, qemu.communicate()
-        print(f"guest answers after {time.monotonic() - t0:.1f} s")
-        r = node.run(node.outside, "ping", "-c", "5", "-i", "0.3", "-W", "5", VM4, check=False,
-                     timeout=60)
-        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
-        payloads = [f"echo {i}".encode() for i in range(5)]
-        assert vm_guest.udp_echo(node.outside, VM4, ECHO, payloads, timeout=10) == payloads
+        check_guest_traffic(node, qemu, VM4, ECHO, t0)
 
         # a second vm-run on the running VM's endpoint: refused, the VM keeps its traffic
         r = _cli(node, bpffs_root, "vm-run", "vm-g", "--qemu", qemu_afxdp, "--", *argv[1:],
