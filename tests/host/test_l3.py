@@ -253,6 +253,18 @@ def _send(ns, family, dst, port, ttl):
         s.sendto(b"hops", (dst, port))
 
 
+def _hops_after_send(sock, ns, family, dst, port, tries=3):
+    """Send with hop limit 64 and return what ``sock`` saw. Resends: the very first packet of a
+    run may wait for neighbour resolution (whose retransmit timer is 1 s) on a loaded machine;
+    the hop count of whatever arrives is what the test judges."""
+    for _ in range(tries):
+        _send(ns, family, dst, port, 64)
+        hops = _hops_of_next(sock)
+        if hops is not None:
+            return hops
+    return None
+
+
 def _hops_of_next(s, timeout=1.0):
     r, _, _ = select.select([s], [], [], timeout)
     if not r:
@@ -278,13 +290,18 @@ def test_ttl_is_decremented_and_expiry_left_to_the_stack(outside_routes, bpffs_r
     _wait_dad(pod, pod_b)
     out, b = (_recv_hops(node.outside, family, 7100), _recv_hops(pod_b, family, 7100))
     try:
-        _send(pod, family, "192.0.2.2" if family == 4 else "2001:db8:ff::2", 7100, 64)
-        assert _hops_of_next(out) == 63, "pod -> outside: one router hop"
-        _send(pod, family, B4 if family == 4 else B6, 7100, 64)
-        assert _hops_of_next(b) == 63, "pod -> pod: one router hop"
+        outside = "192.0.2.2" if family == 4 else "2001:db8:ff::2"
+        assert _hops_after_send(out, pod, family, outside, 7100) == 63, "pod -> outside: one router hop"
+        assert _hops_after_send(b, pod, family, B4 if family == 4 else B6, 7100) == 63, \
+            "pod -> pod: one router hop"
         _send(node.outside, family, A4 if family == 4 else A6, 7101, 1)  # via the uplink, expires
         _send(pod, family, "192.0.2.2" if family == 4 else "2001:db8:ff::2", 7100, 1)
-        assert _hops_of_next(out, 0.3) is None
+        # Only late copies of the resent hop-64 datagrams (63 on arrival) may still come in;
+        # the hop-limit-1 one must not arrive at all.
+        late = []
+        while (h := _hops_of_next(out, 0.3)) is not None:
+            late.append(h)
+        assert set(late) <= {63}, late
         assert nkframe_l3.endpoint_stats(bpffs_root, "pod-a")["ttl"][0] >= 1
         assert nkframe_l3.uplink_stats(bpffs_root, node.uplink)["ttl"][0] >= 1
     finally:
