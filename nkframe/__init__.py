@@ -33,6 +33,7 @@ _EXPORTS = {
     "DeviceKind": "nkframe.types",
     "DeviceMode": "nkframe.types",
     "Endpoint": "nkframe.types",
+    "EndpointReport": "nkframe.types",
     "EndpointSpec": "nkframe.types",
     "Hook": "nkframe.types",
     "Mechanism": "nkframe.types",

@@ -35,7 +35,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from nkframe.context import DeviceInfo, EndpointContext, UplinkContext
-    from nkframe.types import Endpoint, EndpointSpec, Mechanism, Metric, ProgramSpec
+    from nkframe.types import Endpoint, EndpointReport, EndpointSpec, Mechanism, Metric, ProgramSpec
 
 PROJECT = "nkframe"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -177,6 +177,24 @@ def nkframe_endpoint_counters(endpoint: "Endpoint", bpffs_root: str, node_netns:
     :returns: counter name -> value (packets, drops by reason...), or ``None`` when the plugin
         has nothing for this endpoint.  Each implementation is called on its own: its numbers
         are shown under its plugin name, and one that raises costs a problem line only.
+    """
+
+
+@hookspec
+def nkframe_endpoint_report(endpoint: "Endpoint", bpffs_root: str, node_netns: "str | None") -> "EndpointReport | None":
+    """Report what a plugin built for one endpoint outside the program chain, and whether it is
+    still whole (``nkframe status``, ``status --check``, ``nkframe reconcile``).
+
+    For state the engine cannot judge by itself: a program the plugin attached on its own, a
+    placement the plugin chose.  Read only; repair is for the plugin's own commands or a new add.
+
+    :param endpoint: the endpoint as read back from bpffs and the kernel.
+    :param bpffs_root: the engine's bpffs root, to open the plugin's pins.
+    :param node_netns: the node's network namespace (``None``: the caller's).
+    :returns: an :class:`nkframe.types.EndpointReport` (``facts`` shown under the plugin's name,
+        ``problems`` joined to the endpoint's), or ``None`` when the endpoint is not the
+        plugin's.  Each implementation is called on its own; one that raises costs a problem
+        line only.  Reconcile calls it for every endpoint: keep it to a few pin reads.
     """
 
 

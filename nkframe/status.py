@@ -16,6 +16,9 @@ Nothing here is remembered between calls; every figure is read when :func:`gathe
   contract has it) reports its own; every other endpoint-scoped map that looks like a counter
   array (``ARRAY``/``PERCPU_ARRAY`` of ``u64``, at most :data:`MAX_COUNTER_SLOTS` entries) is
   read generically and its non-zero slots shown as ``<map>[<slot>]``;
+* **plugin details**: each plugin that implements ``nkframe_endpoint_report`` gives facts about
+  what it built for the endpoint (the VM plugin: placement, XSKMAP, steering) and problems,
+  which join the endpoint's;
 * programs on node devices (the uplink) from the kernel's own per-device query, so programs
   that nkframe did not attach are visible too.
 
@@ -33,6 +36,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
+from nkframe.engine.reports import plugin_counters, plugin_reports
 from nkframe.errors import InvalidSpec, KernelError, NkframeError
 from nkframe.types import AttachedProgram, DeviceMode, Endpoint, Mechanism
 from nkframe.uapi import (
@@ -43,7 +47,6 @@ from nkframe.uapi import (
 log = logging.getLogger(__name__)
 
 MAX_COUNTER_SLOTS = 64
-COUNTERS_HOOK = "nkframe_endpoint_counters"
 STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 
 _LINK_FIELDS = ("rx_packets", "rx_bytes", "rx_dropped", "rx_errors", "tx_packets", "tx_bytes", "tx_dropped", "tx_errors")
@@ -120,6 +123,8 @@ class EndpointStatus:
     problems: tuple[str, ...] = ()
     # A VM endpoint's leases as the kernel holds them (LeaseInfo)
     leases: tuple = ()
+    # plugin name -> fact -> value (nkframe_endpoint_report: the VM plugin's placement...)
+    details: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, converter=dict)
 
 
 @attrs.frozen
@@ -190,7 +195,8 @@ def _single_status(engine, ep: Endpoint, problems: list[str]) -> EndpointStatus:
         node_ifname="",
         pod=pod,
         # plugins' counters (the VM plugin's steering on the leasing NIC)
-        counters=_plugin_counters(engine, ep, problems),
+        counters=plugin_counters(engine, ep, problems),
+        details=plugin_reports(engine, ep, problems),
         problems=tuple(problems),
         leases=ep.leases,
     )
@@ -223,10 +229,11 @@ def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
         problems.append(f"its {spec.mode.value} datapath program {want} is not attached: the pod has no forwarding "
                         f"(the endpoint was added without that plugin; remove and add it again with the plugin loaded)")
     counters: dict[str, dict[str, int]] = {}
-    counters.update(_plugin_counters(engine, ep, problems))
+    counters.update(plugin_counters(engine, ep, problems))
     generic = map_counters(engine.layout.endpoint_dir(ep.id) / "maps", problems)
     if generic:
         counters["maps"] = generic
+    details = plugin_reports(engine, ep, problems)
     return EndpointStatus(
         **_identity(ep),
         node_ifname=spec.node_ifname,
@@ -236,6 +243,7 @@ def endpoint_status(engine, ep: Endpoint) -> EndpointStatus:
         pod=pod,
         counters=counters,
         problems=tuple(problems),
+        details=details,
     )
 
 
@@ -407,28 +415,6 @@ def prog_run_stats(prog_id: int) -> tuple[int | None, int | None]:
     return int(found.get("run_cnt", 0)), int(found.get("run_time_ns", 0))
 
 
-def _plugin_counters(engine, ep: Endpoint, problems: list[str]) -> dict[str, dict[str, int]]:
-    """Ask every plugin implementing ``nkframe_endpoint_counters``, one at a time.
-
-    Each implementation is called on its own so its numbers are attributed to its plugin and a
-    failing one costs a problem line, not the whole status.
-    """
-    caller = getattr(engine.pm.hook, COUNTERS_HOOK, None)
-    if caller is None or getattr(caller, "spec", None) is None:
-        return {}
-    kwargs = {"endpoint": ep, "bpffs_root": str(engine.layout.root), "node_netns": engine.node_netns}
-    out: dict[str, dict[str, int]] = {}
-    for impl in caller.get_hookimpls():
-        try:
-            res = impl.function(*[kwargs[a] for a in impl.argnames])
-        except Exception as e:  # noqa: BLE001 - one plugin's failure must not hide the rest
-            problems.append(f"plugin {impl.plugin_name}: counters unreadable ({e})")
-            continue
-        if res:
-            out[impl.plugin_name] = {str(k): int(v) for k, v in dict(res).items()}
-    return out
-
-
 def map_counters(maps_dir: Path, problems: list[str] | None = None) -> dict[str, int]:
     """Non-zero slots of every counter-shaped map pinned in ``maps_dir``: ``{"counts[0]": 12}``.
 
@@ -497,6 +483,7 @@ def to_dict(st: NodeStatus) -> dict[str, Any]:
                 "counters": {k: dict(v) for k, v in e.counters.items()},
                 "problems": list(e.problems),
                 "leases": [attrs.asdict(x) for x in e.leases],
+                "details": {k: dict(v) for k, v in e.details.items()},
             }
             for e in st.endpoints
         ],
@@ -575,7 +562,14 @@ def tables(st: NodeStatus) -> list[tuple[str, list[str], list[list[str]]]]:
         for name, value in values.items()
     ]
     plug = ("program counters", ["endpoint", "from", "counter", "value"], plug_rows)
-    return [eps, progs, ctrs, plug]
+    detail_rows = [
+        [e.id, source, name, value]
+        for e in st.endpoints
+        for source, facts in e.details.items()
+        for name, value in facts.items()
+    ]
+    details = ("plugin details", ["endpoint", "from", "fact", "value"], detail_rows)
+    return [eps, progs, ctrs, plug, details]
 
 
 def plain(title: str, columns: list[str], rows: list[list[str]]) -> str:

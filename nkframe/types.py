@@ -479,3 +479,15 @@ class Metric:
     labels: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     samples: tuple = attrs.field(default=(), converter=lambda s: tuple((tuple(str(x) for x in k), float(v)) for k, v in s),
                                  validator=_metric_samples)
+
+
+@attrs.frozen
+class EndpointReport:
+    """What a plugin knows about one endpoint beyond counters (``nkframe_endpoint_report`` hook):
+    ``facts`` are shown by ``nkframe status`` under the plugin's name (``details`` in
+    ``--json``), ``problems`` join the endpoint's problems, so ``status --check`` fails on them
+    and ``nkframe reconcile`` lists them.  A problem says what is wrong and what to do about it.
+    """
+
+    facts: Mapping[str, str] = attrs.field(factory=dict, converter=lambda d: {str(k): str(v) for k, v in dict(d).items()})
+    problems: tuple[str, ...] = attrs.field(default=(), converter=lambda p: tuple(str(x) for x in p))

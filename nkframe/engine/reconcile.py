@@ -11,6 +11,7 @@ import attrs
 
 from nkframe import netns, pins
 from nkframe.errors import EndpointNotFound, NkframeError
+from nkframe.engine.reports import plugin_reports
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,23 @@ class ReconcileMixin:
                     problems.append(f"{eid}: {gone}; cleaned up")
                     continue
                 if spec.single:
-                    lost = [str(x) for x in self.get_endpoint(eid).unheld_leases]
+                    ep = self.get_endpoint(eid)
+                    lost = [str(x) for x in ep.unheld_leases]
                     if lost:
                         problems.append(f"{eid}: lease(s) {', '.join(lost)} no longer held by {spec.ifname} "
                                         "(the physical device went away?); remove and add the endpoint again")
-                    healthy.append(eid)
-                    continue
-                for note in self._settle_staged(eid, devices[spec.node_ifname]):
-                    problems.append(f"{eid}: {note}")
-                ep = self.get_endpoint(eid, _links=devices)
-                dead = [p for p in ep.programs if p.ifindex == 0]  # the device is there: a link it lost
-                if dead:
-                    problems.append(f"{eid}: {len(dead)} link(s) detached from their device")
+                else:
+                    for note in self._settle_staged(eid, devices[spec.node_ifname]):
+                        problems.append(f"{eid}: {note}")
+                    ep = self.get_endpoint(eid, _links=devices)
+                    dead = [p for p in ep.programs if p.ifindex == 0]  # the device is there: a link it lost
+                    if dead:
+                        problems.append(f"{eid}: {len(dead)} link(s) detached from their device")
+                # What plugins built beside the chain (the VM plugin's steering): reported, not
+                # rebuilt here -- the plugin's report says how to repair it.
+                found: list[str] = []
+                plugin_reports(self, ep, found)
+                problems.extend(f"{eid}: {p}" for p in found)
                 healthy.append(eid)
         return ReconcileReport(healthy=tuple(healthy), removed=tuple(removed), problems=tuple(problems))
 

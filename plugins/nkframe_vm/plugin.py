@@ -76,6 +76,14 @@ def nkframe_endpoint_counters(endpoint: Endpoint, bpffs_root: str, node_netns):
 
 
 @hookimpl
+def nkframe_endpoint_report(endpoint: Endpoint, bpffs_root: str, node_netns):
+    """Placement, XSKMAP and steering (:func:`steer.report`) in ``nkframe status``."""
+    if not steer.is_vm(endpoint.spec):
+        return None
+    return steer.report(bpffs_root, endpoint)
+
+
+@hookimpl
 def nkframe_cli_commands():
     """``nkframe vm-netdev`` and ``nkframe vm-run``."""
     from .cli import vm_netdev, vm_run

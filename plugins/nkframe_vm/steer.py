@@ -25,7 +25,7 @@ import attrs
 from nkframe import bpf, netns, objects, pins
 from nkframe.context import EndpointContext
 from nkframe.errors import InvalidSpec, KernelError
-from nkframe.types import DeviceKind, EndpointSpec, Hook, ProgramSpec
+from nkframe.types import DeviceKind, Endpoint, EndpointReport, EndpointSpec, Hook, ProgramSpec
 
 from . import lease
 
@@ -228,6 +228,22 @@ def read_steering(bpffs_root: str, spec: EndpointSpec) -> VmSteering:
     if attached and not Path(xskmap).exists():
         attached, problem = False, f"the XSKMAP pin {xskmap} is missing"
     return VmSteering(spec.id, queues, xskmap, attached, prog_id, ifindex, problem)
+
+
+def report(bpffs_root: str, ep: Endpoint) -> EndpointReport:
+    """The endpoint's placement and steering for ``nkframe status`` (``nkframe_endpoint_report``);
+    steering that is no longer whole is a problem, so ``status --check`` fails on it."""
+    st = read_steering(bpffs_root, ep.spec)
+    name, _sentence = placement(ep.device_kind, st.queues, st.start_queue)
+    facts = {"placement": name, "queues": str(st.queues), "start_queue": str(st.start_queue),
+             "xskmap": st.xskmap,
+             "steering": (f"prog {st.prog_id} on ifindex {st.ifindex}" if st.attached else "not attached")}
+    problems = []
+    if not st.attached:
+        problems.append(f"VM steering not whole: {st.problem}; the VM gets no frames until the "
+                        "endpoint is removed and added again (then restart QEMU: its map-path "
+                        "opens the new XSKMAP)")
+    return EndpointReport(facts=facts, problems=problems)
 
 
 def vm_counters(bpffs_root: str, endpoint_id: str,

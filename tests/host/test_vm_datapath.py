@@ -258,3 +258,39 @@ def test_vm_netdev_refuses_a_pod_endpoint_and_missing_steering(node, bpffs_root)
     finally:
         for eid in eng.layout.endpoint_ids():
             eng.remove_endpoint(eid)
+
+
+def test_status_shows_the_placement_and_flags_lost_steering(served, bpffs_root):
+    """The plugin's report (nkframe_endpoint_report): placement and steering in status; steering
+    that is gone (its link pin deleted, which detaches it) is a problem for status --check and
+    reconcile, while a pod endpoint beside it gets no VM details."""
+    from nkframe import status
+
+    node, eng, pod = served
+    ep = eng.add_endpoint(_spec(pod))
+    eng.add_endpoint(EndpointSpec(id="pod-p", netns=node.pod(), addresses=["10.230.0.20/32"]))
+    st = steer.read_steering(bpffs_root, ep.spec)
+    got = {e.id: e for e in status.gather(eng).endpoints}
+    facts = got["vm-a"].details[nkframe_vm.__name__]
+    assert facts["placement"] == "pod-queue-copy", facts
+    assert facts["steering"] == f"prog {st.prog_id} on ifindex {st.ifindex}", facts
+    assert facts["xskmap"] == st.xskmap and os.path.exists(facts["xskmap"])
+    assert got["vm-a"].problems == () and got["pod-p"].details == {}, got
+    doc = status.to_dict(status.gather(eng, ["vm-a"]))
+    assert doc["endpoints"][0]["details"][nkframe_vm.__name__]["placement"] == "pod-queue-copy"
+    assert eng.reconcile().problems == ()
+
+    os.unlink(steer.pin_dir(bpffs_root, "vm-a") / "link")  # the last pin: the kernel detaches
+    assert _xdp_prog(pod) == 0
+    again = status.gather(eng, ["vm-a"]).endpoints[0]
+    assert again.details[nkframe_vm.__name__]["steering"] == "not attached"
+    assert any("VM steering not whole: the steering link is not pinned" in p
+               for p in again.problems), again.problems
+    rep = eng.reconcile()
+    assert "vm-a" in rep.healthy and any(p.startswith("vm-a: plugin ") and "not pinned" in p
+                                         for p in rep.problems), rep
+    env = dict(os.environ, NKFRAME_PLUGINS="l3,policy,vm", NKFRAME_NO_AGENT="1")
+    r = subprocess.run([sys.executable, "-m", "nkframe.cli", "--netns", node.netns,
+                        "--bpffs-root", bpffs_root, "status", "--check", "vm-a"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "VM steering not whole" in r.stdout + r.stderr, (r.stdout, r.stderr)
