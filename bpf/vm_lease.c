@@ -12,9 +12,7 @@
  * netkit queue leasing P.  Frames on queues no endpoint leases pass to the node's stack; a
  * leased queue with no socket in its slot (QEMU not running) drops and counts, as the veth
  * placement does (the node's stack never answers for a VM). */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <bpf/bpf_helpers.h>
+#include "nkframe_vm.h"
 
 #ifndef NK_VM_LEASE_QUEUES
 #define NK_VM_LEASE_QUEUES 256 /* physical queues the tables cover */
@@ -51,13 +49,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct vm_lease_slot);
 } vm_lease_slots SEC(".maps");
-
-enum vm_stat {
-	VM_STAT_TO_SOCKET = 0,
-	VM_STAT_NO_SOCKET = 1,
-	VM_STAT_RUNT = 2,
-	VM_STAT_MAX,
-};
 
 /* per-CPU counters, slot P * VM_STAT_MAX + stat: an endpoint's are those of its queues */
 struct {
@@ -97,9 +88,7 @@ int vm_lease(struct xdp_md *ctx)
 		count(queue, VM_STAT_RUNT);
 		return XDP_DROP;
 	}
-	if (!(eth->h_dest[0] & 1))
-		__builtin_memcpy(eth->h_dest, slot->mac, ETH_ALEN);
-	verdict = bpf_redirect_map(xsks, slot->key, XDP_DROP);
+	verdict = nk_vm_to_socket(eth, slot->mac, xsks, slot->key);
 	count(queue, verdict == XDP_REDIRECT ? VM_STAT_TO_SOCKET : VM_STAT_NO_SOCKET);
 	return verdict;
 }

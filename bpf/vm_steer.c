@@ -10,12 +10,8 @@
  * endpoint, where the policy plugin's programs run (ingress before the device, egress as the
  * VM's frames leave it), as for every pod.
  *
- * Unicast frames get the VM's MAC as destination: in L3 mode the node forwards with the MAC of
- * whatever device it came from (bpf_redirect_peer keeps the uplink's header), and a virtio NIC
- * that is not promiscuous drops frames for other MACs. */
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <bpf/bpf_helpers.h>
+ * Unicast frames get the VM's MAC as destination (nk_vm_to_socket, bpf/include/nkframe_vm.h). */
+#include "nkframe_vm.h"
 
 #ifndef NK_VM_MAX_QUEUES
 #define NK_VM_MAX_QUEUES 64
@@ -30,13 +26,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } vm_xsks SEC(".maps");
-
-enum vm_stat {
-	VM_STAT_TO_SOCKET = 0, /* handed to the socket of the frame's queue */
-	VM_STAT_NO_SOCKET = 1, /* dropped: no socket in that queue's slot */
-	VM_STAT_RUNT = 2,      /* dropped: shorter than an Ethernet header */
-	VM_STAT_MAX,
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -66,17 +55,7 @@ int vm_steer(struct xdp_md *ctx)
 		count(VM_STAT_RUNT);
 		return XDP_DROP;
 	}
-	if (!(eth->h_dest[0] & 1)) {
-		/* Element by element: each read of the volatile array is a load from .rodata (a
-		 * memcpy from it cast to plain const would fold to the zeros it was compiled with). */
-		eth->h_dest[0] = vm_mac[0];
-		eth->h_dest[1] = vm_mac[1];
-		eth->h_dest[2] = vm_mac[2];
-		eth->h_dest[3] = vm_mac[3];
-		eth->h_dest[4] = vm_mac[4];
-		eth->h_dest[5] = vm_mac[5];
-	}
-	verdict = bpf_redirect_map(&vm_xsks, queue, XDP_DROP);
+	verdict = nk_vm_to_socket(eth, vm_mac, &vm_xsks, queue);
 	count(verdict == XDP_REDIRECT ? VM_STAT_TO_SOCKET : VM_STAT_NO_SOCKET);
 	return verdict;
 }
