@@ -281,6 +281,7 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
     from nkframe.attach import tc, tcx
     from nkframe.netlink import links
 
+    TC_PRIO = tc.PRIO_BASE + tc.PRIO_STEP
     n = max(sizes.seq // 3, 2)
     ns, pod = scope.netns("ka"), scope.netns("kp")
     rounds: dict[str, list[float]] = {}
@@ -304,7 +305,12 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
                             time.sleep(wait)
                             t1 = time.perf_counter()
                         if mech == "tc":
-                            att = tc.backend.attach(idx, "ingress", prog, priority=tc.PRIO_BASE + tc.PRIO_STEP)
+                            # The clsact qdisc and one cls_bpf filter at a fixed priority: the
+                            # two kernel requests of a tc attach, without the backend's query
+                            # for a free priority.
+                            bpf.tc_hook_create(idx, bpf.TC_INGRESS)
+                            bpf.tc_attach(idx, bpf.TC_INGRESS, prog.fd, handle=tc.HANDLE, priority=TC_PRIO)
+                            att = idx
                         else:
                             # An open fd on the link, no pin (closing the fd detaches).
                             att = tcx.backend.attach_unpinned(idx, "ingress", prog)
@@ -317,7 +323,7 @@ def attach_cost(rec: Recorder, scope: Scope, sizes: Sizes) -> None:
                     for name, att in made:
                         t0 = time.perf_counter()
                         if mech == "tc":
-                            tc.backend.detach(att)
+                            bpf.tc_detach(att, bpf.TC_INGRESS, handle=tc.HANDLE, priority=TC_PRIO)
                         else:
                             att.detach()
                         lat.setdefault(f"{mech}.detach", []).append((time.perf_counter() - t0) * 1000)
