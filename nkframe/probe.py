@@ -386,7 +386,8 @@ def vm_endpoint(xdp_native: Feature, af_xdp: Feature, queue_lease: Feature | Non
                              f"leases) needs {n}: {why}")
     return Feature(True, f"{pod}; placement leased-queue-copy with device netkit-single and "
                          "leases: AF_XDP copy mode on the netkit device's leased queues, native "
-                         "XDP on the NIC (which needs native XDP in its driver)")
+                         "XDP on the NIC (which needs native XDP in its driver); receive only "
+                         "in copy mode (the kernel sends none of the VM's frames, docs/vm.md)")
 
 
 def _probe_af_xdp() -> Feature:

@@ -112,7 +112,9 @@ def placement(kind: DeviceKind | str, queues: int, start_queue: int = 0) -> tupl
         return PLACEMENT_LEASED, (
             f"AF_XDP copy mode on the leased {qs} of the netkit single device, fed by native "
             "XDP on the physical NIC from the physical queues it leases (zero-copy is not "
-            "known to work on a leased queue)")
+            "known to work on a leased queue). Receive only: on Linux 7.3 the kernel sends "
+            "none of a copy-mode socket's frames on a leased queue (none completed, none on "
+            "the wire), so the VM cannot transmit; see docs/vm.md")
     return PLACEMENT_POD_QUEUE, (
         f"AF_XDP copy mode on {qs} of the pod-side {kind}, fed by native XDP: no leased "
         "physical queue (that is placement leased-queue-copy, device netkit-single with "

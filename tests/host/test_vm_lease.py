@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -296,6 +297,55 @@ def test_a_lost_nic_program_is_a_problem_for_status_and_reconcile(wire, eng, mak
     assert any(p.startswith("vm-l: plugin ") for p in eng.reconcile().problems)
     eng.remove_endpoint("vm-l")
     assert not lease.nic_dir(bpffs_root, wire.nic.name).exists()
+
+
+def _link_stats(ns: str, dev: str) -> dict:
+    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["stats64"]
+
+
+def test_copy_mode_sends_on_a_leased_queue_do_not_leave(wire, eng, make_netns, bpffs_root):
+    """What the kernel does with a VM's transmit on the leased placement (docs/vm.md says it):
+    a copy-mode socket bound to a leased netkit queue takes frames into its TX ring and the
+    kick is accepted, but none is completed, none is counted as sent by the netkit single
+    device and none reaches the wire. If this fails, the kernel has started sending them:
+    update docs/vm.md and steer.placement()."""
+    pod = make_netns("pod")
+    # No IPv6 on the pod's device: its own DAD/RS would move its counters.
+    subprocess.run(["ip", "netns", "exec", pod, "sysctl", "-qw",
+                    "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+    ep = eng.add_endpoint(_spec(pod, wire.nic.name, [2]))
+    st = steer.read_steering(bpffs_root, ep.spec)
+    peer_mac = links.get_link(wire.peer.name, netns=wire.tx).address
+    payload = b"leased transmit"
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 1, 0, 64, 17, 0,
+                     socket.inet_aton("198.51.100.9"), socket.inet_aton(SENDER))
+    frame = (bytes.fromhex(peer_mac.replace(":", "")) + bytes.fromhex(steer.vm_mac(ep.spec).replace(":", ""))
+             + b"\x08\x00" + ip + struct.pack("!HHHH", 4000, PORT, 8 + len(payload), 0) + payload)
+    with netns.enter(wire.tx):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    cap.bind((wire.peer.name, 0))
+    cap.settimeout(0.1)
+    before = _link_stats(pod, "eth0")
+    vm = Vm(pod, "eth0", st)
+    try:
+        assert vm.socks[0].send([frame] * 5) == 5
+        completed, seen = 0, 0
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            vm.socks[0].kick()
+            completed += vm.socks[0].complete()
+            try:
+                seen += payload in cap.recv(2048)
+            except socket.timeout:
+                pass
+    finally:
+        vm.close()
+        cap.close()
+    after = _link_stats(pod, "eth0")
+    assert (seen, completed) == (0, 0), (seen, completed)
+    assert after["tx"]["packets"] == before["tx"]["packets"], (before, after)
 
 
 def test_a_failed_add_leaves_the_nic_as_it_was(wire, eng, make_netns, bpffs_root):
