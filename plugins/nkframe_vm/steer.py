@@ -236,8 +236,7 @@ def report(bpffs_root: str, ep: Endpoint) -> EndpointReport:
     """The endpoint's placement and steering for ``nkframe status`` (``nkframe_endpoint_report``);
     steering that is no longer whole is a problem, so ``status --check`` fails on it."""
     st = read_steering(bpffs_root, ep.spec)
-    name, _sentence = placement(ep.device_kind, st.queues, st.start_queue)
-    facts = {"placement": name, "queues": str(st.queues), "start_queue": str(st.start_queue),
+    facts = {"placement": st.placement, "queues": str(st.queues), "start_queue": str(st.start_queue),
              "xskmap": st.xskmap,
              "steering": (f"prog {st.prog_id} on ifindex {st.ifindex}" if st.attached else "not attached")}
     problems = []

@@ -51,8 +51,7 @@ class Wire:
         # leased queues too and reach the VM sockets beside the test's datagrams (seen in CI:
         # a multicast frame, which keeps its MAC, among the frames and the socket's counter).
         for ns in (self.node, self.tx):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+            links.sysctls({"net.ipv6.conf.default.disable_ipv6": 1}, netns=ns)
         self.peer = make_nsim(self.tx)
         self.nic = make_nsim(self.node)
         fds = [os.open(netns.netns_path(n), os.O_RDONLY) for n in (self.tx, self.node)]
@@ -299,12 +298,6 @@ def test_a_lost_nic_program_is_a_problem_for_status_and_reconcile(wire, eng, mak
     assert not lease.nic_dir(bpffs_root, wire.nic.name).exists()
 
 
-def _link_stats(ns: str, dev: str) -> dict:
-    out = subprocess.run(["ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]["stats64"]
-
-
 def test_copy_mode_sends_on_a_leased_queue_do_not_leave(wire, eng, make_netns, bpffs_root):
     """What the kernel does with a VM's transmit on the leased placement (docs/vm.md says it):
     a copy-mode socket bound to a leased netkit queue takes frames into its TX ring and the
@@ -313,8 +306,7 @@ def test_copy_mode_sends_on_a_leased_queue_do_not_leave(wire, eng, make_netns, b
     update docs/vm.md and steer.placement()."""
     pod = make_netns("pod")
     # No IPv6 on the pod's device: its own DAD/RS would move its counters.
-    subprocess.run(["ip", "netns", "exec", pod, "sysctl", "-qw",
-                    "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+    links.sysctls({"net.ipv6.conf.default.disable_ipv6": 1}, netns=pod)
     ep = eng.add_endpoint(_spec(pod, wire.nic.name, [2]))
     st = steer.read_steering(bpffs_root, ep.spec)
     peer_mac = links.get_link(wire.peer.name, netns=wire.tx).address
@@ -327,7 +319,7 @@ def test_copy_mode_sends_on_a_leased_queue_do_not_leave(wire, eng, make_netns, b
         cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     cap.bind((wire.peer.name, 0))
     cap.settimeout(0.1)
-    before = _link_stats(pod, "eth0")
+    before = links.get_raw_link("eth0", pod).stats64()
     vm = Vm(pod, "eth0", st)
     try:
         assert vm.socks[0].send([frame] * 5) == 5
@@ -343,9 +335,9 @@ def test_copy_mode_sends_on_a_leased_queue_do_not_leave(wire, eng, make_netns, b
     finally:
         vm.close()
         cap.close()
-    after = _link_stats(pod, "eth0")
+    after = links.get_raw_link("eth0", pod).stats64()
     assert (seen, completed) == (0, 0), (seen, completed)
-    assert after["tx"]["packets"] == before["tx"]["packets"], (before, after)
+    assert after["tx_packets"] == before["tx_packets"], (before, after)
 
 
 def test_a_failed_add_leaves_the_nic_as_it_was(wire, eng, make_netns, bpffs_root):
